@@ -1,0 +1,128 @@
+"""Every exchange between ranks that the channel-parallel model makes.
+
+Each step that autograd must see is one small Chainer function whose
+docstring states its forward and backward; the parallel layers are built from
+these and nothing else in ``models`` talks to MPI.
+
+We call mpi4py directly instead of ``chainermn.functions.allgather``. That
+function is exact for a gather that feeds another parallel layer (its
+backward, all-to-all then sum, is a reduce-scatter), but it sends a pickled
+message header with every call, builds N full-size gradient copies in
+backward, and hands device pointers to MPI, which the MPICH wheel cannot read
+(it is not CUDA-aware). Arrays on a GPU are therefore staged through host
+memory here.
+"""
+import chainer
+import numpy
+from mpi4py import MPI
+
+from models.partition import channel_counts, channel_range
+
+
+def _host(x):
+    return chainer.backend.CpuDevice().send(x)
+
+
+def _with_channels(shape: tuple, axis: int, channels: int) -> tuple:
+    return shape[:axis] + (channels,) + shape[axis + 1:]
+
+
+def allgather_channels(comm, x, channels: int, axis: int = 1):
+    """The full tensor, on every rank, from each rank's channel slice ``x``.
+
+    Not differentiable; the autograd functions below wrap it.
+    """
+    if comm.size == 1:
+        return x
+    device = chainer.backend.get_device_from_array(x)
+    x = numpy.ascontiguousarray(_host(x))
+    counts = channel_counts(channels, comm.size)
+    per_channel = x.size // counts[comm.rank]
+    sizes = [c * per_channel for c in counts]
+    received = numpy.empty(sum(sizes), dtype=x.dtype)
+    comm.mpi_comm.Allgatherv(x.reshape(-1), [received, sizes])
+    # The buffer holds rank 0's slice, then rank 1's, ...: one concatenate
+    # along the channel axis puts them in place.
+    blocks = numpy.split(received, numpy.cumsum(sizes)[:-1])
+    full = numpy.concatenate(
+        [b.reshape(_with_channels(x.shape, axis, c)) for b, c in zip(blocks, counts)],
+        axis=axis)
+    return device.send(full)
+
+
+def reduce_scatter_channels(comm, partial, axis: int = 1):
+    """My channel slice of the sum over ranks of the full tensors ``partial``.
+
+    Not differentiable; the autograd functions below wrap it.
+    """
+    if comm.size == 1:
+        return partial
+    device = chainer.backend.get_device_from_array(partial)
+    partial = _host(partial)
+    counts = channel_counts(partial.shape[axis], comm.size)
+    # MPI wants rank r's part of the send buffer as one contiguous block.
+    send = numpy.concatenate([
+        piece.reshape(-1)
+        for piece in numpy.split(partial, numpy.cumsum(counts)[:-1], axis=axis)])
+    mine = numpy.empty(_with_channels(partial.shape, axis, counts[comm.rank]),
+                       dtype=partial.dtype)
+    per_channel = mine.size // counts[comm.rank]
+    comm.mpi_comm.Reduce_scatter(send, mine.reshape(-1),
+                                 [c * per_channel for c in counts], op=MPI.SUM)
+    return device.send(mine)
+
+
+class GatherIntoParallel(chainer.FunctionNode):
+    """Forward: all-gather channel slices; backward: reduce-scatter partial gradients.
+
+    For a gathered tensor that feeds another parallel convolution: each rank's
+    gradient of it holds only its own filters' contributions, and the true
+    gradient of my slice is the sum of every rank's partial, restricted to my
+    channels.
+    """
+
+    def __init__(self, comm, channels: int):
+        self.comm = comm
+        self.channels = channels
+
+    def forward(self, inputs):
+        x, = inputs
+        return allgather_channels(self.comm, x, self.channels),
+
+    def backward(self, indexes, grad_outputs):
+        gy, = grad_outputs
+        # A plain Variable: no double backprop through the exchange.
+        return chainer.Variable(reduce_scatter_channels(self.comm, gy.array)),
+
+
+class GatherIntoReplicated(chainer.FunctionNode):
+    """Forward: all-gather channel slices; backward: keep my slice, no communication.
+
+    For a gathered tensor that feeds the replicated head: every rank computes
+    the same head on the same data, so the gradient arriving here is already
+    complete and identical on all ranks. Summing it over ranks, as a
+    reduce-scatter would, multiplies every gradient below by N.
+    """
+
+    def __init__(self, comm, channels: int):
+        self.comm = comm
+        self.channels = channels
+
+    def forward(self, inputs):
+        x, = inputs
+        return allgather_channels(self.comm, x, self.channels),
+
+    def backward(self, indexes, grad_outputs):
+        gy, = grad_outputs
+        start, stop = channel_range(self.channels, self.comm.size, self.comm.rank)
+        return gy[:, start:stop],
+
+
+def gather_into_parallel(comm, x, channels: int) -> chainer.Variable:
+    """Full tensor from channel slices, to feed a parallel convolution."""
+    return GatherIntoParallel(comm, channels).apply((x,))[0]
+
+
+def gather_into_replicated(comm, x, channels: int) -> chainer.Variable:
+    """Full tensor from channel slices, to feed the replicated head."""
+    return GatherIntoReplicated(comm, channels).apply((x,))[0]

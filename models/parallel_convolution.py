@@ -1,0 +1,69 @@
+"""The convolution split by output channel, and the block built around it."""
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy
+
+from models.dropout import channel_slice_dropout
+from models.partition import channel_range
+
+
+def he_normal(shape: tuple, rng: numpy.random.Generator) -> numpy.ndarray:
+    """He-normal initial weights (for layers followed by ReLU), in Chainer's dtype."""
+    fan_in = int(numpy.prod(shape[1:]))
+    return rng.normal(0.0, numpy.sqrt(2.0 / fan_in), shape).astype(chainer.get_dtype())
+
+
+class ParallelConvolution2D(chainer.Link):
+    """The filters of this rank's output channels, over all input channels.
+
+    Input: the full tensor (batch, in_channels, H, W), the same on every rank.
+    Output: this rank's slice of the output, (batch, stop - start, H', W'),
+    where (start, stop) = ``self.channels``. The slices are gathered later, by
+    the caller, after the per-channel layers that follow (see ``Block``), so
+    that batch normalization, ReLU and pooling run on the slice alone.
+
+    The full weight tensor is drawn from ``rng`` on every rank, identically,
+    and each rank keeps its rows: the initial model does not depend on the
+    number of processes.
+    """
+
+    def __init__(self, comm, in_channels: int, out_channels: int,
+                 ksize: int, pad: int, rng: numpy.random.Generator):
+        super().__init__()
+        self.pad = pad
+        self.channels = channel_range(out_channels, comm.size, comm.rank)
+        full_W = he_normal((out_channels, in_channels, ksize, ksize), rng)
+        start, stop = self.channels
+        with self.init_scope():
+            self.W = chainer.Parameter(full_W[start:stop].copy())
+
+    def forward(self, x):
+        return F.convolution_2d(x, self.W, pad=self.pad)
+
+
+class Block(chainer.Chain):
+    """Convolution, batch normalization, ReLU, dropout and pooling on a slice.
+
+    All but the convolution act on each channel separately, so each rank runs
+    them on its own channels only; every array this block holds is therefore
+    a slice along axis 0 of the single-process block's array.
+    """
+
+    def __init__(self, comm, in_channels: int, out_channels: int,
+                 dropout: float, pool: bool, rng: numpy.random.Generator):
+        super().__init__()
+        self.out_channels = out_channels
+        self.dropout = dropout
+        self.pool = pool
+        with self.init_scope():
+            self.conv = ParallelConvolution2D(comm, in_channels, out_channels, 3, 1, rng)
+            start, stop = self.conv.channels
+            self.bn = L.BatchNormalization(stop - start)
+
+    def forward(self, x, dropout_key: list[int]):
+        h = F.relu(self.bn(self.conv(x)))
+        h = channel_slice_dropout(h, self.dropout, *self.conv.channels, dropout_key)
+        if self.pool:
+            h = F.max_pooling_2d(h, 2, 2)
+        return h

@@ -1,0 +1,65 @@
+"""Saving and loading full tensors from a model whose arrays are sliced.
+
+A file written from a channel-parallel model holds the arrays of the
+single-process model: each rank's channel slices are gathered on save and
+sliced again on load, so a file written by N processes loads on M, and into
+a plain single-process VGG16.
+
+The arrays are first serialized locally and only then exchanged, in sorted
+key order: Chainer keeps a link's parameters and children in sets, whose
+iteration order differs from process to process.
+"""
+import chainer
+import numpy
+
+from models.communication import allgather_channels
+from models.partition import channel_range
+
+
+def _full_channels(key: str, sliced: dict[str, int]):
+    """Full channel count if ``key`` lies under a sliced link, else None.
+
+    ``sliced`` maps a link name (one path component, such as ``conv1_1``) to
+    the full channel count of every array below it, sliced along axis 0. The
+    optimizer's state (``.../conv1_1/conv/W/msg``) lies below it too.
+    """
+    for part in key.split('/'):
+        if part in sliced:
+            return sliced[part]
+    return None
+
+
+def _is_array(value) -> bool:
+    return getattr(value, 'ndim', 0) >= 1
+
+
+def full_state(target, comm, sliced: dict[str, int]) -> dict[str, numpy.ndarray]:
+    """What ``target`` (a model or an optimizer) would serialize on one process.
+
+    A collective call: every rank must make it. Each rank gets the same dict.
+    """
+    local = chainer.serializers.DictionarySerializer()
+    target.serialize(local)
+    state = {}
+    for key in sorted(local.target):
+        value = local.target[key]
+        channels = _full_channels(key, sliced)
+        if channels is not None and _is_array(value):
+            value = allgather_channels(comm, value, channels, axis=0)
+        # A copy on the host: the serializer holds the live arrays.
+        state[key] = numpy.array(chainer.backend.CpuDevice().send(value))
+    return state
+
+
+def load_full_state(target, comm, sliced: dict[str, int], state,
+                    strict: bool = True) -> None:
+    """Load full arrays (a dict, or an open npz file) into ``target``, sliced."""
+    mine = {}
+    for key in state.keys():
+        value = state[key]
+        channels = _full_channels(key, sliced)
+        if channels is not None and _is_array(value):
+            start, stop = channel_range(channels, comm.size, comm.rank)
+            value = value[start:stop]
+        mine[key] = value
+    chainer.serializers.NpzDeserializer(mine, strict=strict).load(target)

@@ -1,0 +1,93 @@
+"""VGG16 for 32x32 images with every convolution split by output channel."""
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy
+
+from models.communication import gather_into_parallel, gather_into_replicated
+from models.dropout import channel_slice_dropout, dropout_key
+from models.parallel_convolution import Block
+
+# (name, output channels, dropout ratio after ReLU, 2x2 max pooling after it)
+VGG16_BLOCKS = (
+    ('conv1_1', 64, 0.3, False), ('conv1_2', 64, 0.0, True),
+    ('conv2_1', 128, 0.4, False), ('conv2_2', 128, 0.0, True),
+    ('conv3_1', 256, 0.4, False), ('conv3_2', 256, 0.4, False),
+    ('conv3_3', 256, 0.0, True),
+    ('conv4_1', 512, 0.4, False), ('conv4_2', 512, 0.4, False),
+    ('conv4_3', 512, 0.0, True),
+    ('conv5_1', 512, 0.4, False), ('conv5_2', 512, 0.4, False),
+    ('conv5_3', 512, 0.0, True),
+)
+HEAD_WIDTH = 512
+HEAD_DROPOUT = 0.5
+
+
+def lecun_normal(shape: tuple, rng: numpy.random.Generator) -> numpy.ndarray:
+    """LeCun-normal initial weights (Chainer's default for Linear), in Chainer's dtype."""
+    return rng.normal(0.0, numpy.sqrt(1.0 / shape[1]), shape).astype(chainer.get_dtype())
+
+
+class VGG16(chainer.Chain):
+    """VGG16 whose convolutions are spread over the ranks of ``comm``.
+
+    Every rank computes its channel slice of each convolution block and the
+    whole fully connected head. The head is replicated: same input, same
+    parameters and same dropout masks on every rank, hence the same
+    gradients, with no communication. For any number of ranks the model
+    computes the function of the single-process VGG16 with the same full
+    weights; ``seed`` fixes those weights and the dropout masks.
+    ``dropout=False`` turns every dropout off (to compare with a model that
+    has none).
+    """
+
+    def __init__(self, comm, n_classes: int = 10, seed: int = 0, dropout: bool = True):
+        super().__init__()
+        self.comm = comm
+        self.seed = seed
+        self.head_dropout = HEAD_DROPOUT if dropout else 0.0
+        # Training steps so far: with the seed, it keys the dropout masks,
+        # and it is saved with the model so that a resumed run draws on.
+        self.add_persistent('train_steps', 0)
+        in_channels = 3
+        with self.init_scope():
+            for index, (name, channels, ratio, pool) in enumerate(VGG16_BLOCKS):
+                rng = numpy.random.default_rng([seed, index])
+                ratio = ratio if dropout else 0.0
+                setattr(self, name, Block(comm, in_channels, channels, ratio, pool, rng))
+                in_channels = channels
+            rng = numpy.random.default_rng([seed, len(VGG16_BLOCKS)])
+            self.fc1 = L.Linear(in_channels, HEAD_WIDTH, nobias=True,
+                                initialW=lecun_normal((HEAD_WIDTH, in_channels), rng))
+            self.bn_fc1 = L.BatchNormalization(HEAD_WIDTH)
+            self.fc2 = L.Linear(HEAD_WIDTH, n_classes, nobias=True,
+                                initialW=lecun_normal((n_classes, HEAD_WIDTH), rng))
+
+    def sliced_channels(self) -> dict[str, int]:
+        """Full output channels of each block, whose arrays are all sliced."""
+        return {name: channels for name, channels, *_ in VGG16_BLOCKS}
+
+    def blocks(self) -> list[Block]:
+        return [getattr(self, name) for name, *_ in VGG16_BLOCKS]
+
+    def forward(self, x):
+        step = int(self.train_steps)
+        blocks = self.blocks()
+        h = x
+        for site, block in enumerate(blocks):
+            h = block(h, dropout_key(self.seed, step, site))
+            # The last block feeds the replicated head, the others feed
+            # another parallel convolution: their gradients differ (see
+            # models.communication).
+            gather = gather_into_replicated if block is blocks[-1] else gather_into_parallel
+            h = gather(self.comm, h, block.out_channels)
+        site = len(blocks)
+        h = F.reshape(h, (h.shape[0], -1))
+        h = channel_slice_dropout(h, self.head_dropout, 0, HEAD_WIDTH,
+                                  dropout_key(self.seed, step, site))
+        h = F.relu(self.bn_fc1(self.fc1(h)))
+        h = channel_slice_dropout(h, self.head_dropout, 0, HEAD_WIDTH,
+                                  dropout_key(self.seed, step, site + 1))
+        if chainer.config.train:
+            self.train_steps += 1
+        return self.fc2(h)

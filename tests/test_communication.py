@@ -1,0 +1,31 @@
+import pickle
+
+import numpy
+import pytest
+from conftest import run_mpi
+from workers.communication_worker import CHANNELS, full_tensor
+
+from models.partition import channel_range
+
+
+@pytest.mark.parametrize('n', [1, 2, 3])
+def test_gathers_and_their_gradients(n, tmp_path):
+    out = tmp_path / 'result.pickle'
+    run_mpi(n, 'tests/workers/communication_worker.py', str(out))
+    ranks = pickle.loads(out.read_bytes())
+    assert len(ranks) == n
+    full = full_tensor(0)
+    summed_upstream = sum(full_tensor(100 + r) for r in range(n))
+    for rank, result in enumerate(ranks):
+        start, stop = channel_range(CHANNELS, n, rank)
+        for name in ('parallel', 'replicated'):
+            gathered, _ = result[name]
+            numpy.testing.assert_array_equal(gathered, full)
+        # Into a parallel layer: the sum over ranks of their partial
+        # gradients, restricted to my channels (a reduce-scatter).
+        numpy.testing.assert_allclose(result['parallel'][1],
+                                      summed_upstream[:, start:stop], rtol=1e-6)
+        # Into the replicated head: my own gradient's slice, nothing added.
+        numpy.testing.assert_array_equal(result['replicated'][1],
+                                         full_tensor(100 + rank)[:, start:stop])
+        numpy.testing.assert_array_equal(result['rows'], full.reshape(CHANNELS, -1))

@@ -1,0 +1,93 @@
+"""The channel-parallel VGG16 computes what a plain single-process VGG16 does.
+
+Each case runs the model on N real MPI processes (tests/workers/vgg_worker.py)
+and compares with ``ReferenceVGG16``, built from chainer.links alone and
+loaded with the same full weights.
+"""
+import pickle
+
+import chainer
+import numpy
+import pytest
+from conftest import relative_error, run_mpi
+from reference_vgg import ReferenceVGG16
+from workers.vgg_worker import batch
+
+TOLERANCE = 1e-5          # forward output and every gradient, float32
+TRAINING_TOLERANCE = 1e-4  # five steps of training, compared across N
+
+
+def run_worker(n, mode, tmp_path):
+    out = tmp_path / f'{mode}-{n}.pickle'
+    run_mpi(n, 'tests/workers/vgg_worker.py', mode, str(out))
+    return pickle.loads(out.read_bytes())
+
+
+def reference_run(state, train):
+    reference = ReferenceVGG16()
+    chainer.serializers.NpzDeserializer(state).load(reference)
+    x, _ = batch(0)
+    with chainer.using_config('train', train):
+        y = reference(x)
+    reference.cleargrads()  # Chainer fills fresh gradients with NaN
+    y.grad = numpy.random.RandomState(1).randn(*y.shape).astype(numpy.float32)
+    y.backward()
+    return y.array, {name: param.grad for name, param in reference.namedparams()}
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 4])
+def test_output_and_gradients_match_single_process_vgg16(n, tmp_path):
+    result = run_worker(n, 'compare', tmp_path)
+    for mode, train in (('train', True), ('test', False)):
+        expected_output, expected_grads = reference_run(result[f'{mode}/state'], train)
+        assert relative_error(result[f'{mode}/output'], expected_output) <= TOLERANCE, mode
+        grads = result[f'{mode}/grads']
+        assert sorted(grads) == sorted(expected_grads)
+        for name, expected in expected_grads.items():
+            assert grads[name].shape == expected.shape, name
+            error = relative_error(grads[name], expected)
+            assert error <= TOLERANCE, f'{mode} {name}: relative error {error:.2e}'
+
+
+@pytest.fixture(scope='module')
+def training_runs(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp('training')
+    return {n: run_worker(n, 'train', tmp_path) for n in (1, 2, 3, 4)}
+
+
+@pytest.mark.parametrize('n', [2, 3, 4])
+def test_training_steps_match_across_process_counts(training_runs, n):
+    one, many = training_runs[1], training_runs[n]
+    numpy.testing.assert_allclose(many['losses'], one['losses'], rtol=TRAINING_TOLERANCE)
+    assert sorted(many['state']) == sorted(one['state'])
+    for name, expected in one['state'].items():
+        error = relative_error(many['state'][name], expected)
+        assert error <= TRAINING_TOLERANCE, f'{name}: relative error {error:.2e}'
+
+
+def test_training_moves_the_parameters(training_runs):
+    # Guards the comparison above against a run in which nothing trained.
+    losses = training_runs[1]['losses']
+    assert len(set(losses)) == len(losses)
+    initial = VGG16_initial_state()
+    moved = [name for name, value in training_runs[1]['state'].items()
+             if name.endswith('/W') and not numpy.array_equal(value, initial[name])]
+    assert len(moved) == 15
+
+
+@pytest.mark.parametrize('n', [2, 3, 4])
+def test_replicated_head_is_bit_identical_on_every_rank(training_runs, n):
+    heads = training_runs[n]['heads']
+    assert len(heads) == n
+    for rank_head in heads[1:]:
+        for name, value in heads[0].items():
+            numpy.testing.assert_array_equal(rank_head[name], value, err_msg=name)
+
+
+def VGG16_initial_state():
+    import chainermn
+    from models import VGG16
+    from models.serialization import full_state
+    comm = chainermn.create_communicator('naive')
+    model = VGG16(comm, seed=0)
+    return full_state(model, comm, model.sliced_channels())
