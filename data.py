@@ -224,6 +224,8 @@ def _as_dataset(images: numpy.ndarray, labels: numpy.ndarray, size: int | None,
                             f'{len(labels)}, or leave it out for all')
         # Copies, so that the unused rest of a full-size array can be freed.
         images, labels = images[:size].copy(), labels[:size].copy()
+    # Rows read from the authors' files are converted only now, once, and
+    # only for the examples kept.
     if images.dtype == numpy.uint8:
         images = _to_float(images)
     return TupleDataset(images, labels)
