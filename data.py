@@ -1,0 +1,271 @@
+"""Datasets for the VGG16 example.
+
+CIFAR-10 and CIFAR-100 come from the authors' python tarball (or its extracted
+folder) in a directory the user names, or else from chainer's own download and
+cache. 'synthetic' is a generated CIFAR-shaped set for offline runs and tests.
+Every dataset gives float32 images in [0, 1] of shape (3, 32, 32) and int32
+labels, the same values as chainer.datasets.get_cifar10(scale=1.).
+"""
+
+import gzip
+import os
+import pickle
+import socket
+import tarfile
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import chainer
+import numpy
+from chainer.datasets import TupleDataset
+
+DATASETS = ('cifar10', 'cifar100', 'synthetic')
+
+CIFAR_PAGE = 'https://www.cs.toronto.edu/~kriz/cifar.html'
+ROW_BYTES = 3 * 32 * 32
+# Per blocking socket operation, so a slow but live download still finishes.
+DOWNLOAD_TIMEOUT_S = 30
+
+SYNTHETIC_CLASSES = 10
+SYNTHETIC_TRAIN_SIZE = 5000
+SYNTHETIC_TEST_SIZE = 1000
+
+
+class DataError(Exception):
+    """A problem with the data the user can fix; str(e) is one line saying what and how."""
+
+
+@dataclass(frozen=True)
+class _Cifar:
+    """Where one CIFAR variant keeps its batches, and what they hold."""
+    archive: str
+    folder: str
+    train_members: tuple[str, ...]
+    test_member: str
+    label_key: bytes
+    n_classes: int
+    chainer_getter: Callable[..., tuple[TupleDataset, TupleDataset]]
+
+    def members(self) -> tuple[str, ...]:
+        return self.train_members + (self.test_member,)
+
+
+_CIFAR = {
+    'cifar10': _Cifar(
+        'cifar-10-python.tar.gz', 'cifar-10-batches-py',
+        tuple(f'data_batch_{i}' for i in range(1, 6)), 'test_batch',
+        b'labels', 10, chainer.datasets.get_cifar10),
+    'cifar100': _Cifar(
+        'cifar-100-python.tar.gz', 'cifar-100-python', ('train',), 'test',
+        b'fine_labels', 100, chainer.datasets.get_cifar100),
+}
+
+
+def load_dataset(name: str, root: str | None, train_size: int | None,
+                 test_size: int | None, seed: int
+                 ) -> tuple[TupleDataset, TupleDataset, int]:
+    """Return (train, test, n_classes). name is 'cifar10', 'cifar100' or 'synthetic'.
+
+    train_size and test_size keep the first N examples (None: all, or for
+    'synthetic' 5000 and 1000). seed only affects 'synthetic'; root only CIFAR.
+    """
+    if name == 'synthetic':
+        return _synthetic(train_size, test_size, seed)
+    if name not in _CIFAR:
+        raise DataError(f'unknown dataset {name!r}: choose one of {", ".join(DATASETS)}')
+    cifar = _CIFAR[name]
+    if root is None:
+        train, test = _from_chainer(cifar)
+    else:
+        train, test = _from_root(cifar, root)
+    return (_as_dataset(*train, train_size, 'train', name),
+            _as_dataset(*test, test_size, 'test', name),
+            cifar.n_classes)
+
+
+# --- CIFAR through chainer's download -------------------------------------
+
+def _from_chainer(cifar: _Cifar) -> tuple[tuple[numpy.ndarray, numpy.ndarray], ...]:
+    """(images, labels) of train and test from chainer's download and cache."""
+    previous_timeout = socket.getdefaulttimeout()
+    # chainer's urlretrieve has no timeout of its own: without one an
+    # unreachable host would hang the run instead of failing.
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        train, test = cifar.chainer_getter(scale=1.)
+    except Exception as err:  # whatever the download or its cache raised
+        cache = chainer.dataset.get_dataset_root()
+        raise DataError(
+            f'could not get {cifar.archive} through chainer\'s download '
+            f'({_one_line(err)}): download it from {CIFAR_PAGE} and pass '
+            f'--dataset-root DIR holding it (or delete a broken download '
+            f'cached under {cache}); to run offline, use --dataset synthetic'
+        ) from err
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    # TupleDataset has no public accessor for its arrays; chainer is pinned.
+    return train._datasets, test._datasets
+
+
+def _one_line(err: Exception) -> str:
+    return ' '.join(f'{type(err).__name__}: {err}'.split())
+
+
+# --- CIFAR from the authors' files ----------------------------------------
+
+def _from_root(cifar: _Cifar, root: str) -> tuple[tuple[numpy.ndarray, numpy.ndarray], ...]:
+    """(uint8 rows, labels) of train and test from the tarball or folder in root."""
+    tarball = os.path.join(root, cifar.archive)
+    folder = os.path.join(root, cifar.folder)
+    if os.path.isfile(tarball):
+        batches = _read_tarball(cifar, tarball, root)
+    elif os.path.isdir(folder):
+        batches = _read_folder(cifar, folder, root)
+    else:
+        raise DataError(
+            f'{tarball} not found (nor the extracted folder {folder}): '
+            f'download {cifar.archive} from {CIFAR_PAGE} and put it in {root}')
+    train_rows = numpy.concatenate([batches[m][0] for m in cifar.train_members])
+    train_labels = numpy.concatenate([batches[m][1] for m in cifar.train_members])
+    return (train_rows, train_labels), batches[cifar.test_member]
+
+
+def _redownload(cifar: _Cifar, root: str) -> str:
+    return f're-download {cifar.archive} from {CIFAR_PAGE} and put it in {root}'
+
+
+def _read_tarball(cifar: _Cifar, path: str, root: str) -> dict[str, tuple]:
+    """Parse the wanted members of the tarball without extracting it to disk."""
+    wanted = {f'{cifar.folder}/{member}': member for member in cifar.members()}
+    batches = {}
+    try:
+        # Stream mode: one pass in archive order, as seeking back in a gzip
+        # stream means decompressing it again from the start.
+        with gzip.open(path) as stream, tarfile.open(fileobj=stream, mode='r|') as archive:
+            for entry in archive:
+                if entry.name in wanted and entry.isfile():
+                    payload = archive.extractfile(entry).read()
+                    where = f'{path} member {entry.name}'
+                    batches[wanted[entry.name]] = _parse_batch(
+                        payload, where, cifar, _redownload(cifar, root))
+            # Reading to the end makes gzip check its CRC, which catches
+            # corruption that inflating alone may let through.
+            stream.read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise DataError(f'{path} is truncated or corrupt ({_one_line(err)}): '
+                        f'{_redownload(cifar, root)}') from err
+    missing = [name for name, member in wanted.items() if member not in batches]
+    if missing:
+        raise DataError(f'{path} has no member {missing[0]}, so it is incomplete '
+                        f'or not the python version: {_redownload(cifar, root)}')
+    return batches
+
+
+def _read_folder(cifar: _Cifar, folder: str, root: str) -> dict[str, tuple]:
+    """Parse the batches of an already extracted tarball."""
+    fix = (f'extract the complete {cifar.archive} there, or put the tarball '
+           f'itself in {root} ({_redownload(cifar, root)})')
+    batches = {}
+    for member in cifar.members():
+        path = os.path.join(folder, member)
+        try:
+            with open(path, 'rb') as file:
+                payload = file.read()
+        except OSError as err:
+            raise DataError(f'cannot read {path} ({_one_line(err)}): {fix}') from err
+        batches[member] = _parse_batch(payload, path, cifar, fix)
+    return batches
+
+
+def _parse_batch(payload: bytes, where: str, cifar: _Cifar,
+                 fix: str) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """(uint8 rows (N, 3072), int32 labels (N,)) of one pickled batch."""
+    try:
+        # The authors pickled with Python 2: 'bytes' keeps its str keys and
+        # numpy buffers as bytes.
+        batch = pickle.loads(payload, encoding='bytes')
+    except Exception as err:  # unpickling garbage can raise almost anything
+        raise DataError(f'{where} is not a readable pickle ({_one_line(err)}): {fix}') from err
+    if not isinstance(batch, dict) or b'data' not in batch or cifar.label_key not in batch:
+        raise DataError(f'{where} is not a CIFAR batch (no {b"data"!r} and '
+                        f'{cifar.label_key!r} entries): {fix}')
+    rows = batch[b'data']
+    labels = numpy.asarray(batch[cifar.label_key])
+    if (not isinstance(rows, numpy.ndarray) or rows.dtype != numpy.uint8
+            or rows.ndim != 2 or rows.shape[1] != ROW_BYTES):
+        shape = getattr(rows, 'shape', type(rows).__name__)
+        raise DataError(f'{where} holds images of shape {shape}, expected uint8 '
+                        f'rows of shape (N, {ROW_BYTES}): {fix}')
+    if (labels.shape != (len(rows),) or labels.dtype.kind not in 'iu'
+            or (labels.size and not 0 <= labels.min() <= labels.max() < cifar.n_classes)):
+        raise DataError(f'{where} holds {labels.shape} labels of type {labels.dtype} '
+                        f'for {len(rows)} images, expected integers in '
+                        f'[0, {cifar.n_classes}), one per image: {fix}')
+    return rows, labels.astype(numpy.int32)
+
+
+def _to_float(rows: numpy.ndarray) -> numpy.ndarray:
+    """uint8 rows (R plane, G plane, B plane, each 32x32 row-major) to images."""
+    images = rows.reshape(-1, 3, 32, 32).astype(numpy.float32)
+    # The same float32 multiply as chainer's get_cifar10(scale=1.), so the two
+    # paths give bit-identical images.
+    images *= numpy.float32(1. / 255.)
+    return images
+
+
+def _as_dataset(images: numpy.ndarray, labels: numpy.ndarray, size: int | None,
+                split: str, name: str) -> TupleDataset:
+    """The first `size` examples (all for None), as float32 images."""
+    if size is not None:
+        if not 1 <= size <= len(labels):
+            raise DataError(f'--{split}-size {size} is out of range for {name}, '
+                            f'which has {len(labels)} {split} examples: use 1 to '
+                            f'{len(labels)}, or leave it out for all')
+        # Copies, so that the unused rest of a full-size array can be freed.
+        images, labels = images[:size].copy(), labels[:size].copy()
+    # Rows read from the authors' files are converted only now, once, and
+    # only for the examples kept.
+    if images.dtype == numpy.uint8:
+        images = _to_float(images)
+    return TupleDataset(images, labels)
+
+
+# --- synthetic ------------------------------------------------------------
+
+def _synthetic(train_size: int | None, test_size: int | None,
+               seed: int) -> tuple[TupleDataset, TupleDataset, int]:
+    for split, size in (('train', train_size), ('test', test_size)):
+        if size is not None and size < 1:
+            raise DataError(f'--{split}-size {size} must be at least 1')
+    train_seeds, test_seeds = numpy.random.SeedSequence(seed).spawn(2)
+    train = _synthetic_split(
+        SYNTHETIC_TRAIN_SIZE if train_size is None else train_size, train_seeds)
+    test = _synthetic_split(
+        SYNTHETIC_TEST_SIZE if test_size is None else test_size, test_seeds)
+    return train, test, SYNTHETIC_CLASSES
+
+
+def _synthetic_split(size: int, seeds: numpy.random.SeedSequence) -> TupleDataset:
+    """Class k: stripes at angle k*18 degrees, 1 to 3 cycles across the image,
+    on a background colour of hue k*36 degrees; a random phase shift
+    and pixel noise per example."""
+    # One generator per quantity, each drawn in example order, so the first
+    # k examples of a set of n are the set of k, as for CIFAR.
+    label_rng, phase_rng, noise_rng = (numpy.random.default_rng(s) for s in seeds.spawn(3))
+    labels = label_rng.integers(0, SYNTHETIC_CLASSES, size=size).astype(numpy.int32)
+    turn = (labels / SYNTHETIC_CLASSES).astype(numpy.float32)[:, None, None, None]
+    cycles = (1 + labels % 3).astype(numpy.float32)[:, None, None, None]
+    phase = phase_rng.uniform(-1., 1., size=(size, 1, 1, 1)).astype(numpy.float32)
+    y, x = numpy.mgrid[0:32, 0:32].astype(numpy.float32) / 32
+    angle = numpy.pi * turn
+    stripes = numpy.cos(2 * numpy.pi * cycles * (x * numpy.cos(angle) + y * numpy.sin(angle))
+                        + phase)
+    channel = numpy.arange(3, dtype=numpy.float32)[None, :, None, None]
+    background = 0.5 + 0.25 * numpy.cos(2 * numpy.pi * (turn - channel / 3))
+    images = noise_rng.standard_normal((size, 3, 32, 32), dtype=numpy.float32)
+    images *= 0.15
+    images += background
+    images += 0.2 * stripes
+    numpy.clip(images, 0., 1., out=images)
+    return TupleDataset(images, labels)

@@ -1,0 +1,379 @@
+"""Tests of data.py on small CIFAR files written in the authors' format.
+
+The authors' batch files are Python 2 pickles (protocol 2) of dicts whose keys
+and numpy buffers are Python 2 str; _Python2Pickler writes exactly that, so
+both data.py and chainer's own reader read these files as they read the real
+ones. No test touches the network.
+"""
+
+import hashlib
+import io
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+
+import chainer
+import numpy
+import pytest
+
+import data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHAINER_URL = 'https://www.cs.toronto.edu/~kriz/{}-python.tar.gz'
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Pickles bytes the way Python 2 pickled str, as in the authors' files."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_python2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack('<i', len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_python2_str
+
+
+def _python2_pickle(obj) -> bytes:
+    buffer = io.BytesIO()
+    _Python2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
+def _rows(images: numpy.ndarray) -> numpy.ndarray:
+    """(N, 3, 32, 32) uint8 to the authors' rows: all red, then green, then blue."""
+    return numpy.concatenate([images[:, channel].reshape(len(images), 1024)
+                              for channel in range(3)], axis=1)
+
+
+class Cifar:
+    """A small CIFAR variant: its members as bytes and the images they hold."""
+
+    def __init__(self, variant: str, n_train: int, n_test: int, seed: int):
+        rng = numpy.random.default_rng(seed)
+        self.variant = variant
+        self.n_classes = 10 if variant == 'cifar10' else 100
+        self.archive = {'cifar10': 'cifar-10-python.tar.gz',
+                        'cifar100': 'cifar-100-python.tar.gz'}[variant]
+        self.folder = {'cifar10': 'cifar-10-batches-py',
+                       'cifar100': 'cifar-100-python'}[variant]
+        self.train_images = rng.integers(0, 256, (n_train, 3, 32, 32), dtype=numpy.uint8)
+        self.train_labels = rng.integers(0, self.n_classes, n_train)
+        self.test_images = rng.integers(0, 256, (n_test, 3, 32, 32), dtype=numpy.uint8)
+        self.test_labels = rng.integers(0, self.n_classes, n_test)
+        self.members = self._members()
+
+    def _batch(self, images, labels, name: bytes) -> bytes:
+        labels = [int(label) for label in labels]
+        names = [b'img_%d.png' % i for i in range(len(images))]
+        if self.variant == 'cifar10':
+            batch = {b'batch_label': name, b'labels': labels,
+                     b'data': _rows(images), b'filenames': names}
+        else:
+            batch = {b'filenames': names, b'batch_label': name,
+                     b'fine_labels': labels,
+                     b'coarse_labels': [label // 5 for label in labels],
+                     b'data': _rows(images)}
+        return _python2_pickle(batch)
+
+    def _members(self) -> dict[str, bytes]:
+        """Member name (under self.folder) to content, in a scrambled order
+        like the real tarballs, with the metadata members data.py ignores."""
+        if self.variant == 'cifar100':
+            return {
+                'meta': _python2_pickle({b'fine_label_names': [b'x'] * 100}),
+                'test': self._batch(self.test_images, self.test_labels, b'testing batch 1 of 1'),
+                'train': self._batch(self.train_images, self.train_labels, b'training batch 1 of 1'),
+            }
+        members = {'batches.meta': _python2_pickle({b'label_names': [b'x'] * 10}),
+                   'readme.html': b'<html></html>',
+                   'test_batch': self._batch(self.test_images, self.test_labels,
+                                             b'testing batch 1 of 1')}
+        per_batch = len(self.train_labels) // 5
+        for index in (4, 2, 5, 1, 3):
+            part = slice((index - 1) * per_batch, index * per_batch)
+            members[f'data_batch_{index}'] = self._batch(
+                self.train_images[part], self.train_labels[part],
+                b'training batch %d of 5' % index)
+        return members
+
+    def write_tarball(self, path, leave_out: str | None = None) -> str:
+        with tarfile.open(path, 'w:gz') as archive:
+            for name, content in self.members.items():
+                if name == leave_out:
+                    continue
+                info = tarfile.TarInfo(f'{self.folder}/{name}')
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+        return str(path)
+
+    def write_folder(self, root) -> None:
+        os.makedirs(os.path.join(root, self.folder))
+        for name, content in self.members.items():
+            with open(os.path.join(root, self.folder, name), 'wb') as file:
+                file.write(content)
+
+
+@pytest.fixture(params=['cifar10', 'cifar100'])
+def cifar(request) -> Cifar:
+    return Cifar(request.param, n_train=100, n_test=20, seed=7)
+
+
+@pytest.fixture
+def chainer_root(tmp_path):
+    """chainer's dataset root moved to an empty folder for one test."""
+    previous = chainer.dataset.get_dataset_root()
+    root = tmp_path / 'chainer-root'
+    root.mkdir()
+    chainer.dataset.set_dataset_root(str(root))
+    yield root
+    chainer.dataset.set_dataset_root(previous)
+
+
+def _arrays(dataset):
+    images = numpy.stack([image for image, _ in dataset])
+    labels = numpy.array([label for _, label in dataset])
+    return images, labels
+
+
+def _check_values(dataset, uint8_images, labels):
+    images, loaded_labels = _arrays(dataset)
+    assert images.dtype == numpy.float32 and images.shape == uint8_images.shape
+    assert loaded_labels.dtype == numpy.int32
+    numpy.testing.assert_array_equal(loaded_labels, labels)
+    numpy.testing.assert_allclose(images, uint8_images / 255., rtol=1e-6, atol=0)
+    assert images.min() >= 0 and images.max() <= 1
+
+
+def _data_error(*args, **kwargs) -> str:
+    with pytest.raises(data.DataError) as caught:
+        data.load_dataset(*args, **kwargs)
+    message = str(caught.value)
+    assert message and '\n' not in message
+    return message
+
+
+def test_tarball_gives_the_images_written(cifar, tmp_path):
+    cifar.write_tarball(tmp_path / cifar.archive)
+    train, test, n_classes = data.load_dataset(cifar.variant, str(tmp_path), None, None, 0)
+    assert n_classes == cifar.n_classes
+    _check_values(train, cifar.train_images, cifar.train_labels)
+    _check_values(test, cifar.test_images, cifar.test_labels)
+
+
+def test_row_layout_is_red_then_green_then_blue_planes_row_major(tmp_path):
+    cifar = Cifar('cifar10', n_train=10, n_test=5, seed=1)
+    cifar.write_tarball(tmp_path / cifar.archive)
+    train, _, _ = data.load_dataset('cifar10', str(tmp_path), None, None, 0)
+    row = _rows(cifar.train_images)[3]
+    image = train[3][0]
+    # green plane, y=2, x=5 is byte 1024 + 2 * 32 + 5 of the row
+    assert image[1, 2, 5] == pytest.approx(row[1024 + 69] / 255., rel=1e-6)
+    assert image[2, 31, 0] == pytest.approx(row[2048 + 31 * 32] / 255., rel=1e-6)
+
+
+def test_extracted_folder_gives_the_same_as_the_tarball(cifar, tmp_path):
+    cifar.write_folder(tmp_path / 'folder')
+    cifar.write_tarball(tmp_path / cifar.archive)
+    from_folder = data.load_dataset(cifar.variant, str(tmp_path / 'folder'), None, None, 0)
+    from_tarball = data.load_dataset(cifar.variant, str(tmp_path), None, None, 0)
+    for folder_split, tarball_split in zip(from_folder[:2], from_tarball[:2]):
+        for folder_array, tarball_array in zip(_arrays(folder_split), _arrays(tarball_split)):
+            numpy.testing.assert_array_equal(folder_array, tarball_array)
+    assert from_folder[2] == from_tarball[2]
+
+
+def test_sizes_keep_the_first_examples(cifar, tmp_path):
+    cifar.write_tarball(tmp_path / cifar.archive)
+    train, test, _ = data.load_dataset(cifar.variant, str(tmp_path), 7, 3, 0)
+    _check_values(train, cifar.train_images[:7], cifar.train_labels[:7])
+    _check_values(test, cifar.test_images[:3], cifar.test_labels[:3])
+
+
+@pytest.mark.parametrize('sizes', [(101, None), (None, 21), (0, None)])
+def test_size_out_of_range_is_an_error(sizes, tmp_path):
+    cifar = Cifar('cifar10', n_train=100, n_test=20, seed=2)
+    cifar.write_tarball(tmp_path / cifar.archive)
+    message = _data_error('cifar10', str(tmp_path), *sizes, 0)
+    size = next(size for size in sizes if size is not None)
+    assert f'-size {size} ' in message and ('100' in message or '20' in message)
+
+
+def test_same_values_as_chainer_get_cifar10(chainer_root, tmp_path):
+    """chainer converts its cached uint8 arrays to the dataset; ours must be
+    bit-identical, read from the tarball or through chainer's cache."""
+    cifar = Cifar('cifar10', n_train=50, n_test=10, seed=3)
+    cifar_dir = chainer_root / 'pfnet' / 'chainer' / 'cifar'
+    cifar_dir.mkdir(parents=True)
+    numpy.savez_compressed(
+        cifar_dir / 'cifar-10.npz',
+        train_x=_rows(cifar.train_images), train_y=cifar.train_labels.astype(numpy.uint8),
+        test_x=_rows(cifar.test_images), test_y=cifar.test_labels.astype(numpy.uint8))
+    cifar.write_tarball(tmp_path / cifar.archive)
+    by_chainer = chainer.datasets.get_cifar10(scale=1.)
+    from_tarball = data.load_dataset('cifar10', str(tmp_path), None, None, 0)
+    from_cache = data.load_dataset('cifar10', None, None, None, 0)
+    for ours in (from_tarball, from_cache):
+        for chainer_split, our_split in zip(by_chainer, ours[:2]):
+            for chainer_array, our_array in zip(_arrays(chainer_split), _arrays(our_split)):
+                assert our_array.dtype == chainer_array.dtype
+                numpy.testing.assert_array_equal(our_array, chainer_array)
+    first, _, _ = data.load_dataset('cifar10', None, 9, None, 0)
+    _check_values(first, cifar.train_images[:9], cifar.train_labels[:9])
+
+
+def test_chainer_reads_our_cifar100_tarball_as_we_do(chainer_root, tmp_path):
+    """Planted in chainer's download cache, our file goes through chainer's
+    own tarball reader: it must accept the format and agree bit for bit."""
+    cifar = Cifar('cifar100', n_train=30, n_test=10, seed=4)
+    cache = chainer_root / '_dl_cache'
+    cache.mkdir()
+    url_hash = hashlib.md5(CHAINER_URL.format('cifar-100').encode()).hexdigest()
+    cifar.write_tarball(cache / url_hash)
+    cifar.write_tarball(tmp_path / cifar.archive)
+    by_chainer = chainer.datasets.get_cifar100(scale=1.)
+    ours = data.load_dataset('cifar100', str(tmp_path), None, None, 0)
+    for chainer_split, our_split in zip(by_chainer, ours[:2]):
+        for chainer_array, our_array in zip(_arrays(chainer_split), _arrays(our_split)):
+            numpy.testing.assert_array_equal(our_array, chainer_array)
+
+
+def test_missing_file_is_an_error_naming_it(cifar, tmp_path):
+    message = _data_error(cifar.variant, str(tmp_path), None, None, 0)
+    assert cifar.archive in message and str(tmp_path) in message
+
+
+def test_truncated_tarball_is_an_error_naming_it(cifar, tmp_path):
+    path = cifar.write_tarball(tmp_path / cifar.archive)
+    content = open(path, 'rb').read()
+    for keep in (len(content) // 2, len(content) - 4):
+        with open(path, 'wb') as file:
+            file.write(content[:keep])
+        message = _data_error(cifar.variant, str(tmp_path), None, None, 0)
+        assert path in message and 're-download' in message
+
+
+def test_corrupt_tarball_is_an_error_naming_it(cifar, tmp_path):
+    path = cifar.write_tarball(tmp_path / cifar.archive)
+    content = bytearray(open(path, 'rb').read())
+    middle = len(content) // 2
+    content[middle:middle + 16] = bytes(byte ^ 0xFF for byte in content[middle:middle + 16])
+    for bad in (bytes(content), os.urandom(5000)):
+        with open(path, 'wb') as file:
+            file.write(bad)
+        message = _data_error(cifar.variant, str(tmp_path), None, None, 0)
+        assert path in message and 're-download' in message
+
+
+def test_missing_member_is_an_error_naming_it(tmp_path):
+    cifar = Cifar('cifar10', n_train=100, n_test=20, seed=5)
+    cifar.write_tarball(tmp_path / cifar.archive, leave_out='data_batch_3')
+    message = _data_error('cifar10', str(tmp_path), None, None, 0)
+    assert 'cifar-10-batches-py/data_batch_3' in message and cifar.archive in message
+
+
+def test_missing_file_in_extracted_folder_is_an_error_naming_it(tmp_path):
+    cifar = Cifar('cifar100', n_train=10, n_test=5, seed=6)
+    cifar.write_folder(tmp_path)
+    os.remove(tmp_path / cifar.folder / 'test')
+    message = _data_error('cifar100', str(tmp_path), None, None, 0)
+    assert str(tmp_path / cifar.folder / 'test') in message
+
+
+def test_wrong_image_shape_is_an_error_naming_the_member(tmp_path):
+    cifar = Cifar('cifar10', n_train=10, n_test=5, seed=8)
+    cifar.members['test_batch'] = _python2_pickle(
+        {b'labels': [0] * 5, b'data': numpy.zeros((5, 1024), numpy.uint8)})
+    cifar.write_tarball(tmp_path / cifar.archive)
+    message = _data_error('cifar10', str(tmp_path), None, None, 0)
+    assert 'cifar-10-batches-py/test_batch' in message and '(5, 1024)' in message
+
+
+def test_failed_download_is_an_error_pointing_to_the_offline_options(tmp_path):
+    """chainer's real download, sent through a proxy on a closed loopback port,
+    fails at once; in a fresh process, as urllib reads proxies once."""
+    script = ('import socket, data\n'
+              'socket.setdefaulttimeout(7.0)\n'
+              'try:\n'
+              '    data.load_dataset("cifar10", None, None, None, 0)\n'
+              'except data.DataError as error:\n'
+              '    print(error)\n'
+              'print(socket.getdefaulttimeout())\n')
+    closed_port = _closed_loopback_port()
+    env = dict(os.environ, CHAINER_DATASET_ROOT=str(tmp_path),
+               https_proxy=f'http://127.0.0.1:{closed_port}', no_proxy='',
+               PYTHONPATH=REPO)
+    for name in ('HTTPS_PROXY', 'NO_PROXY'):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, '-c', script], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    message, timeout = done.stdout.splitlines()
+    assert 'cifar-10-python.tar.gz' in message
+    assert '--dataset-root DIR' in message and '--dataset synthetic' in message
+    assert timeout == '7.0'
+
+
+def _closed_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+# --- synthetic --------------------------------------------------------------
+
+def test_synthetic_shapes_types_and_range():
+    train, test, n_classes = data.load_dataset('synthetic', None, None, None, 0)
+    assert (len(train), len(test), n_classes) == (5000, 1000, 10)
+    for split in (train, test):
+        images, labels = _arrays(split)
+        assert images.dtype == numpy.float32 and images.shape[1:] == (3, 32, 32)
+        assert labels.dtype == numpy.int32
+        assert images.min() >= 0 and images.max() <= 1
+        assert set(labels.tolist()) == set(range(10))
+
+
+def test_synthetic_is_deterministic_per_seed():
+    first = data.load_dataset('synthetic', None, 300, 100, 1)
+    again = data.load_dataset('synthetic', None, 300, 100, 1)
+    other = data.load_dataset('synthetic', None, 300, 100, 2)
+    for split in range(2):
+        for same_a, same_b, different in zip(_arrays(first[split]), _arrays(again[split]),
+                                             _arrays(other[split])):
+            numpy.testing.assert_array_equal(same_a, same_b)
+            assert not numpy.array_equal(same_a, different)
+    # train and test are different draws, not the same examples
+    assert not numpy.array_equal(_arrays(first[0])[0][:100], _arrays(first[1])[0])
+
+
+def test_synthetic_sizes_keep_the_first_examples():
+    small = data.load_dataset('synthetic', None, 40, 10, 3)
+    full = data.load_dataset('synthetic', None, None, None, 3)
+    for split, size in ((0, 40), (1, 10)):
+        for small_array, full_array in zip(_arrays(small[split]), _arrays(full[split])):
+            numpy.testing.assert_array_equal(small_array, full_array[:size])
+
+
+def test_synthetic_is_separable_by_class_means():
+    """A nearest-class-mean classifier fit on train must score far above
+    chance (10%) on test: the classes differ in more than noise."""
+    train, test, _ = data.load_dataset('synthetic', None, 2000, 500, 0)
+    images, labels = _arrays(train)
+    means = numpy.stack([images[labels == k].mean(axis=0).ravel() for k in range(10)])
+    test_images, test_labels = _arrays(test)
+    flat = test_images.reshape(len(test_images), -1)
+    distances = ((flat ** 2).sum(1)[:, None] - 2 * flat @ means.T
+                 + (means ** 2).sum(1)[None, :])
+    accuracy = (distances.argmin(axis=1) == test_labels).mean()
+    assert accuracy > 0.9
+
+
+def test_unknown_dataset_is_an_error():
+    message = _data_error('mnist', None, None, None, 0)
+    assert 'mnist' in message and 'cifar10' in message
