@@ -7,117 +7,20 @@ ones. No test touches the network.
 """
 
 import hashlib
-import io
 import os
-import pickle
 import socket
-import struct
 import subprocess
 import sys
-import tarfile
 
 import chainer
 import numpy
 import pytest
 
 import data
+from cifar_files import Cifar, python2_pickle, rows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAINER_URL = 'https://www.cs.toronto.edu/~kriz/{}-python.tar.gz'
-
-
-class _Python2Pickler(pickle._Pickler):
-    """Pickles bytes the way Python 2 pickled str, as in the authors' files."""
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_python2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack('<i', len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_python2_str
-
-
-def _python2_pickle(obj) -> bytes:
-    buffer = io.BytesIO()
-    _Python2Pickler(buffer, protocol=2).dump(obj)
-    return buffer.getvalue()
-
-
-def _rows(images: numpy.ndarray) -> numpy.ndarray:
-    """(N, 3, 32, 32) uint8 to the authors' rows: all red, then green, then blue."""
-    return numpy.concatenate([images[:, channel].reshape(len(images), 1024)
-                              for channel in range(3)], axis=1)
-
-
-class Cifar:
-    """A small CIFAR variant: its members as bytes and the images they hold."""
-
-    def __init__(self, variant: str, n_train: int, n_test: int, seed: int):
-        rng = numpy.random.default_rng(seed)
-        self.variant = variant
-        self.n_classes = 10 if variant == 'cifar10' else 100
-        self.archive = {'cifar10': 'cifar-10-python.tar.gz',
-                        'cifar100': 'cifar-100-python.tar.gz'}[variant]
-        self.folder = {'cifar10': 'cifar-10-batches-py',
-                       'cifar100': 'cifar-100-python'}[variant]
-        self.train_images = rng.integers(0, 256, (n_train, 3, 32, 32), dtype=numpy.uint8)
-        self.train_labels = rng.integers(0, self.n_classes, n_train)
-        self.test_images = rng.integers(0, 256, (n_test, 3, 32, 32), dtype=numpy.uint8)
-        self.test_labels = rng.integers(0, self.n_classes, n_test)
-        self.members = self._members()
-
-    def _batch(self, images, labels, name: bytes) -> bytes:
-        labels = [int(label) for label in labels]
-        names = [b'img_%d.png' % i for i in range(len(images))]
-        if self.variant == 'cifar10':
-            batch = {b'batch_label': name, b'labels': labels,
-                     b'data': _rows(images), b'filenames': names}
-        else:
-            batch = {b'filenames': names, b'batch_label': name,
-                     b'fine_labels': labels,
-                     b'coarse_labels': [label // 5 for label in labels],
-                     b'data': _rows(images)}
-        return _python2_pickle(batch)
-
-    def _members(self) -> dict[str, bytes]:
-        """Member name (under self.folder) to content, in a scrambled order
-        like the real tarballs, with the metadata members data.py ignores."""
-        if self.variant == 'cifar100':
-            return {
-                'meta': _python2_pickle({b'fine_label_names': [b'x'] * 100}),
-                'test': self._batch(self.test_images, self.test_labels, b'testing batch 1 of 1'),
-                'train': self._batch(self.train_images, self.train_labels, b'training batch 1 of 1'),
-            }
-        members = {'batches.meta': _python2_pickle({b'label_names': [b'x'] * 10}),
-                   'readme.html': b'<html></html>',
-                   'test_batch': self._batch(self.test_images, self.test_labels,
-                                             b'testing batch 1 of 1')}
-        per_batch = len(self.train_labels) // 5
-        for index in (4, 2, 5, 1, 3):
-            part = slice((index - 1) * per_batch, index * per_batch)
-            members[f'data_batch_{index}'] = self._batch(
-                self.train_images[part], self.train_labels[part],
-                b'training batch %d of 5' % index)
-        return members
-
-    def write_tarball(self, path, leave_out: str | None = None) -> str:
-        with tarfile.open(path, 'w:gz') as archive:
-            for name, content in self.members.items():
-                if name == leave_out:
-                    continue
-                info = tarfile.TarInfo(f'{self.folder}/{name}')
-                info.size = len(content)
-                archive.addfile(info, io.BytesIO(content))
-        return str(path)
-
-    def write_folder(self, root) -> None:
-        os.makedirs(os.path.join(root, self.folder))
-        for name, content in self.members.items():
-            with open(os.path.join(root, self.folder, name), 'wb') as file:
-                file.write(content)
 
 
 @pytest.fixture(params=['cifar10', 'cifar100'])
@@ -171,7 +74,7 @@ def test_row_layout_is_red_then_green_then_blue_planes_row_major(tmp_path):
     cifar = Cifar('cifar10', n_train=10, n_test=5, seed=1)
     cifar.write_tarball(tmp_path / cifar.archive)
     train, _, _ = data.load_dataset('cifar10', str(tmp_path), None, None, 0)
-    row = _rows(cifar.train_images)[3]
+    row = rows(cifar.train_images)[3]
     image = train[3][0]
     # green plane, y=2, x=5 is byte 1024 + 2 * 32 + 5 of the row
     assert image[1, 2, 5] == pytest.approx(row[1024 + 69] / 255., rel=1e-6)
@@ -213,8 +116,8 @@ def test_same_values_as_chainer_get_cifar10(chainer_root, tmp_path):
     cifar_dir.mkdir(parents=True)
     numpy.savez_compressed(
         cifar_dir / 'cifar-10.npz',
-        train_x=_rows(cifar.train_images), train_y=cifar.train_labels.astype(numpy.uint8),
-        test_x=_rows(cifar.test_images), test_y=cifar.test_labels.astype(numpy.uint8))
+        train_x=rows(cifar.train_images), train_y=cifar.train_labels.astype(numpy.uint8),
+        test_x=rows(cifar.test_images), test_y=cifar.test_labels.astype(numpy.uint8))
     cifar.write_tarball(tmp_path / cifar.archive)
     by_chainer = chainer.datasets.get_cifar10(scale=1.)
     from_tarball = data.load_dataset('cifar10', str(tmp_path), None, None, 0)
@@ -288,7 +191,7 @@ def test_missing_file_in_extracted_folder_is_an_error_naming_it(tmp_path):
 
 def test_wrong_image_shape_is_an_error_naming_the_member(tmp_path):
     cifar = Cifar('cifar10', n_train=10, n_test=5, seed=8)
-    cifar.members['test_batch'] = _python2_pickle(
+    cifar.members['test_batch'] = python2_pickle(
         {b'labels': [0] * 5, b'data': numpy.zeros((5, 1024), numpy.uint8)})
     cifar.write_tarball(tmp_path / cifar.archive)
     message = _data_error('cifar10', str(tmp_path), None, None, 0)

@@ -1,0 +1,89 @@
+"""train.py end to end, on real mpiexec processes and small real-format data."""
+import json
+
+import chainer
+import numpy
+import pytest
+from cifar_files import Cifar
+from conftest import relative_error, run_mpi
+from reference_vgg import ReferenceVGG16
+
+QUICK = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '32',
+         '--batchsize', '16', '--epoch', '1']
+VGG16_PARAMETERS_10_CLASSES = 14_987_200
+
+
+def train(n, out, *flags, check=True, timeout=600):
+    return run_mpi(n, 'train.py', '--out', str(out), *flags, check=check, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('quick') / 'result'
+    result = train(2, out, *QUICK)
+    return out, result
+
+
+def test_quick_run_writes_every_output(quick_run):
+    out, result = quick_run
+    for name in ('log', 'loss.png', 'accuracy.png', 'cg.dot', 'model.npz',
+                 'run.json', 'snapshot_epoch_1'):
+        assert (out / name).stat().st_size > 0, name
+    log = json.loads((out / 'log').read_text())
+    assert [entry['epoch'] for entry in log] == [1]
+    assert {'main/loss', 'validation/main/accuracy', 'elapsed_time'} <= set(log[0])
+    assert 'CPU, 2 processes' in result.stdout
+    assert json.loads((out / 'run.json').read_text())['processes'] == 2
+
+
+def test_model_file_is_a_plain_single_process_vgg16(quick_run):
+    out, _ = quick_run
+    reference = ReferenceVGG16(n_classes=10)
+    chainer.serializers.load_npz(str(out / 'model.npz'), reference)  # strict
+    assert sum(p.size for p in reference.params()) == VGG16_PARAMETERS_10_CLASSES
+    with numpy.load(out / 'model.npz') as saved:
+        for name, param in reference.namedparams():
+            numpy.testing.assert_array_equal(param.array, saved[name.lstrip('/')])
+        # Trained: the batch-norm statistics have left their initial values.
+        assert not numpy.all(saved['conv1_1/bn/avg_mean'] == 0)
+
+
+@pytest.fixture(scope='module')
+def cifar_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('cifar')
+    Cifar('cifar10', n_train=80, n_test=32, seed=3).write_tarball(root / 'cifar-10-python.tar.gz')
+    return root
+
+
+def test_one_and_three_processes_train_the_same_model(cifar_root, tmp_path):
+    # float64: in float32 the two runs drift apart by chance (see README).
+    flags = ['--dataset-root', str(cifar_root), '--batchsize', '16', '--epoch', '2',
+             '--learnrate', '0.01', '--dtype', 'float64']
+    train(1, tmp_path / 'one', *flags)
+    train(3, tmp_path / 'three', *flags)
+    logs = [json.loads((tmp_path / run / 'log').read_text()) for run in ('one', 'three')]
+    assert len(logs[0]) == len(logs[1]) == 2
+    for one, three in zip(*logs):
+        for key in ('main/loss', 'main/accuracy', 'validation/main/loss',
+                    'validation/main/accuracy'):
+            assert three[key] == pytest.approx(one[key], rel=1e-4), key
+    with numpy.load(tmp_path / 'one' / 'model.npz') as one, \
+            numpy.load(tmp_path / 'three' / 'model.npz') as three:
+        assert sorted(one.files) == sorted(three.files)
+        for name in one.files:
+            if one[name].ndim:
+                assert relative_error(three[name], one[name]) <= 1e-4, name
+
+
+def test_offline_without_data_says_where_to_put_the_file(tmp_path):
+    env_root = tmp_path / 'empty-chainer-root'
+    from conftest import mpi_env
+    result = run_mpi(2, 'train.py', '--out', str(tmp_path / 'out'), check=False,
+                     env=mpi_env(CHAINER_DATASET_ROOT=str(env_root)), timeout=120)
+    assert result.returncode != 0
+    # Chainer announces the download attempt first; then comes our one line.
+    lines = [line for line in result.stderr.splitlines() if 'error' in line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith('train.py: error: ')
+    assert 'cifar-10-python.tar.gz' in lines[0] and '--dataset synthetic' in lines[0]
+    assert 'Traceback' not in result.stderr + result.stdout

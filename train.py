@@ -1,0 +1,304 @@
+"""Train VGG16 on CIFAR with every convolution split over MPI processes.
+
+    mpiexec -n 4 python train.py --gpu --epoch 20
+    mpiexec -n 2 python train.py --dataset synthetic --epoch 5
+
+Each process holds the filters of its share of every convolution's output
+channels; all processes see the same mini-batches (rank 0 reads the data)
+and compute exactly what one process would. Rank 0 prints the log and writes
+the files in --out.
+"""
+import os
+import sys
+
+
+def _blas_threads_per_rank() -> None:
+    """Share the cores among the ranks on this node, unless the user chose.
+
+    Must run before numpy is imported: OpenBLAS reads it when it loads.
+    MPICH's mpiexec says how many ranks share the node in MPI_LOCALNRANKS.
+    """
+    if any(name in os.environ for name in
+           ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')):
+        return
+    ranks_here = int(os.environ.get('MPI_LOCALNRANKS', '1'))
+    os.environ['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // ranks_here))
+
+
+_blas_threads_per_rank()
+
+import argparse  # noqa: E402
+import traceback  # noqa: E402
+
+import chainer  # noqa: E402
+import chainer.links as L  # noqa: E402
+import chainermn  # noqa: E402
+import matplotlib  # noqa: E402
+import numpy  # noqa: E402
+from chainer import training  # noqa: E402
+from chainer.training import extensions  # noqa: E402
+
+import checkpoint  # noqa: E402
+from data import DATASETS, DataError, load_dataset  # noqa: E402
+from models import VGG16  # noqa: E402
+from models.vgg import VGG16_BLOCKS  # noqa: E402
+from run_info import collect_run_info, write_run_info  # noqa: E402
+
+matplotlib.use('Agg')
+NARROWEST_LAYER = min(channels for _, channels, *_ in VGG16_BLOCKS)
+
+
+class UsageError(Exception):
+    """Something the user can fix; the message is one line saying what and how."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='VGG16 on CIFAR, convolutions split by output channel over MPI processes')
+    parser.add_argument('--dataset', '-d', default='cifar10',
+                        help=f'one of {", ".join(DATASETS)} (default cifar10)')
+    parser.add_argument('--batchsize', '-b', type=int, default=64,
+                        help='mini-batch size, the same on every process (default 64)')
+    parser.add_argument('--epoch', '-e', type=int, default=20,
+                        help='number of epochs to train (default 20)')
+    parser.add_argument('--learnrate', '-l', type=float, default=0.05,
+                        help='learning rate of MomentumSGD (default 0.05)')
+    parser.add_argument('--frequency', '-f', type=int, default=-1,
+                        help='write a snapshot every F epochs; -1: one at the end (default)')
+    parser.add_argument('--gpu', '-g', action='store_true',
+                        help='one GPU per process (CuPy, NCCL)')
+    parser.add_argument('--out', '-o', default='result',
+                        help='directory for the log, plots, snapshots and model.npz')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='fixes the initial weights, dropout and shuffling (default 0)')
+    parser.add_argument('--resume', metavar='SNAPSHOT',
+                        help='continue the run saved in this snapshot file')
+    parser.add_argument('--dataset-root', metavar='DIR',
+                        help="folder holding the CIFAR authors' tarball (or its extracted "
+                             "folder); default: Chainer's download and cache")
+    parser.add_argument('--dtype', choices=('float32', 'float64'), default='float32',
+                        help='float64 to check that runs on different process counts '
+                             'agree: in float32 they drift apart by chance (see README)')
+    parser.add_argument('--train-size', type=int, metavar='N',
+                        help='use only the first N training examples')
+    parser.add_argument('--test-size', type=int, metavar='N',
+                        help='use only the first N test examples')
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace, n_processes: int) -> None:
+    """Raise UsageError for settings that cannot work (the same on every rank)."""
+    if args.dataset not in DATASETS:
+        raise UsageError(f'unknown --dataset {args.dataset!r}: choose one of {", ".join(DATASETS)}')
+    for flag, value in (('--batchsize', args.batchsize), ('--epoch', args.epoch),
+                        ('--learnrate', args.learnrate)):
+        if value <= 0:
+            raise UsageError(f'{flag} must be greater than 0, got {value}')
+    if args.frequency == 0 or args.frequency < -1:
+        raise UsageError(f'--frequency must be a number of epochs (1 or more) or -1, '
+                         f'got {args.frequency}')
+    for flag, value in (('--train-size', args.train_size), ('--test-size', args.test_size)):
+        if value is not None and value <= 0:
+            raise UsageError(f'{flag} must be greater than 0, got {value}')
+    if args.train_size is not None and args.train_size < args.batchsize:
+        raise UsageError(f'--train-size {args.train_size} is smaller than one batch '
+                         f'(--batchsize {args.batchsize})')
+    if n_processes > NARROWEST_LAYER:
+        raise UsageError(f'{n_processes} processes, but the narrowest layer has only '
+                         f'{NARROWEST_LAYER} channels to split: run at most '
+                         f'{NARROWEST_LAYER} processes')
+
+
+def exit_if_any_failed(comm, error: str | None) -> None:
+    """Every rank learns whether one failed; if so, all exit after one message."""
+    errors = comm.mpi_comm.allgather(error)
+    failed = [(rank, e) for rank, e in enumerate(errors) if e]
+    if not failed:
+        return
+    if comm.rank == 0:
+        rank, message = failed[0]
+        where = f' (rank {rank})' if rank != 0 else ''
+        print(f'train.py: error{where}: {message}', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def run_checked(comm, function, *args, only_rank0: bool = False):
+    """Call ``function`` (on rank 0 alone, if so asked); exit cleanly on a user error.
+
+    With ``only_rank0`` the other ranks get None.
+    """
+    result, error = None, None
+    if not only_rank0 or comm.rank == 0:
+        try:
+            result = function(*args)
+        except (UsageError, DataError) as e:
+            error = str(e)
+    exit_if_any_failed(comm, error)
+    return result
+
+
+def gpu_device(comm) -> chainer.backend.Device:
+    """This process's GPU: the rank within its node picks the device."""
+    try:
+        import cupy
+    except ImportError:
+        raise UsageError('--gpu needs CuPy: pip install -r requirements-gpu.txt '
+                         '(or run without --gpu)')
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError:
+        count = 0
+    if count == 0:
+        raise UsageError('--gpu given, but CUDA finds no GPU on this machine (run without --gpu)')
+    if comm.intra_size > count:
+        raise UsageError(f'{comm.intra_size} processes on this node but only {count} GPUs: '
+                         f'start at most {count} processes per node')
+    return chainer.get_device(f'@cupy:{comm.intra_rank}')
+
+
+def check_out_dir(out: str) -> None:
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f'cannot create --out {out}: {e.strerror}')
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f'--out {out} is not writable: choose another directory')
+
+
+def read_snapshot(path: str) -> dict:
+    try:
+        with numpy.load(path) as npz:
+            return {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise UsageError(f'--resume {path}: no such file')
+    except Exception as e:  # numpy raises several kinds for a damaged file
+        raise UsageError(f'--resume {path} is not a readable snapshot ({type(e).__name__}): '
+                         'pass a snapshot_epoch_E file written by train.py')
+
+
+def print_header(args, comm, n_classes: int, train_size: int, test_size: int) -> None:
+    device = 'GPU' if args.gpu else 'CPU'
+    print(f'Channel-parallel VGG16 on {args.dataset} ({n_classes} classes, '
+          f'{train_size} train / {test_size} test images)')
+    print(f'{device}, {comm.size} processes, {os.environ["OMP_NUM_THREADS"]} BLAS threads '
+          f'per process' if 'OMP_NUM_THREADS' in os.environ else f'{device}, {comm.size} processes')
+    print(f'Minibatch size: {args.batchsize}, epochs: {args.epoch}, learning rate: '
+          f'{args.learnrate}, seed: {args.seed}', flush=True)
+
+
+def make_iterators(comm, train, test, batchsize: int, shuffle_rng):
+    """Multi-node iterators: rank 0 draws the batches, every rank gets them."""
+    if comm.rank == 0:
+        train_iter = chainer.iterators.SerialIterator(
+            train, batchsize,
+            order_sampler=chainer.iterators.ShuffleOrderSampler(shuffle_rng))
+        test_iter = chainer.iterators.SerialIterator(test, batchsize, repeat=False, shuffle=False)
+    else:
+        train_iter = test_iter = None
+    return (chainermn.iterators.create_multi_node_iterator(train_iter, comm),
+            chainermn.iterators.create_multi_node_iterator(test_iter, comm))
+
+
+@chainer.dataset.converter()
+def to_model_dtype(batch, device):
+    """A mini-batch as arrays on ``device``, images in the model's dtype."""
+    images, labels = chainer.dataset.concat_examples(batch, device)
+    return images.astype(chainer.get_dtype(), copy=False), labels
+
+
+def add_reports(trainer, args) -> None:
+    """What rank 0 shows and writes: log, table, plots, progress, graph."""
+    trainer.extend(extensions.DumpGraph('main/loss'))
+    trainer.extend(extensions.LogReport())
+    trainer.extend(extensions.PlotReport(['main/loss', 'validation/main/loss'],
+                                         'epoch', file_name='loss.png'))
+    trainer.extend(extensions.PlotReport(['main/accuracy', 'validation/main/accuracy'],
+                                         'epoch', file_name='accuracy.png'))
+    trainer.extend(extensions.PrintReport(
+        ['epoch', 'main/loss', 'validation/main/loss',
+         'main/accuracy', 'validation/main/accuracy', 'elapsed_time']))
+    trainer.extend(extensions.ProgressBar(update_interval=1))
+
+
+def train(args: argparse.Namespace, comm) -> None:
+    run_checked(comm, check_args, args, comm.size)
+    run_checked(comm, check_out_dir, args.out, only_rank0=True)
+    device = run_checked(comm, gpu_device, comm) if args.gpu else chainer.get_device('@numpy')
+    device.use()
+    # Rank 0 alone reads the data; the others need only the class count.
+    train_set, test_set, n_classes = run_checked(
+        comm, load_dataset, args.dataset, args.dataset_root, args.train_size,
+        args.test_size, args.seed, only_rank0=True) or (None, None, None)
+    n_classes = comm.bcast_obj(n_classes)
+    snapshot = (comm.bcast_obj(run_checked(comm, read_snapshot, args.resume, only_rank0=True))
+                if args.resume else None)
+
+    chainer.global_config.dtype = numpy.dtype(args.dtype)
+    vgg = VGG16(comm, n_classes, seed=args.seed)
+    model = L.Classifier(vgg)
+    model.to_device(device)
+    optimizer = chainer.optimizers.MomentumSGD(args.learnrate)
+    optimizer.setup(model)
+    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
+
+    shuffle_rng = numpy.random.RandomState(args.seed) if comm.rank == 0 else None
+    train_iter, test_iter = make_iterators(comm, train_set, test_set, args.batchsize, shuffle_rng)
+    updater = training.StandardUpdater(train_iter, optimizer, converter=to_model_dtype,
+                                       device=device)
+    trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=args.out)
+    # Every rank evaluates (each holds part of the model); rank 0 reports.
+    trainer.extend(extensions.Evaluator(test_iter, model, converter=to_model_dtype,
+                                        device=device))
+    frequency = args.epoch if args.frequency == -1 else args.frequency
+
+    @training.make_extension(trigger=(frequency, 'epoch'))
+    def snapshot_extension(trainer):
+        path = os.path.join(args.out, f'snapshot_epoch_{updater.epoch}')
+        checkpoint.save_snapshot(trainer, vgg, shuffle_rng, comm, path)
+
+    trainer.extend(snapshot_extension, name='snapshot')
+    if comm.rank == 0:
+        add_reports(trainer, args)
+        print_header(args, comm, n_classes, len(train_set), len(test_set))
+        write_run_info(args.out, collect_run_info(args, comm.size, 'exact'))
+    if snapshot is not None:
+        run_checked(comm, resume, trainer, vgg, shuffle_rng, comm, snapshot, n_classes, args.resume)
+
+    trainer.run()
+    checkpoint.save_model(vgg, comm, os.path.join(args.out, 'model.npz'))
+
+
+def resume(trainer, vgg, shuffle_rng, comm, snapshot: dict, n_classes: int, path: str) -> None:
+    saved_classes = snapshot.get('updater/model:main/predictor/fc2/W')
+    if saved_classes is None:
+        raise UsageError(f'--resume {path} is not a snapshot written by train.py')
+    if saved_classes.shape[0] != n_classes:
+        raise UsageError(f'--resume {path} was written for {saved_classes.shape[0]} classes, '
+                         f'this dataset has {n_classes}: resume with the same --dataset')
+    checkpoint.load_snapshot(trainer, vgg, shuffle_rng, comm, snapshot)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    comm = chainermn.create_communicator('pure_nccl' if args.gpu and _has_cupy() else 'naive')
+    try:
+        train(args, comm)
+    except Exception:
+        # Any other failure is a bug or a crash: say where, and end every
+        # rank now rather than leave the others waiting in a collective.
+        traceback.print_exc()
+        print(f'train.py: rank {comm.rank} failed; stopping all {comm.size} processes',
+              file=sys.stderr, flush=True)
+        comm.mpi_comm.Abort(1)
+
+
+def _has_cupy() -> bool:
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == '__main__':
+    main()
