@@ -29,6 +29,7 @@ _blas_threads_per_rank()
 
 import argparse  # noqa: E402
 import traceback  # noqa: E402
+import warnings  # noqa: E402
 
 import chainer  # noqa: E402
 import chainer.links as L  # noqa: E402
@@ -45,6 +46,8 @@ from models.vgg import VGG16_BLOCKS  # noqa: E402
 from run_info import collect_run_info, write_run_info  # noqa: E402
 
 matplotlib.use('Agg')
+# ChainerMN marks its iterators and collectives experimental, on every rank.
+warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)
 NARROWEST_LAYER = min(channels for _, channels, *_ in VGG16_BLOCKS)
 
 
@@ -251,7 +254,8 @@ def train(args: argparse.Namespace, comm) -> None:
                                         device=device))
     frequency = args.epoch if args.frequency == -1 else args.frequency
 
-    @training.make_extension(trigger=(frequency, 'epoch'))
+    # Priority -100, as Chainer's own snapshot: after the log is updated.
+    @training.make_extension(trigger=(frequency, 'epoch'), priority=-100)
     def snapshot_extension(trainer):
         path = os.path.join(args.out, f'snapshot_epoch_{updater.epoch}')
         checkpoint.save_snapshot(trainer, vgg, shuffle_rng, comm, path)

@@ -1,0 +1,66 @@
+"""Snapshots and resume, through train.py on real mpiexec processes."""
+import json
+
+import numpy
+import pytest
+from conftest import relative_error, run_mpi
+
+RUN = ['--dataset', 'synthetic', '--train-size', '48', '--test-size', '16',
+       '--batchsize', '16', '--epoch', '2', '--frequency', '1']
+
+
+def train(n, out, *flags):
+    return run_mpi(n, 'train.py', '--out', str(out), *RUN, *flags)
+
+
+def log_without_time(out):
+    return [{k: v for k, v in entry.items() if k != 'elapsed_time'}
+            for entry in json.loads((out / 'log').read_text())]
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp('uninterrupted')
+    train(2, out)
+    return out
+
+
+def test_snapshots_are_written_every_epoch_and_complete(uninterrupted):
+    for epoch in (1, 2):
+        with numpy.load(uninterrupted / f'snapshot_epoch_{epoch}') as snapshot:
+            keys = set(snapshot.files)
+        # Full tensors of the model, the optimizer's momentum, the
+        # iterator's position and the shuffling generator.
+        assert 'updater/model:main/predictor/conv1_1/conv/W' in keys
+        assert 'updater/optimizer:main/predictor/conv1_1/conv/W/v' in keys
+        assert 'updater/iterator:main/current_position' in keys
+        assert 'shuffle_rng/keys' in keys
+    with numpy.load(uninterrupted / 'snapshot_epoch_1') as snapshot:
+        assert snapshot['updater/model:main/predictor/conv1_1/conv/W'].shape == (64, 3, 3, 3)
+    assert not [p for p in uninterrupted.iterdir() if '.tmp' in p.name]
+
+
+def test_resume_on_the_same_process_count_is_bit_identical(uninterrupted, tmp_path):
+    train(2, tmp_path, '--resume', str(uninterrupted / 'snapshot_epoch_1'))
+    assert log_without_time(tmp_path) == log_without_time(uninterrupted)
+    with numpy.load(uninterrupted / 'model.npz') as expected, \
+            numpy.load(tmp_path / 'model.npz') as resumed:
+        assert sorted(resumed.files) == sorted(expected.files)
+        for name in expected.files:
+            numpy.testing.assert_array_equal(resumed[name], expected[name], err_msg=name)
+
+
+def test_resume_on_another_process_count_continues_the_run(tmp_path):
+    # float64, so that the comparison is not at the mercy of float32 drift.
+    train(2, tmp_path / 'two', '--dtype', 'float64')
+    train(3, tmp_path / 'three', '--dtype', 'float64',
+          '--resume', str(tmp_path / 'two' / 'snapshot_epoch_1'))
+    for two, three in zip(log_without_time(tmp_path / 'two'),
+                          log_without_time(tmp_path / 'three')):
+        for key, value in two.items():
+            assert three[key] == pytest.approx(value, rel=1e-3), key
+    with numpy.load(tmp_path / 'two' / 'model.npz') as two, \
+            numpy.load(tmp_path / 'three' / 'model.npz') as three:
+        for name in two.files:
+            if two[name].ndim:
+                assert relative_error(three[name], two[name]) <= 1e-3, name
