@@ -5,20 +5,19 @@ convolution spends around its matrix products (im2col copies, layout changes)
 is paid in full on every rank. Chainer's CPU convolution spends more there
 than in the products themselves; this module keeps that part small.
 
-All three methods below compute in a position-major layout (one row per
-pixel, channels contiguous) because OpenBLAS multiplies (pixels, C) @
-(C, c_out) much faster than (c_out, C) @ (C, pixels) when c_out is small
-(on this machine, one core, C=64, c_out=32: about 60-75 against 40 GFLOP/s).
+Both methods compute in a position-major layout (one row per pixel, channels
+contiguous) because OpenBLAS multiplies (pixels, C) @ (C, c_out) much faster
+than (c_out, C) @ (C, pixels) when c_out is small (on this machine, one
+core, C=64, c_out=32: 78 against 51 GFLOP/s).
 
 - _ShiftedWindows (large images): no im2col at all. The zero-padded input is
   laid out once as a (positions, C) matrix in which every kernel tap is a
   contiguous block of rows, so each tap is one product on a view.
-- _Im2col (small images, where the padding of the first method would be a
-  large share of the positions): one copy into a gemm-ready matrix.
-- _Toeplitz (images with fewer pixels than the kernel has taps): the whole
-  convolution as one dense matrix, which skips the products with padding.
+- _Im2col (small images, where padding would be a large share of the
+  positions of the first method, and few input channels): one copy into a
+  gemm-ready matrix.
 
-The input gradient is the convolution of the output gradient with the
+The input gradient is the correlation of the output gradient with the
 flipped, transposed filters, so it reuses the same forward code.
 """
 
@@ -33,10 +32,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 # large enough for BLAS to run at full speed (also multi-threaded).
 _BLOCK_ROWS = 1024
 
-# Choose im2col over shifted windows when the windows method would compute
-# more than this share of extra (padding) positions per output position, as
-# a fraction of ... (see _method_for).
-_IM2COL_COPY_COST = 20.0
+# Costs, in multiply-adds of a matrix product, of what each method does
+# besides its products (see _method_for): moving one value in im2col's copy,
+# and adding one value of the running sum of shifted windows. Fitted to
+# timings of both methods on VGG16's layer shapes at batch 64 split over 1, 2
+# and 4 ranks on this machine (benchmarks/conv_methods.py); they only steer
+# speed, both methods give the same result.
+_COPY_COST = 20.0
+_ADD_COST = 5.0
 
 
 def convolution_2d(x, W, pad: int) -> chainer.Variable:
@@ -90,39 +93,43 @@ class _SliceConvolution(function_node.FunctionNode):
 
     def forward_cpu(self, inputs):
         x, W = inputs
-        self.retain_inputs((1,))
+        # Each tap's (c_out, C) matrix, contiguous. The forward multiplies by
+        # their transposes, the input gradient by themselves; BLAS reads both
+        # without a copy.
+        self.taps = numpy.ascontiguousarray(W.transpose(2, 3, 0, 1))
         # The method keeps what the filter gradient needs (the laid-out
-        # input), so x itself need not be retained.
+        # input), so neither x nor W is retained.
         self.method = _method_for(x.shape, W.shape[2], self.pad, W.shape[0])
-        return self.method.forward(x, W),
+        return self.method.forward(x, self.taps.transpose(0, 1, 3, 2)),
 
     def backward(self, indexes, grad_outputs):
-        W, = self.get_retained_inputs()
-        grad = _SliceConvolutionGrad(self.method, self.pad, 0 in indexes)
-        gW, *gx = grad.apply((W, grad_outputs[0]))
+        grad = _SliceConvolutionGrad(self.method, self.taps, self.pad,
+                                     0 in indexes)
+        gW, *gx = grad.apply(grad_outputs)
         return tuple(gx[0] if i == 0 else gW for i in indexes)
 
 
 class _SliceConvolutionGrad(function_node.FunctionNode):
     """Both gradients of _SliceConvolution; not differentiable again."""
 
-    def __init__(self, method, pad: int, input_grad_needed: bool):
+    def __init__(self, method, taps, pad: int, input_grad_needed: bool):
         self.method = method
+        self.taps = taps
         self.pad = pad
         self.input_grad_needed = input_grad_needed
 
     def forward_cpu(self, inputs):
-        W, gy = inputs
+        gy, = inputs
         gW = self.method.weight_grad(gy)
         if not self.input_grad_needed:
             return gW,
-        k = W.shape[2]
-        flipped = W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
-        # The adjoint of a correlation with padding p is a correlation of
-        # the output gradient with the flipped filters and padding k-1-p.
+        # The adjoint of a correlation with padding p is the correlation of
+        # the output gradient with padding k-1-p and the flipped taps, each
+        # tap's matrix transposed: (c_out, C) maps gy's channels to x's.
+        k = self.taps.shape[0]
         gx_pad = k - 1 - self.pad
-        method = _method_for(gy.shape, k, gx_pad, flipped.shape[0])
-        return gW, method.forward(gy, flipped)
+        method = _method_for(gy.shape, k, gx_pad, self.taps.shape[3])
+        return gW, method.forward(gy, self.taps[::-1, ::-1])
 
     def backward(self, indexes, grad_outputs):
         raise NotImplementedError(
@@ -130,18 +137,21 @@ class _SliceConvolutionGrad(function_node.FunctionNode):
 
 
 def _method_for(x_shape, k: int, pad: int, c_out: int):
-    height, width = x_shape[2:]
+    """The faster method for this shape, by a rough cost model.
+
+    Per output value, both methods do k*k*C multiply-adds of products.
+    Shifted windows also computes the padding positions of its grid, a
+    share `extra` of the outputs, and adds k*k partial products per output
+    value, a share _ADD_COST / C of the multiply-adds; im2col copies k*k*C
+    input values per output position, a share _COPY_COST / c_out. Large
+    images with many input channels favour shifted windows, small images
+    (where padding is a large share of the positions) and few input channels
+    (the first layer) favour im2col.
+    """
+    c_in, height, width = x_shape[1:]
     out_height, out_width = height + 2 * pad - k + 1, width + 2 * pad - k + 1
-    if height * width < k * k:
-        return _Toeplitz(x_shape, k, pad)
-    # Shifted windows computes (H+pad)(W+pad) positions per image for
-    # H_out*W_out outputs; im2col computes none in vain but copies k*k*C
-    # values per output, which costs about as much as _IM2COL_COPY_COST
-    # multiply-adds each, i.e. a share _IM2COL_COPY_COST / c_out of its
-    # products (a measured constant for this machine; the choice is only
-    # about speed, both methods give the same result).
     extra = (height + pad) * (width + pad) / (out_height * out_width) - 1
-    if extra < _IM2COL_COPY_COST / c_out:
+    if extra + _ADD_COST / c_in < _COPY_COST / c_out:
         return _ShiftedWindows(x_shape, k, pad)
     return _Im2col(x_shape, k, pad)
 
@@ -195,19 +205,16 @@ class _ShiftedWindows:
                 :, :, :height, :width] = images.transpose(1, 0, 2, 3)
         return grid
 
-    def forward(self, x, W):
+    def forward(self, x, taps):
         k, pad = self.k, self.pad
         # Output q reads up to q + (k-1)*(row+1); pixel (0, 0) of image 0
         # sits pad rows and pad columns after output (0, 0).
         self.grid = self._on_grid(x, pad * self.row + pad,
                                   self.n + (k - 1) * (self.row + 1))
-        # (C, c_out) matrix of each tap, contiguous: numpy hands strided
-        # operands to a slow non-BLAS loop.
-        taps = numpy.ascontiguousarray(W.transpose(2, 3, 1, 0))
         y = _sum_of_window_products(numpy.ascontiguousarray(self.grid.T),
                                     self.offsets,
-                                    taps.reshape(k * k, *taps.shape[2:]),
-                                    self.n)
+                                    [taps[kh, kw] for kh in range(k)
+                                     for kw in range(k)], self.n)
         return self._outputs(y)
 
     def _outputs(self, y):
@@ -262,7 +269,7 @@ class _Im2col:
     def __init__(self, x_shape, k: int, pad: int):
         self.k, self.pad = k, pad
 
-    def forward(self, x, W):
+    def forward(self, x, taps):
         batch, channels, height, width = x.shape
         k, pad = self.k, self.pad
         padded = numpy.zeros(
@@ -274,55 +281,26 @@ class _Im2col:
         self.out_hw = patches.shape[1:3]
         self.patches = numpy.ascontiguousarray(
             patches.transpose(0, 1, 2, 4, 5, 3)).reshape(-1, k * k * channels)
-        filters = W.transpose(2, 3, 1, 0).reshape(k * k * channels, -1)
-        y = self.patches @ filters
+        y = self.patches @ _patch_filters(taps)
         return _to_nchw(y.reshape(batch, *self.out_hw, -1))
 
     def weight_grad(self, gy):
         gy_rows = _pixel_rows(gy).reshape(-1, gy.shape[1])
-        gW = self.patches.T @ gy_rows
-        return gW.reshape(self.k, self.k, -1, gy.shape[1]).transpose(3, 2, 0, 1)
+        # (c_out, (kh, kw, C)) -> (c_out, C, kh, kw)
+        gW = (gy_rows.T @ self.patches).reshape(gy.shape[1], self.k, self.k,
+                                                -1)
+        return numpy.ascontiguousarray(gW.transpose(0, 3, 1, 2))
 
 
-class _Toeplitz:
-    """Correlation as one dense (H*W*C, H_out*W_out*c_out) matrix.
+def _patch_filters(taps):
+    """(k, k, C, c_out) taps -> ((kh, kw, C), c_out) matrix for im2col.
 
-    For images with fewer pixels than the kernel has taps (VGG16's 2x2
-    layers on CIFAR) this does fewer multiply-adds than im2col, which also
-    multiplies by the zero padding: 4 of 9 taps of a 3x3 kernel fall inside
-    a 2x2 image. The matrix has one (C, c_out) block per pair of input and
-    output pixels that a tap connects, zeros elsewhere.
+    Copied in the order in which the taps are contiguous in memory (along
+    C in the forward, along c_out for the input gradient); the result is
+    then C- or F-ordered, both fine for BLAS. The other order costs a
+    strided copy, about 2 ms for 256x512x3x3 filters against 0.5 ms.
     """
-
-    def __init__(self, x_shape, k: int, pad: int):
-        height, width = x_shape[2:]
-        self.in_hw = height, width
-        self.out_hw = height + 2 * pad - k + 1, width + 2 * pad - k + 1
-        self.k = k
-        self.links = [
-            (r, s, i, j, r - i + pad, s - j + pad)
-            for r in range(height) for s in range(width)
-            for i in range(self.out_hw[0]) for j in range(self.out_hw[1])
-            if 0 <= r - i + pad < k and 0 <= s - j + pad < k]
-
-    def forward(self, x, W):
-        batch, channels = x.shape[:2]
-        c_out = W.shape[0]
-        self.inputs = _pixel_rows(x).reshape(batch, -1)
-        dense = numpy.zeros((*self.in_hw, channels, *self.out_hw, c_out),
-                            x.dtype)
-        for r, s, i, j, kh, kw in self.links:
-            dense[r, s, :, i, j, :] = W[:, :, kh, kw].T
-        y = self.inputs @ dense.reshape(self.inputs.shape[1], -1)
-        return _to_nchw(y.reshape(batch, *self.out_hw, c_out))
-
-    def weight_grad(self, gy):
-        c_out = gy.shape[1]
-        gy_rows = _pixel_rows(gy).reshape(gy.shape[0], -1)
-        g_dense = (self.inputs.T @ gy_rows).reshape(
-            *self.in_hw, -1, *self.out_hw, c_out)
-        gW = numpy.zeros((c_out, g_dense.shape[2], self.k, self.k),
-                         gy.dtype)
-        for r, s, i, j, kh, kw in self.links:
-            gW[:, :, kh, kw] += g_dense[r, s, :, i, j, :].T
-        return gW
+    k, _, c_in, c_out = taps.shape
+    if taps.strides[2] == taps.itemsize:
+        return taps.transpose(3, 0, 1, 2).reshape(c_out, k * k * c_in).T
+    return taps.reshape(k * k * c_in, c_out)
