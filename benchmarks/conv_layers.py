@@ -53,6 +53,14 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def print_load(when: str) -> None:
+    """Other processes on the machine slow every column down (see the
+    load averages: above 1 per core, this run shared its cores)."""
+    load = ', '.join(f'{value:.2f}' for value in os.getloadavg())
+    print(f'load average {when} the run (1, 5, 15 min): {load} '
+          f'on {os.cpu_count()} cores')
+
+
 def describe_blas() -> None:
     try:
         import threadpoolctl
@@ -173,12 +181,26 @@ def main() -> None:
     layers = [Layer(c_in, c_out // args.processes, size, args.batch, rng,
                     first=(i == 0))
               for i, (c_in, c_out, size) in enumerate(VGG16_CONVS)]
+    print_load('before')
     medians = measure(layers, args.repeats, args.skip_chainer)
+    print_load('after')
     print_table(layers, medians, args.processes)
     total_flops = sum(layer.flops for layer in layers)
-    print(f'floor rate {total_flops / sum(medians["floor"]) / 1e9:.1f} '
-          f'GFLOP/s; ours {total_flops / sum(medians["ours"]) / 1e9:.1f} '
-          f'GFLOP/s (nominal FLOPs, padding taps included)')
+    peak = square_gemm_rate(rng, args.repeats)
+    print(f'GFLOP/s (nominal FLOPs, padding taps included): ours '
+          f'{total_flops / sum(medians["ours"]) / 1e9:.1f}, floor '
+          f'{total_flops / sum(medians["floor"]) / 1e9:.1f}, a square '
+          f'1024x1024 sgemm {peak / 1e9:.1f} (all FLOPs at that rate: '
+          f'{total_flops / peak * 1e3:.1f} ms)')
+
+
+def square_gemm_rate(rng, repeats: int) -> float:
+    """FLOP/s of a square float32 matrix product, median of repeats."""
+    a, b = rng.standard_normal((2, 1024, 1024), numpy.float32)
+    a @ b
+    time_taken = statistics.median(seconds(lambda: a @ b)
+                                   for _ in range(repeats))
+    return 2 * 1024 ** 3 / time_taken
 
 
 if __name__ == '__main__':
