@@ -1,0 +1,87 @@
+"""Time both convolution methods of models.conv_cpu on VGG16's shapes.
+
+The data behind models/conv_cpu.py's _COPY_COST and _ADD_COST: for every
+convolution that VGG16 on 32x32 images runs with its output channels split
+over 1, 2 or 4 ranks at batch 64, the time of shifted windows and of im2col,
+and which one the cost model picks. A layer's forward call also prepares
+its filter gradient, so it is timed with it; the input gradient's call
+(a correlation of the output gradient) is timed alone. Best of --repeats.
+
+Run with one BLAS thread, e.g.
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/conv_methods.py
+"""
+
+import argparse
+import pathlib
+import sys
+import time
+
+import numpy
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from benchmarks.conv_layers import KERNEL, PAD, VGG16_CONVS  # noqa: E402
+from models import conv_cpu  # noqa: E402
+
+METHODS = (conv_cpu._ShiftedWindows, conv_cpu._Im2col)
+
+
+def convolutions(batch: int):
+    """(kind, input channels, output channels, size) of every distinct call,
+    largest images first."""
+    calls = set()
+    for ranks in (1, 2, 4):
+        for i, (c_in, c_out, size) in enumerate(VGG16_CONVS):
+            calls.add(('layer', c_in, c_out // ranks, size))
+            if i > 0:
+                calls.add(('input grad', c_out // ranks, c_in, size))
+    return sorted(calls, key=lambda call: (-call[3], call[1], call[2]))
+
+
+def best_time(run, repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def time_method(method, kind, x, W, gy, repeats: int) -> float:
+    convolution = method(x.shape, KERNEL, PAD)
+    if kind == 'layer':
+        return best_time(lambda: (convolution.forward(x, W),
+                                  convolution.weight_grad(gy)), repeats)
+    return best_time(lambda: convolution.forward(x, W), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--batch', type=int, default=64)
+    parser.add_argument('--repeats', type=int, default=5)
+    args = parser.parse_args()
+    if min(args.batch, args.repeats) < 1:
+        parser.error('--batch and --repeats must be positive')
+    rng = numpy.random.default_rng(0)
+    print(f'{"call":>10} {"C_in":>5} {"C_out":>5} {"size":>4} '
+          f'{"windows ms":>10} {"im2col ms":>10} {"picked":>8} {"best":>7}')
+    for kind, c_in, c_out, size in convolutions(args.batch):
+        x = rng.standard_normal((args.batch, c_in, size, size), numpy.float32)
+        W = rng.standard_normal((c_out, c_in, KERNEL, KERNEL), numpy.float32)
+        gy = rng.standard_normal((args.batch, c_out, size, size),
+                                 numpy.float32)
+        times = [time_method(method, kind, x, W, gy, args.repeats)
+                 for method in METHODS]
+        picked = type(conv_cpu._method_for(x.shape, KERNEL, PAD, c_out))
+        best = METHODS[int(numpy.argmin(times))]
+        print(f'{kind:>10} {c_in:5d} {c_out:5d} {size:4d} '
+              f'{times[0] * 1e3:10.1f} {times[1] * 1e3:10.1f} '
+              f'{short_name(picked):>8} {short_name(best):>7}')
+
+
+def short_name(method) -> str:
+    return 'windows' if method is conv_cpu._ShiftedWindows else 'im2col'
+
+
+if __name__ == '__main__':
+    main()
