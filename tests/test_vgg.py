@@ -3,6 +3,14 @@
 Each case runs the model on N real MPI processes (tests/workers/vgg_worker.py)
 and compares with ``ReferenceVGG16``, built from chainer.links alone and
 loaded with the same full weights.
+
+Exactness is checked in float64, where rounding cannot hide a mistake. In
+float32 the model and the reference sum in different orders (the model has
+its own CPU convolution), and in training mode batch normalization turns
+those 1e-7 differences into 1e-5 in the output and up to 1e-2 in gradients
+(measured: its backward subtracts the batch mean of the upstream gradient,
+leaving a small remainder of large terms). So float32 is compared in test
+mode to 1e-5, and in training mode only the output, to 1e-4.
 """
 import pickle
 
@@ -13,46 +21,65 @@ from conftest import relative_error, run_mpi
 from reference_vgg import ReferenceVGG16
 from workers.vgg_worker import batch
 
-TOLERANCE = 1e-5          # forward output and every gradient, float32
+TOLERANCE = {'float64': 1e-10, 'float32': 1e-5}
+FLOAT32_TRAINING_OUTPUT_TOLERANCE = 1e-4
 TRAINING_TOLERANCE = 1e-4  # five steps of training, compared across N
 
 
-def run_worker(n, mode, tmp_path):
-    out = tmp_path / f'{mode}-{n}.pickle'
-    run_mpi(n, 'tests/workers/vgg_worker.py', mode, str(out))
+def run_worker(n, tmp_path, *args):
+    out = tmp_path / f'{"-".join(args)}-{n}.pickle'
+    run_mpi(n, 'tests/workers/vgg_worker.py', args[0], str(out), *args[1:])
     return pickle.loads(out.read_bytes())
 
 
-def reference_run(state, train):
-    reference = ReferenceVGG16()
+def reference_run(state, train, dtype):
+    with chainer.using_config('dtype', numpy.dtype(dtype)):
+        reference = ReferenceVGG16()
     chainer.serializers.NpzDeserializer(state).load(reference)
     x, _ = batch(0)
     with chainer.using_config('train', train):
-        y = reference(x)
+        y = reference(x.astype(dtype))
     reference.cleargrads()  # Chainer fills fresh gradients with NaN
-    y.grad = numpy.random.RandomState(1).randn(*y.shape).astype(numpy.float32)
+    y.grad = numpy.random.RandomState(1).randn(*y.shape).astype(dtype)
     y.backward()
     return y.array, {name: param.grad for name, param in reference.namedparams()}
 
 
+def check_against_reference(result, mode, dtype, tolerance, gradients=True):
+    expected_output, expected_grads = reference_run(result[f'{mode}/state'], mode == 'train',
+                                                    dtype)
+    assert result[f'{mode}/output'].dtype == dtype
+    error = relative_error(result[f'{mode}/output'], expected_output)
+    assert error <= tolerance, f'{mode} output: relative error {error:.2e}'
+    if not gradients:
+        return
+    grads = result[f'{mode}/grads']
+    assert sorted(grads) == sorted(expected_grads)
+    for name, expected in expected_grads.items():
+        assert grads[name].shape == expected.shape, name
+        error = relative_error(grads[name], expected)
+        assert error <= tolerance, f'{mode} {name}: relative error {error:.2e}'
+
+
 @pytest.mark.parametrize('n', [1, 2, 3, 4])
-def test_output_and_gradients_match_single_process_vgg16(n, tmp_path):
-    result = run_worker(n, 'compare', tmp_path)
-    for mode, train in (('train', True), ('test', False)):
-        expected_output, expected_grads = reference_run(result[f'{mode}/state'], train)
-        assert relative_error(result[f'{mode}/output'], expected_output) <= TOLERANCE, mode
-        grads = result[f'{mode}/grads']
-        assert sorted(grads) == sorted(expected_grads)
-        for name, expected in expected_grads.items():
-            assert grads[name].shape == expected.shape, name
-            error = relative_error(grads[name], expected)
-            assert error <= TOLERANCE, f'{mode} {name}: relative error {error:.2e}'
+def test_output_and_gradients_match_single_process_vgg16_in_float64(n, tmp_path):
+    result = run_worker(n, tmp_path, 'compare', 'float64')
+    for mode in ('train', 'test'):
+        check_against_reference(result, mode, 'float64', TOLERANCE['float64'])
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 4])
+def test_float32_matches_single_process_vgg16_within_rounding(n, tmp_path):
+    result = run_worker(n, tmp_path, 'compare', 'float32')
+    check_against_reference(result, 'test', 'float32', TOLERANCE['float32'])
+    check_against_reference(result, 'train', 'float32', FLOAT32_TRAINING_OUTPUT_TOLERANCE,
+                            gradients=False)
 
 
 @pytest.fixture(scope='module')
 def training_runs(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp('training')
-    return {n: run_worker(n, 'train', tmp_path) for n in (1, 2, 3, 4)}
+    return {n: run_worker(n, tmp_path, 'train') for n in (1, 2, 3, 4)}
 
 
 @pytest.mark.parametrize('n', [2, 3, 4])

@@ -1,9 +1,9 @@
 """Runs the channel-parallel VGG16 on every rank; rank 0 saves what it saw.
 
-Usage: mpiexec -n N python tests/workers/vgg_worker.py MODE OUT.pickle
-MODE compare: one forward and backward in training mode, then one in test
-  mode, dropout off; saves the full state before each and the output and full
-  gradients of each.
+Usage: mpiexec -n N python tests/workers/vgg_worker.py MODE OUT.pickle [DTYPE]
+MODE compare [DTYPE]: one forward and backward in training mode, then one in
+  test mode, dropout off, in DTYPE (default float32); saves the full state
+  before each and the output and full gradients of each.
 MODE train: five MomentumSGD steps with weight decay and dropout on, in
   float64; saves the losses, the final full state, and every rank's copy of the head.
 """
@@ -26,12 +26,14 @@ def batch(step: int):
 
     Plain noise with random labels would do for one step, but not for five:
     every noise image looks alike to the deep layers, their batch variance
-    nearly vanishes, and batch normalization then amplifies rounding
-    differences a thousandfold from step to step.
+    nearly vanishes, and batch normalization amplifies rounding differences.
+    Centred on zero: a convolution of all-positive images has a mean far
+    above its spread, and batch normalization's subtraction of that mean
+    turns float32 rounding of 1e-7 into 1e-6 at the first layer (measured).
     """
     rng = numpy.random.RandomState(step)
     labels = rng.randint(0, 10, BATCH).astype(numpy.int32)
-    colours = numpy.random.RandomState(1000).rand(10, 3, 1, 1)
+    colours = numpy.random.RandomState(1000).rand(10, 3, 1, 1) - 0.5
     images = colours[labels] + 0.3 * rng.randn(BATCH, 3, 32, 32)
     return images.astype(numpy.float32), labels
 
@@ -47,10 +49,12 @@ def full_grads(model, comm) -> dict:
     return grads
 
 
-def compare(comm, out):
-    model = VGG16(comm, seed=0, dropout=False)
+def compare(comm, out, dtype='float32'):
+    with chainer.using_config('dtype', numpy.dtype(dtype)):
+        model = VGG16(comm, seed=0, dropout=False)
     x, _ = batch(0)
-    upstream = numpy.random.RandomState(1).randn(BATCH, 10).astype(numpy.float32)
+    x = x.astype(dtype)
+    upstream = numpy.random.RandomState(1).randn(BATCH, 10).astype(dtype)
     for mode, train in (('train', True), ('test', False)):
         out[f'{mode}/state'] = full_state(model, comm, model.sliced_channels())
         with chainer.using_config('train', train):
@@ -88,10 +92,10 @@ def train(comm, out):
     out['heads'] = comm.gather_obj(head)
 
 
-def main(mode: str, out_path: str) -> None:
+def main(mode: str, out_path: str, *options: str) -> None:
     comm = chainermn.create_communicator('naive')
     out = {}
-    {'compare': compare, 'train': train}[mode](comm, out)
+    {'compare': compare, 'train': train}[mode](comm, out, *options)
     if comm.rank == 0:
         with open(out_path, 'wb') as f:
             pickle.dump(out, f)
