@@ -72,7 +72,19 @@ def reduce_scatter_channels(comm, partial, axis: int = 1):
     return device.send(mine)
 
 
-class GatherIntoParallel(chainer.FunctionNode):
+class _GatherChannels(chainer.FunctionNode):
+    """Forward: all-gather channel slices. Subclasses define the backward."""
+
+    def __init__(self, comm, channels: int):
+        self.comm = comm
+        self.channels = channels
+
+    def forward(self, inputs):
+        x, = inputs
+        return allgather_channels(self.comm, x, self.channels),
+
+
+class GatherIntoParallel(_GatherChannels):
     """Forward: all-gather channel slices; backward: reduce-scatter partial gradients.
 
     For a gathered tensor that feeds another parallel convolution: each rank's
@@ -81,21 +93,13 @@ class GatherIntoParallel(chainer.FunctionNode):
     channels.
     """
 
-    def __init__(self, comm, channels: int):
-        self.comm = comm
-        self.channels = channels
-
-    def forward(self, inputs):
-        x, = inputs
-        return allgather_channels(self.comm, x, self.channels),
-
     def backward(self, indexes, grad_outputs):
         gy, = grad_outputs
         # A plain Variable: no double backprop through the exchange.
         return chainer.Variable(reduce_scatter_channels(self.comm, gy.array)),
 
 
-class GatherIntoReplicated(chainer.FunctionNode):
+class GatherIntoReplicated(_GatherChannels):
     """Forward: all-gather channel slices; backward: keep my slice, no communication.
 
     For a gathered tensor that feeds the replicated head: every rank computes
@@ -103,14 +107,6 @@ class GatherIntoReplicated(chainer.FunctionNode):
     complete and identical on all ranks. Summing it over ranks, as a
     reduce-scatter would, multiplies every gradient below by N.
     """
-
-    def __init__(self, comm, channels: int):
-        self.comm = comm
-        self.channels = channels
-
-    def forward(self, inputs):
-        x, = inputs
-        return allgather_channels(self.comm, x, self.channels),
 
     def backward(self, indexes, grad_outputs):
         gy, = grad_outputs
