@@ -87,3 +87,23 @@ def test_offline_without_data_says_where_to_put_the_file(tmp_path):
     assert lines[0].startswith('train.py: error: ')
     assert 'cifar-10-python.tar.gz' in lines[0] and '--dataset synthetic' in lines[0]
     assert 'Traceback' not in result.stderr + result.stdout
+
+
+def test_compare_reads_a_real_run_and_its_printed_table(quick_run, tmp_path):
+    import subprocess
+    import sys
+    from conftest import REPO
+    out, result = quick_run
+    printed = tmp_path / 'stdout.txt'
+    printed.write_text(result.stdout)
+    plot = tmp_path / 'comparison.png'
+    compared = subprocess.run(
+        [sys.executable, f'{REPO}/compare.py', str(out), str(printed), '--plot', str(plot)],
+        capture_output=True, text=True, cwd=REPO)
+    assert compared.returncode == 0, compared.stderr
+    # Labelled from run.json; the log and the table it printed agree to the
+    # digits PrintReport shows.
+    assert '2 proc' in compared.stdout and 'exact' in compared.stdout
+    entry = json.loads((out / 'log').read_text())[0]
+    assert f"{entry['main/loss']:.4f}"[:5] in compared.stdout
+    assert plot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
