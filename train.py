@@ -28,6 +28,8 @@ def _blas_threads_per_rank() -> None:
 _blas_threads_per_rank()
 
 import argparse  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
 import traceback  # noqa: E402
 import warnings  # noqa: E402
 
@@ -40,8 +42,10 @@ from chainer import training  # noqa: E402
 from chainer.training import extensions  # noqa: E402
 
 import checkpoint  # noqa: E402
+import faults  # noqa: E402
 from data import DATASETS, DataError, load_dataset  # noqa: E402
 from models import VGG16  # noqa: E402
+from models.serialization import load_full_state  # noqa: E402
 from models.vgg import VGG16_BLOCKS  # noqa: E402
 from run_info import collect_run_info, write_run_info  # noqa: E402
 
@@ -49,6 +53,10 @@ matplotlib.use('Agg')
 # ChainerMN marks its iterators and collectives experimental, on every rank.
 warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)
 NARROWEST_LAYER = min(channels for _, channels, *_ in VGG16_BLOCKS)
+# Where a snapshot keeps the model's arrays, under the names model.npz uses.
+SNAPSHOT_MODEL = 'updater/model:main/predictor/'
+FILES_EXPECTED = {'--resume': 'a snapshot_epoch_E file',
+                  '--evaluate': 'a model.npz or snapshot_epoch_E file'}
 
 
 class UsageError(Exception):
@@ -76,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='fixes the initial weights, dropout and shuffling (default 0)')
     parser.add_argument('--resume', metavar='SNAPSHOT',
                         help='continue the run saved in this snapshot file')
+    parser.add_argument('--evaluate', metavar='MODEL',
+                        help='only print the test loss and accuracy of a model.npz or '
+                             'snapshot file, then exit (writes nothing)')
     parser.add_argument('--dataset-root', metavar='DIR',
                         help="folder holding the CIFAR authors' tarball (or its extracted "
                              "folder); default: Chainer's download and cache")
@@ -110,6 +121,8 @@ def check_args(args: argparse.Namespace, n_processes: int) -> None:
         raise UsageError(f'{n_processes} processes, but the narrowest layer has only '
                          f'{NARROWEST_LAYER} channels to split: run at most '
                          f'{NARROWEST_LAYER} processes')
+    if args.evaluate and args.resume:
+        raise UsageError('--evaluate and --resume exclude each other: give one of them')
 
 
 def exit_if_any_failed(comm, error: str | None) -> None:
@@ -168,15 +181,32 @@ def check_out_dir(out: str) -> None:
         raise UsageError(f'--out {out} is not writable: choose another directory')
 
 
-def read_snapshot(path: str) -> dict:
+def read_npz(path: str, flag: str) -> dict:
+    """Every array of the file given to ``flag`` (--resume or --evaluate)."""
     try:
         with numpy.load(path) as npz:
             return {key: npz[key] for key in npz.files}
     except FileNotFoundError:
-        raise UsageError(f'--resume {path}: no such file')
+        raise UsageError(f'{flag} {path}: no such file')
     except Exception as e:  # numpy raises several kinds for a damaged file
-        raise UsageError(f'--resume {path} is not a readable snapshot ({type(e).__name__}): '
-                         'pass a snapshot_epoch_E file written by train.py')
+        raise UsageError(f'{flag} {path} is not a readable npz file ({type(e).__name__}): '
+                         f'pass {FILES_EXPECTED[flag]} written by train.py')
+
+
+def read_snapshot(path: str, n_classes: int) -> dict:
+    snapshot = read_npz(path, '--resume')
+    check_class_count('--resume', path, snapshot.get(SNAPSHOT_MODEL + 'fc2/W'), n_classes)
+    return snapshot
+
+
+def check_class_count(flag: str, path: str, last_weights, n_classes: int) -> None:
+    """The file's last layer (``fc2/W``, None if absent) must fit the dataset."""
+    if getattr(last_weights, 'ndim', 0) != 2:
+        raise UsageError(f'{flag} {path} holds no VGG16 of train.py: '
+                         f'pass {FILES_EXPECTED[flag]} written by train.py')
+    if last_weights.shape[0] != n_classes:
+        raise UsageError(f'{flag} {path} was written for {last_weights.shape[0]} classes, '
+                         f'this dataset has {n_classes}: use the --dataset it was trained on')
 
 
 def print_header(args, comm, n_classes: int, train_size: int, test_size: int) -> None:
@@ -189,17 +219,33 @@ def print_header(args, comm, n_classes: int, train_size: int, test_size: int) ->
           f'{args.learnrate}, seed: {args.seed}', flush=True)
 
 
+def process_ids(comm) -> str | None:
+    """On rank 0, 'rank pid@host' of every process, else None.
+
+    A process killed outright cannot say so; mpiexec then reports it by its
+    id and host alone, which this list turns into a rank.
+    """
+    ids = comm.mpi_comm.gather(f'{os.getpid()}@{socket.gethostname()}')
+    return ', '.join(f'{rank} {id_}' for rank, id_ in enumerate(ids)) if ids else None
+
+
 def make_iterators(comm, train, test, batchsize: int, shuffle_rng):
     """Multi-node iterators: rank 0 draws the batches, every rank gets them."""
     if comm.rank == 0:
         train_iter = chainer.iterators.SerialIterator(
             train, batchsize,
             order_sampler=chainer.iterators.ShuffleOrderSampler(shuffle_rng))
-        test_iter = chainer.iterators.SerialIterator(test, batchsize, repeat=False, shuffle=False)
     else:
-        train_iter = test_iter = None
+        train_iter = None
     return (chainermn.iterators.create_multi_node_iterator(train_iter, comm),
-            chainermn.iterators.create_multi_node_iterator(test_iter, comm))
+            make_test_iterator(comm, test, batchsize))
+
+
+def make_test_iterator(comm, test, batchsize: int):
+    """One pass over the test set in order, rank 0's batches given to every rank."""
+    test_iter = (chainer.iterators.SerialIterator(test, batchsize, repeat=False, shuffle=False)
+                 if comm.rank == 0 else None)
+    return chainermn.iterators.create_multi_node_iterator(test_iter, comm)
 
 
 @chainer.dataset.converter()
@@ -223,17 +269,28 @@ def add_reports(trainer, args) -> None:
     trainer.extend(extensions.ProgressBar(update_interval=1))
 
 
+def use_device(args, comm) -> chainer.backend.Device:
+    device = run_checked(comm, gpu_device, comm) if args.gpu else chainer.get_device('@numpy')
+    device.use()
+    return device
+
+
+def read_data(args, comm, train_size: int | None):
+    """(train, test, n_classes); rank 0 alone reads the data, the others get the class count."""
+    train_set, test_set, n_classes = run_checked(
+        comm, load_dataset, args.dataset, args.dataset_root, train_size,
+        args.test_size, args.seed, only_rank0=True) or (None, None, None)
+    return train_set, test_set, comm.bcast_obj(n_classes)
+
+
 def train(args: argparse.Namespace, comm) -> None:
     run_checked(comm, check_args, args, comm.size)
     run_checked(comm, check_out_dir, args.out, only_rank0=True)
-    device = run_checked(comm, gpu_device, comm) if args.gpu else chainer.get_device('@numpy')
-    device.use()
-    # Rank 0 alone reads the data; the others need only the class count.
-    train_set, test_set, n_classes = run_checked(
-        comm, load_dataset, args.dataset, args.dataset_root, args.train_size,
-        args.test_size, args.seed, only_rank0=True) or (None, None, None)
-    n_classes = comm.bcast_obj(n_classes)
-    snapshot = (comm.bcast_obj(run_checked(comm, read_snapshot, args.resume, only_rank0=True))
+    device = use_device(args, comm)
+    train_set, test_set, n_classes = read_data(args, comm, args.train_size)
+    fault = run_checked(comm, fault_injection, comm)
+    snapshot = (comm.bcast_obj(run_checked(comm, read_snapshot, args.resume, n_classes,
+                                           only_rank0=True))
                 if args.resume else None)
 
     chainer.global_config.dtype = numpy.dtype(args.dtype)
@@ -261,32 +318,86 @@ def train(args: argparse.Namespace, comm) -> None:
         checkpoint.save_snapshot(trainer, vgg, shuffle_rng, comm, path)
 
     trainer.extend(snapshot_extension, name='snapshot')
+    if fault is not None:
+        trainer.extend(fault)
+    ids = process_ids(comm)
     if comm.rank == 0:
         add_reports(trainer, args)
         print_header(args, comm, n_classes, len(train_set), len(test_set))
+        print(f'Process ids by rank: {ids}', flush=True)
         write_run_info(args.out, collect_run_info(args, comm.size, 'exact'))
     if snapshot is not None:
-        run_checked(comm, resume, trainer, vgg, shuffle_rng, comm, snapshot, n_classes, args.resume)
+        checkpoint.load_snapshot(trainer, vgg, shuffle_rng, comm, snapshot)
 
     trainer.run()
     checkpoint.save_model(vgg, comm, os.path.join(args.out, 'model.npz'))
 
 
-def resume(trainer, vgg, shuffle_rng, comm, snapshot: dict, n_classes: int, path: str) -> None:
-    saved_classes = snapshot.get('updater/model:main/predictor/fc2/W')
-    if saved_classes is None:
-        raise UsageError(f'--resume {path} is not a snapshot written by train.py')
-    if saved_classes.shape[0] != n_classes:
-        raise UsageError(f'--resume {path} was written for {saved_classes.shape[0]} classes, '
-                         f'this dataset has {n_classes}: resume with the same --dataset')
-    checkpoint.load_snapshot(trainer, vgg, shuffle_rng, comm, snapshot)
+def fault_injection(comm):
+    """The extension PARALLEL_CONV_FAULT asks for on this rank (see faults.py), or None."""
+    value = os.environ.get(faults.FAULT_VARIABLE)
+    if value is None:
+        return None
+    try:
+        return faults.fault_extension(value, comm.rank, comm.size)
+    except ValueError as e:
+        raise UsageError(str(e))
+
+
+def evaluate(args: argparse.Namespace, comm) -> None:
+    """--evaluate: print the test loss and accuracy of a saved model; write nothing."""
+    run_checked(comm, check_args, args, comm.size)
+    device = use_device(args, comm)
+    # The test set is all it needs: one training example spares reading in the rest.
+    _, test_set, n_classes = read_data(args, comm, 1)
+    weights = comm.bcast_obj(run_checked(comm, read_model, args.evaluate, n_classes,
+                                         only_rank0=True))
+    chainer.global_config.dtype = numpy.dtype(args.dtype)
+    vgg = VGG16(comm, n_classes, seed=args.seed)
+    run_checked(comm, load_model, vgg, comm, weights, args.evaluate)
+    model = L.Classifier(vgg)
+    model.to_device(device)
+    # The Evaluator the training runs, on the same batches: the same means.
+    result = extensions.Evaluator(make_test_iterator(comm, test_set, args.batchsize), model,
+                                  converter=to_model_dtype, device=device)()
+    if comm.rank == 0:
+        print(f'test loss {float(result["main/loss"]):.7g}, accuracy '
+              f'{float(result["main/accuracy"]):.6f} ({len(test_set)} {args.dataset} test '
+              f'images, batch size {args.batchsize}, {args.evaluate})', flush=True)
+
+
+def read_model(path: str, n_classes: int) -> dict:
+    """The model's arrays in a model.npz, or in a snapshot under the same names."""
+    state = read_npz(path, '--evaluate')
+    if SNAPSHOT_MODEL + 'fc2/W' in state:
+        state = {key[len(SNAPSHOT_MODEL):]: value for key, value in state.items()
+                 if key.startswith(SNAPSHOT_MODEL)}
+    check_class_count('--evaluate', path, state.get('fc2/W'), n_classes)
+    return state
+
+
+def load_model(vgg, comm, weights: dict, path: str) -> None:
+    try:
+        load_full_state(vgg, comm, vgg.sliced_channels(), weights)
+    except (KeyError, ValueError) as e:  # an array missing or of the wrong shape
+        raise UsageError(f'--evaluate {path} does not fit VGG16 ({type(e).__name__}: {e}): '
+                         f'pass {FILES_EXPECTED["--evaluate"]} written by train.py')
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     comm = chainermn.create_communicator('pure_nccl' if args.gpu and _has_cupy() else 'naive')
+    # Ctrl-C reaches every rank, from the terminal and again from mpiexec.
+    # Rank 0 alone acts on it, once, so that no rank stops while rank 0
+    # writes a file. The others run on to the next collective, which lets
+    # rank 0 return to Python code if it waited in one.
+    signal.signal(signal.SIGINT, _interrupt_once if comm.rank == 0 else signal.SIG_IGN)
     try:
-        train(args, comm)
+        (evaluate if args.evaluate else train)(args, comm)
+    except KeyboardInterrupt:
+        print(f'train.py: interrupted; stopping all {comm.size} processes',
+              file=sys.stderr, flush=True)
+        comm.mpi_comm.Abort(130)
     except Exception:
         # Any other failure is a bug or a crash: say where, and end every
         # rank now rather than leave the others waiting in a collective.
@@ -294,6 +405,11 @@ def main(argv=None) -> None:
         print(f'train.py: rank {comm.rank} failed; stopping all {comm.size} processes',
               file=sys.stderr, flush=True)
         comm.mpi_comm.Abort(1)
+
+
+def _interrupt_once(signum, frame) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _has_cupy() -> bool:

@@ -34,6 +34,36 @@ def run_mpi(n: int, script: str, *args: str, timeout: float = 300,
     return result
 
 
+EARLIER_RUN = {'log': b'earlier run', 'snapshot_epoch_1': b'earlier snapshot'}
+
+
+@pytest.fixture
+def earlier_out(tmp_path):
+    """An --out directory holding an earlier run's files, which bad input must not touch."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    for name, content in EARLIER_RUN.items():
+        (out / name).write_bytes(content)
+    return out
+
+
+def check_earlier_run_kept(out) -> None:
+    assert sorted(p.name for p in out.iterdir()) == sorted(EARLIER_RUN)
+    for name, content in EARLIER_RUN.items():
+        assert (out / name).read_bytes() == content, name
+
+
+def check_clean_failure(result: subprocess.CompletedProcess, *expected_words: str) -> None:
+    """A user error: non-zero exit, one line on stderr naming the words, no traceback."""
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith('train.py: error')
+    for word in expected_words:
+        assert word in lines[0], lines[0]
+    assert 'Traceback' not in result.stderr + result.stdout
+
+
 def relative_error(actual, expected) -> float:
     """Norm-wise relative error: ||actual - expected|| / ||expected||."""
     import numpy

@@ -1,19 +1,10 @@
 """Bad input to train.py: one line on stderr, a non-zero exit, nothing lost."""
 import pytest
-from conftest import run_mpi
+from cifar_files import Cifar
+from conftest import check_clean_failure, check_earlier_run_kept, mpi_env, run_mpi
 
 QUICK = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
          '--batchsize', '16', '--epoch', '1']
-
-
-def check_clean_failure(result, *expected_words):
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith('train.py: error')
-    for word in expected_words:
-        assert word in lines[0], lines[0]
-    assert 'Traceback' not in result.stderr + result.stdout
 
 
 @pytest.mark.parametrize('flags, words', [
@@ -25,31 +16,78 @@ def check_clean_failure(result, *expected_words):
     (['--frequency', '-2'], ['--frequency']),
     (['--train-size', '8'], ['--train-size', 'batch']),
     (['--gpu'], ['--gpu']),
+    (['--evaluate', 'model.npz', '--resume', 'snapshot_epoch_1'], ['--evaluate', '--resume']),
 ])
-def test_bad_flag_fails_in_one_line(flags, words, tmp_path):
-    out = tmp_path / 'out'
-    out.mkdir()
-    (out / 'log').write_text('earlier run')
-    result = run_mpi(2, 'train.py', '--out', str(out), *QUICK, *flags, check=False,
+def test_bad_flag_fails_in_one_line(flags, words, earlier_out):
+    result = run_mpi(2, 'train.py', '--out', str(earlier_out), *QUICK, *flags, check=False,
                      timeout=60)
     check_clean_failure(result, *words)
-    assert (out / 'log').read_text() == 'earlier run'
+    check_earlier_run_kept(earlier_out)
 
 
-def test_missing_dataset_root_names_the_file(tmp_path):
-    result = run_mpi(2, 'train.py', '--out', str(tmp_path / 'out'),
+def test_more_processes_than_channels_are_refused():
+    # Starting 65 processes is too heavy for a test: check_args is what
+    # train.py runs first on every rank (run through mpiexec just above).
+    import train
+    args = train.parse_args(QUICK)
+    train.check_args(args, 64)
+    with pytest.raises(train.UsageError,
+                       match='^65 processes, but the narrowest layer has only 64 channels'):
+        train.check_args(args, 65)
+
+
+def test_missing_dataset_root_names_the_file(tmp_path, earlier_out):
+    result = run_mpi(2, 'train.py', '--out', str(earlier_out),
                      '--dataset-root', str(tmp_path / 'nowhere'), check=False, timeout=60)
     check_clean_failure(result, 'cifar-10-python.tar.gz')
+    check_earlier_run_kept(earlier_out)
 
 
-@pytest.mark.parametrize('content', [None, b'not a snapshot'])
-def test_bad_resume_file_fails_in_one_line(content, tmp_path):
-    snapshot = tmp_path / 'snapshot_epoch_1'
+@pytest.fixture(scope='module')
+def cifar_tarball(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp('cifar') / 'cifar-10-python.tar.gz'
+    return open(Cifar('cifar10', n_train=40, n_test=16, seed=5).write_tarball(path), 'rb').read()
+
+
+def truncate(content: bytes) -> bytes:
+    return content[:len(content) // 2]
+
+
+def flip_middle_bytes(content: bytes) -> bytes:
+    middle = len(content) // 2
+    return content[:middle] + bytes(b ^ 0xFF for b in content[middle:middle + 16]) \
+        + content[middle + 16:]
+
+
+@pytest.mark.parametrize('damage', [truncate, flip_middle_bytes])
+def test_damaged_dataset_tarball_fails_in_one_line(damage, cifar_tarball, tmp_path, earlier_out):
+    root = tmp_path / 'data'
+    root.mkdir()
+    tarball = root / 'cifar-10-python.tar.gz'
+    tarball.write_bytes(damage(cifar_tarball))
+    result = run_mpi(2, 'train.py', '--out', str(earlier_out), '--dataset-root', str(root),
+                     '--batchsize', '16', '--epoch', '1', check=False, timeout=60)
+    check_clean_failure(result, str(tarball), 're-download')
+    check_earlier_run_kept(earlier_out)
+
+
+@pytest.mark.parametrize('flag', ['--resume', '--evaluate'])
+@pytest.mark.parametrize('content', [None, b'not an npz file'])
+def test_bad_resume_or_evaluate_file_fails_in_one_line(flag, content, tmp_path, earlier_out):
+    saved = tmp_path / 'saved.npz'
     if content is not None:
-        snapshot.write_bytes(content)
-    result = run_mpi(2, 'train.py', '--out', str(tmp_path / 'out'), *QUICK,
-                     '--resume', str(snapshot), check=False, timeout=60)
-    check_clean_failure(result, '--resume')
+        saved.write_bytes(content)
+    result = run_mpi(2, 'train.py', '--out', str(earlier_out), *QUICK, flag, str(saved),
+                     check=False, timeout=60)
+    check_clean_failure(result, flag, str(saved))
+    check_earlier_run_kept(earlier_out)
+
+
+def test_malformed_fault_variable_fails_in_one_line(earlier_out):
+    result = run_mpi(2, 'train.py', '--out', str(earlier_out), *QUICK, check=False, timeout=60,
+                     env=mpi_env(PARALLEL_CONV_FAULT='1:first:raise'))
+    check_clean_failure(result, 'PARALLEL_CONV_FAULT', 'RANK:ITERATION:ACTION')
+    check_earlier_run_kept(earlier_out)
 
 
 def test_unwritable_out_fails_in_one_line(tmp_path):
@@ -58,3 +96,4 @@ def test_unwritable_out_fails_in_one_line(tmp_path):
     result = run_mpi(2, 'train.py', '--out', str(blocker / 'out'), *QUICK,
                      check=False, timeout=60)
     check_clean_failure(result, '--out')
+    assert blocker.read_text() == 'a file, not a directory'

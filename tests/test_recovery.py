@@ -1,0 +1,203 @@
+"""--evaluate, and how a job ends when a process fails or Ctrl-C is pressed.
+
+Real mpiexec runs. The failures are injected through PARALLEL_CONV_FAULT
+(see faults.py); a job that hangs fails its test at a timeout, and its
+processes are killed.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy
+import pytest
+from cifar_files import Cifar
+from conftest import (REPO, check_clean_failure, check_earlier_run_kept, mpi_env,
+                      mpiexec_path, run_mpi)
+
+RUN = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '24',
+       '--batchsize', '16']
+# Four iterations an epoch: a fault at iteration 2 is mid-epoch.
+LONGER_RUN = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '16',
+              '--batchsize', '16']
+# The time a job may take to end once one of its processes failed.
+ENDS_WITHIN_S = 10
+# Bounds a whole job, start-up and training included, should one hang.
+JOB_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A 2-process run of one epoch: its log, model.npz and snapshot_epoch_1."""
+    out = tmp_path_factory.mktemp('trained')
+    run_mpi(2, 'train.py', '--out', str(out), *RUN, '--epoch', '1', timeout=JOB_TIMEOUT_S)
+    return out
+
+
+def files_in(directory) -> dict:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()}
+
+
+@pytest.mark.parametrize('n, saved', [(1, 'model.npz'), (3, 'model.npz'),
+                                      (1, 'snapshot_epoch_1')])
+def test_evaluate_reproduces_the_last_validation(trained, n, saved):
+    before = files_in(trained)
+    result = run_mpi(n, 'train.py', '--out', str(trained), *RUN,
+                     '--evaluate', str(trained / saved), timeout=JOB_TIMEOUT_S)
+    found = re.findall(r'^test loss (\S+), accuracy (\S+) ', result.stdout, re.MULTILINE)
+    assert len(found) == 1, result.stdout
+    loss, accuracy = map(float, found[0])
+    last = json.loads((trained / 'log').read_text())[-1]
+    assert accuracy == pytest.approx(last['validation/main/accuracy'], abs=1e-6)
+    assert loss == pytest.approx(last['validation/main/loss'], rel=1e-5)
+    assert files_in(trained) == before
+
+
+@pytest.fixture(scope='module')
+def cifar100_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('cifar100')
+    Cifar('cifar100', n_train=16, n_test=16, seed=2).write_tarball(
+        root / 'cifar-100-python.tar.gz')
+    return root
+
+
+@pytest.mark.parametrize('flag, saved', [('--evaluate', 'model.npz'),
+                                         ('--resume', 'snapshot_epoch_1')])
+def test_file_for_another_class_count_fails_in_one_line(trained, cifar100_root, earlier_out,
+                                                       flag, saved):
+    result = run_mpi(2, 'train.py', '--out', str(earlier_out), '--dataset', 'cifar100',
+                     '--dataset-root', str(cifar100_root), '--batchsize', '16',
+                     flag, str(trained / saved), check=False, timeout=JOB_TIMEOUT_S)
+    check_clean_failure(result, flag, 'written for 10 classes', 'has 100')
+    check_earlier_run_kept(earlier_out)
+
+
+def test_evaluate_truncated_model_fails_in_one_line(trained, tmp_path):
+    model = tmp_path / 'model.npz'
+    content = (trained / 'model.npz').read_bytes()
+    model.write_bytes(content[:len(content) // 2])
+    result = run_mpi(2, 'train.py', '--out', str(tmp_path / 'out'), *RUN,
+                     '--evaluate', str(model), check=False, timeout=JOB_TIMEOUT_S)
+    check_clean_failure(result, '--evaluate', 'not a readable npz file')
+    assert not (tmp_path / 'out').exists()
+
+
+# --- jobs that fail or are interrupted ---------------------------------------
+
+def start_job(n: int, out, *flags: str, env: dict | None = None,
+              mpiexec_options: tuple = ()) -> subprocess.Popen:
+    """mpiexec running train.py, in a session of its own so that it can be
+    signalled (and killed, should it hang) as a whole."""
+    command = [mpiexec_path(), *mpiexec_options, '-n', str(n), sys.executable,
+               os.path.join(REPO, 'train.py'), '--out', str(out), *flags]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env or mpi_env(), cwd=REPO,
+                            start_new_session=True)
+
+
+def train_processes(out) -> list[int]:
+    """Ids of the train.py processes writing to ``out`` (a path unique to a test)."""
+    ids = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{entry}/cmdline', 'rb') as file:
+                arguments = file.read().split(b'\0')
+        except OSError:  # not a process, or one that just ended
+            continue
+        if any(a.endswith(b'train.py') for a in arguments) and str(out).encode() in arguments:
+            ids.append(int(entry))
+    return ids
+
+
+def kill_job(job: subprocess.Popen, out) -> None:
+    for pid in [job.pid, *train_processes(out)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    job.communicate()
+
+
+def finish(job: subprocess.Popen, out, timeout: float) -> tuple[str, str]:
+    """stdout and stderr of the job once it ended; a failed test if it hangs."""
+    try:
+        return job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_job(job, out)
+        pytest.fail(f'mpiexec still running {timeout:.0f} s later')
+
+
+def check_all_gone_by(out, deadline: float) -> None:
+    while train_processes(out) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not train_processes(out), 'processes left running'
+
+
+def rank_process_id(stdout: str, rank: int) -> int:
+    """A rank's process id, from the header train.py prints."""
+    line = re.search(r'^Process ids by rank: (.*)$', stdout, re.MULTILINE).group(1)
+    ids = dict(entry.split(' ') for entry in line.split(', '))
+    return int(ids[str(rank)].split('@')[0])
+
+
+@pytest.mark.parametrize('n, action', [(2, 'raise'), (2, 'exit'), (3, 'kill')])
+def test_a_failing_rank_ends_the_job(n, action, tmp_path):
+    out = tmp_path / 'out'
+    # mpiexec's list of exit codes by rank is how a rank that exits outright is found.
+    job = start_job(n, out, *LONGER_RUN, '--epoch', '1',
+                    env=mpi_env(PARALLEL_CONV_FAULT=f'1:2:{action}'),
+                    mpiexec_options=('-print-all-exitcodes',) if action == 'exit' else ())
+    stdout, stderr = finish(job, out, JOB_TIMEOUT_S)
+    ended = time.time()
+    fault = re.search(r'acting now \(time ([0-9.]+)\)', stderr)
+    assert fault, stderr
+    fault_time = float(fault.group(1))
+    assert job.returncode != 0
+    assert ended - fault_time < ENDS_WITHIN_S
+    check_all_gone_by(out, fault_time + ENDS_WITHIN_S)
+    if action == 'raise':
+        assert f'train.py: rank 1 failed; stopping all {n} processes' in stderr
+    elif action == 'exit':
+        codes = re.search(r'Exit codes: \[\S+\] (\S+)', stdout + stderr).group(1).split(',')
+        assert codes[1] == str(3 << 8), codes  # wait status of exit code 3
+    else:
+        # mpiexec names the killed process by its id; the header maps it to rank 1.
+        assert f'PID {rank_process_id(stdout, 1)} RUNNING AT' in stdout + stderr
+    assert not (out / 'model.npz').exists()
+
+
+def test_ctrl_c_stops_every_rank_and_keeps_the_last_snapshot(tmp_path):
+    out = tmp_path / 'out'
+    flags = [*LONGER_RUN, '--epoch', '2', '--frequency', '1']
+    job = start_job(2, out, *flags)
+    snapshot = out / 'snapshot_epoch_1'
+    deadline = time.time() + JOB_TIMEOUT_S
+    while not snapshot.exists():
+        if job.poll() is not None or time.time() > deadline:
+            kill_job(job, out)
+            pytest.fail('the run ended, or took too long, before its first snapshot')
+        time.sleep(0.05)
+    saved = snapshot.read_bytes()
+    time.sleep(0.3)  # into epoch 2
+    # As a terminal's Ctrl-C: to mpiexec and every process of its group.
+    os.killpg(job.pid, signal.SIGINT)
+    interrupted = time.time()
+    _, stderr = finish(job, out, 3 * ENDS_WITHIN_S)
+    assert time.time() - interrupted < ENDS_WITHIN_S
+    assert job.returncode != 0
+    assert 'train.py: interrupted; stopping all 2 processes' in stderr
+    check_all_gone_by(out, interrupted + ENDS_WITHIN_S)
+    assert [entry['epoch'] for entry in json.loads((out / 'log').read_text())] == [1]
+    assert snapshot.read_bytes() == saved
+    assert not [p.name for p in out.iterdir() if '.tmp-' in p.name]
+
+    # The run continues from it, in the same directory, which keeps it.
+    run_mpi(2, 'train.py', '--out', str(out), *flags, '--resume', str(snapshot),
+            timeout=JOB_TIMEOUT_S)
+    assert [entry['epoch'] for entry in json.loads((out / 'log').read_text())] == [1, 2]
+    assert snapshot.read_bytes() == saved
+    with numpy.load(out / 'snapshot_epoch_2') as later:
+        assert later['updater/iterator:main/epoch'] == 2
