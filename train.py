@@ -28,6 +28,7 @@ def _blas_threads_per_rank() -> None:
 _blas_threads_per_rank()
 
 import argparse  # noqa: E402
+import math  # noqa: E402
 import traceback  # noqa: E402
 import warnings  # noqa: E402
 
@@ -41,7 +42,8 @@ from chainer.training import extensions  # noqa: E402
 
 import checkpoint  # noqa: E402
 from data import DATASETS, DataError, load_dataset  # noqa: E402
-from models import VGG16  # noqa: E402
+from models import NETWORKS  # noqa: E402
+from models.grouped import GROUPED_INPUT_CHANNELS  # noqa: E402
 from models.vgg import VGG16_BLOCKS  # noqa: E402
 from run_info import collect_run_info, write_run_info  # noqa: E402
 
@@ -82,6 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--dtype', choices=('float32', 'float64'), default='float32',
                         help='float64 to check that runs on different process counts '
                              'agree: in float32 they drift apart by chance (see README)')
+    parser.add_argument('--conv', choices=tuple(NETWORKS), default='exact',
+                        help="exact: VGG16 split by output channel (default); grouped: the "
+                             "original example's scheme, a smaller network with one group of "
+                             "input channels per process (see README)")
     parser.add_argument('--train-size', type=int, metavar='N',
                         help='use only the first N training examples')
     parser.add_argument('--test-size', type=int, metavar='N',
@@ -110,6 +116,12 @@ def check_args(args: argparse.Namespace, n_processes: int) -> None:
         raise UsageError(f'{n_processes} processes, but the narrowest layer has only '
                          f'{NARROWEST_LAYER} channels to split: run at most '
                          f'{NARROWEST_LAYER} processes')
+    if args.conv == 'grouped' and any(c % n_processes for c in GROUPED_INPUT_CHANNELS):
+        divisor = math.gcd(*GROUPED_INPUT_CHANNELS)
+        counts = [n for n in range(1, divisor + 1) if divisor % n == 0]
+        raise UsageError(f'--conv grouped splits every layer\'s input channels into equal '
+                         f'groups, one per process, so {n_processes} processes cannot run it: '
+                         f'run {", ".join(map(str, counts[:-1]))} or {counts[-1]}')
 
 
 def exit_if_any_failed(comm, error: str | None) -> None:
@@ -181,7 +193,8 @@ def read_snapshot(path: str) -> dict:
 
 def print_header(args, comm, n_classes: int, train_size: int, test_size: int) -> None:
     device = 'GPU' if args.gpu else 'CPU'
-    print(f'Channel-parallel VGG16 on {args.dataset} ({n_classes} classes, '
+    network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
+    print(f'{network} on {args.dataset} ({n_classes} classes, '
           f'{train_size} train / {test_size} test images)')
     print(f'{device}, {comm.size} processes, {os.environ["OMP_NUM_THREADS"]} BLAS threads '
           f'per process' if 'OMP_NUM_THREADS' in os.environ else f'{device}, {comm.size} processes')
@@ -237,7 +250,7 @@ def train(args: argparse.Namespace, comm) -> None:
                 if args.resume else None)
 
     chainer.global_config.dtype = numpy.dtype(args.dtype)
-    vgg = VGG16(comm, n_classes, seed=args.seed)
+    vgg = NETWORKS[args.conv](comm, n_classes, seed=args.seed)
     model = L.Classifier(vgg)
     model.to_device(device)
     optimizer = chainer.optimizers.MomentumSGD(args.learnrate)
@@ -264,7 +277,7 @@ def train(args: argparse.Namespace, comm) -> None:
     if comm.rank == 0:
         add_reports(trainer, args)
         print_header(args, comm, n_classes, len(train_set), len(test_set))
-        write_run_info(args.out, collect_run_info(args, comm.size, 'exact'))
+        write_run_info(args.out, collect_run_info(args, comm.size, args.conv))
     if snapshot is not None:
         run_checked(comm, resume, trainer, vgg, shuffle_rng, comm, snapshot, n_classes, args.resume)
 
@@ -279,6 +292,11 @@ def resume(trainer, vgg, shuffle_rng, comm, snapshot: dict, n_classes: int, path
     if saved_classes.shape[0] != n_classes:
         raise UsageError(f'--resume {path} was written for {saved_classes.shape[0]} classes, '
                          f'this dataset has {n_classes}: resume with the same --dataset')
+    saved_inputs = snapshot['updater/model:main/predictor/conv2_1/conv/W'].shape[1]
+    if saved_inputs != vgg.conv2_1.conv.W.shape[1]:
+        raise UsageError(f'--resume {path} holds another network ({saved_inputs} input channels '
+                         f'per conv2_1 filter, this one has {vgg.conv2_1.conv.W.shape[1]}): '
+                         'resume with its --conv and, for grouped, its process count')
     checkpoint.load_snapshot(trainer, vgg, shuffle_rng, comm, snapshot)
 
 
