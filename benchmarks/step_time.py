@@ -85,7 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='where to write the numbers (default: %(default)s)')
     parser.add_argument('--profile', metavar='CONFIG', choices=tuple(CONFIGURATIONS),
                         help='instead: run CONFIG once with cProfile on rank 0 around the '
-                             'timed steps and print the functions with the most own time')
+                             'timed steps and print the functions with the most own and '
+                             'cumulative time')
     parser.add_argument('--worker', choices=tuple(CONFIGURATIONS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batchsize < 1 or args.steps < 1 or args.warmup < 0 or args.rounds < 1:
@@ -379,7 +380,9 @@ def report(comm, args, step_seconds, comm_seconds, peak_mb, multiply_adds, floor
                                               zip(*(r[0] for r in every_rank)))]
     if profiler:
         import pstats
-        pstats.Stats(profiler, stream=sys.stdout).sort_stats('tottime').print_stats(25)
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        stats.sort_stats('tottime').print_stats(25)
+        stats.sort_stats('cumulative').print_stats(40)
     print(RESULT_MARK + json.dumps({
         'step_seconds': steps, 'comm_share': shares,
         'peak_mb': [r[2] for r in every_rank],
