@@ -16,6 +16,7 @@ into each channel's true gradient. The original's gradients were N times too
 large (see the README).
 """
 import chainer
+import chainer.functions as F
 import numpy
 
 from models.parallel_convolution import ParallelConvolution2D
@@ -50,7 +51,14 @@ class GroupedConvolution2D(ParallelConvolution2D):
     def forward(self, x):
         # Strided, as in the original: after a gather, input channel c came
         # from rank c // (C / N), so every group mixes all ranks' outputs.
-        return super().forward(x[:, self.group::self.groups])
+        # Channels r, r + N, ... are index r of axis 2 once the channels are
+        # viewed as (C / N, N). Taken with split_axis rather than x[:, r::N],
+        # whose backward (numpy.add.at) costs a tenth of a grouped step.
+        batch, channels, height, width = x.shape
+        per_group = (batch, channels // self.groups, height, width)
+        interleaved = F.reshape(x, (batch, channels // self.groups, self.groups, height, width))
+        mine = F.split_axis(interleaved, self.groups, axis=2)[self.group]
+        return super().forward(F.reshape(mine, per_group))
 
 
 class GroupedVGG16(VGG16):
