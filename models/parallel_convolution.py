@@ -7,6 +7,7 @@ import numpy
 from models.conv_cpu import convolution_2d
 from models.dropout import channel_slice_dropout
 from models.partition import channel_range
+from models.pooling import max_pooling_2x2
 
 
 def he_normal(shape: tuple, rng: numpy.random.Generator) -> numpy.ndarray:
@@ -67,5 +68,5 @@ class Block(chainer.Chain):
         h = F.relu(self.bn(self.conv(x)))
         h = channel_slice_dropout(h, self.dropout, *self.conv.channels, dropout_key)
         if self.pool:
-            h = F.max_pooling_2d(h, 2, 2)
+            h = max_pooling_2x2(h)
         return h
