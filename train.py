@@ -28,6 +28,8 @@ def _blas_threads_per_rank() -> None:
 _blas_threads_per_rank()
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import math  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import traceback  # noqa: E402
@@ -44,7 +46,8 @@ from chainer.training import extensions  # noqa: E402
 import checkpoint  # noqa: E402
 import faults  # noqa: E402
 from data import DATASETS, DataError, load_dataset  # noqa: E402
-from models import VGG16  # noqa: E402
+from models import NETWORKS  # noqa: E402
+from models.grouped import GROUPED_INPUT_CHANNELS  # noqa: E402
 from models.serialization import load_full_state  # noqa: E402
 from models.vgg import VGG16_BLOCKS  # noqa: E402
 from run_info import collect_run_info, write_run_info  # noqa: E402
@@ -93,6 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--dtype', choices=('float32', 'float64'), default='float32',
                         help='float64 to check that runs on different process counts '
                              'agree: in float32 they drift apart by chance (see README)')
+    parser.add_argument('--conv', choices=tuple(NETWORKS), default='exact',
+                        help="exact: VGG16 split by output channel (default); grouped: the "
+                             "original example's scheme, a smaller network with one group of "
+                             "input channels per process (see README)")
     parser.add_argument('--train-size', type=int, metavar='N',
                         help='use only the first N training examples')
     parser.add_argument('--test-size', type=int, metavar='N',
@@ -123,6 +130,12 @@ def check_args(args: argparse.Namespace, n_processes: int) -> None:
                          f'{NARROWEST_LAYER} processes')
     if args.evaluate and args.resume:
         raise UsageError('--evaluate and --resume exclude each other: give one of them')
+    if args.conv == 'grouped' and any(c % n_processes for c in GROUPED_INPUT_CHANNELS):
+        divisor = math.gcd(*GROUPED_INPUT_CHANNELS)
+        counts = [n for n in range(1, divisor + 1) if divisor % n == 0]
+        raise UsageError(f'--conv grouped splits every layer\'s input channels into equal '
+                         f'groups, one per process, so {n_processes} processes cannot run it: '
+                         f'run {", ".join(map(str, counts[:-1]))} or {counts[-1]}')
 
 
 def exit_if_any_failed(comm, error: str | None) -> None:
@@ -193,25 +206,41 @@ def read_npz(path: str, flag: str) -> dict:
                          f'pass {FILES_EXPECTED[flag]} written by train.py')
 
 
-def read_snapshot(path: str, n_classes: int) -> dict:
+def read_snapshot(path: str, args: argparse.Namespace, n_classes: int,
+                  n_processes: int) -> dict:
     snapshot = read_npz(path, '--resume')
-    check_class_count('--resume', path, snapshot.get(SNAPSHOT_MODEL + 'fc2/W'), n_classes)
+    check_model_fits('--resume', path, model_arrays(snapshot), args, n_classes, n_processes)
     return snapshot
 
 
-def check_class_count(flag: str, path: str, last_weights, n_classes: int) -> None:
-    """The file's last layer (``fc2/W``, None if absent) must fit the dataset."""
-    if getattr(last_weights, 'ndim', 0) != 2:
+def model_arrays(state: dict) -> dict:
+    """The model's arrays of a snapshot, named as in model.npz."""
+    return {key[len(SNAPSHOT_MODEL):]: value for key, value in state.items()
+            if key.startswith(SNAPSHOT_MODEL)}
+
+
+def check_model_fits(flag: str, path: str, arrays: dict, args: argparse.Namespace,
+                     n_classes: int, n_processes: int) -> None:
+    """The file's model must be this run's: the same classes and network."""
+    last_weights, grouped_weights = arrays.get('fc2/W'), arrays.get('conv2_1/conv/W')
+    if getattr(last_weights, 'ndim', 0) != 2 or getattr(grouped_weights, 'ndim', 0) != 4:
         raise UsageError(f'{flag} {path} holds no VGG16 of train.py: '
                          f'pass {FILES_EXPECTED[flag]} written by train.py')
     if last_weights.shape[0] != n_classes:
         raise UsageError(f'{flag} {path} was written for {last_weights.shape[0]} classes, '
                          f'this dataset has {n_classes}: use the --dataset it was trained on')
+    # conv2_1 is the first layer whose filters the grouped network narrows.
+    inputs = VGG16_BLOCKS[0][1] // (n_processes if args.conv == 'grouped' else 1)
+    if grouped_weights.shape[1] != inputs:
+        raise UsageError(f'{flag} {path} holds another network ({grouped_weights.shape[1]} '
+                         f'input channels per conv2_1 filter, this one has {inputs}): use its '
+                         '--conv and, for grouped, its process count')
 
 
 def print_header(args, comm, n_classes: int, train_size: int, test_size: int) -> None:
     device = 'GPU' if args.gpu else 'CPU'
-    print(f'Channel-parallel VGG16 on {args.dataset} ({n_classes} classes, '
+    network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
+    print(f'{network} on {args.dataset} ({n_classes} classes, '
           f'{train_size} train / {test_size} test images)')
     print(f'{device}, {comm.size} processes, {os.environ["OMP_NUM_THREADS"]} BLAS threads '
           f'per process' if 'OMP_NUM_THREADS' in os.environ else f'{device}, {comm.size} processes')
@@ -289,12 +318,12 @@ def train(args: argparse.Namespace, comm) -> None:
     device = use_device(args, comm)
     train_set, test_set, n_classes = read_data(args, comm, args.train_size)
     fault = run_checked(comm, fault_injection, comm)
-    snapshot = (comm.bcast_obj(run_checked(comm, read_snapshot, args.resume, n_classes,
-                                           only_rank0=True))
+    snapshot = (comm.bcast_obj(run_checked(comm, read_snapshot, args.resume, args, n_classes,
+                                           comm.size, only_rank0=True))
                 if args.resume else None)
 
     chainer.global_config.dtype = numpy.dtype(args.dtype)
-    vgg = VGG16(comm, n_classes, seed=args.seed)
+    vgg = NETWORKS[args.conv](comm, n_classes, seed=args.seed)
     model = L.Classifier(vgg)
     model.to_device(device)
     optimizer = chainer.optimizers.MomentumSGD(args.learnrate)
@@ -325,7 +354,7 @@ def train(args: argparse.Namespace, comm) -> None:
         add_reports(trainer, args)
         print_header(args, comm, n_classes, len(train_set), len(test_set))
         print(f'Process ids by rank: {ids}', flush=True)
-        write_run_info(args.out, collect_run_info(args, comm.size, 'exact'))
+        write_run_info(args.out, collect_run_info(args, comm.size, args.conv))
     if snapshot is not None:
         checkpoint.load_snapshot(trainer, vgg, shuffle_rng, comm, snapshot)
 
@@ -350,10 +379,10 @@ def evaluate(args: argparse.Namespace, comm) -> None:
     device = use_device(args, comm)
     # The test set is all it needs: one training example spares reading in the rest.
     _, test_set, n_classes = read_data(args, comm, 1)
-    weights = comm.bcast_obj(run_checked(comm, read_model, args.evaluate, n_classes,
-                                         only_rank0=True))
+    weights = comm.bcast_obj(run_checked(comm, read_model, args.evaluate, args, n_classes,
+                                         comm.size, only_rank0=True))
     chainer.global_config.dtype = numpy.dtype(args.dtype)
-    vgg = VGG16(comm, n_classes, seed=args.seed)
+    vgg = NETWORKS[args.conv](comm, n_classes, seed=args.seed)
     run_checked(comm, load_model, vgg, comm, weights, args.evaluate)
     model = L.Classifier(vgg)
     model.to_device(device)
@@ -366,13 +395,12 @@ def evaluate(args: argparse.Namespace, comm) -> None:
               f'images, batch size {args.batchsize}, {args.evaluate})', flush=True)
 
 
-def read_model(path: str, n_classes: int) -> dict:
+def read_model(path: str, args: argparse.Namespace, n_classes: int, n_processes: int) -> dict:
     """The model's arrays in a model.npz, or in a snapshot under the same names."""
     state = read_npz(path, '--evaluate')
     if SNAPSHOT_MODEL + 'fc2/W' in state:
-        state = {key[len(SNAPSHOT_MODEL):]: value for key, value in state.items()
-                 if key.startswith(SNAPSHOT_MODEL)}
-    check_class_count('--evaluate', path, state.get('fc2/W'), n_classes)
+        state = model_arrays(state)
+    check_model_fits('--evaluate', path, state, args, n_classes, n_processes)
     return state
 
 
@@ -413,11 +441,7 @@ def _interrupt_once(signum, frame) -> None:
 
 
 def _has_cupy() -> bool:
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec('cupy') is not None
 
 
 if __name__ == '__main__':

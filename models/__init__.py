@@ -1,2 +1,7 @@
 """The channel-parallel VGG16 and its parts (see DESIGN in the README)."""
-from models.vgg import VGG16  # noqa: F401
+from models.grouped import GroupedVGG16
+from models.vgg import VGG16
+
+# train.py --conv: the exact scheme, and the original example's grouped one.
+NETWORKS = {'exact': VGG16, 'grouped': GroupedVGG16}
+__all__ = ['NETWORKS', 'GroupedVGG16', 'VGG16']

@@ -7,6 +7,7 @@ import numpy
 from models.conv_cpu import convolution_2d
 from models.dropout import channel_slice_dropout
 from models.partition import channel_range
+from models.pooling import max_pooling_2x2
 
 
 def he_normal(shape: tuple, rng: numpy.random.Generator) -> numpy.ndarray:
@@ -46,25 +47,26 @@ class ParallelConvolution2D(chainer.Link):
 class Block(chainer.Chain):
     """Convolution, batch normalization, ReLU, dropout and pooling on a slice.
 
-    All but the convolution act on each channel separately, so each rank runs
-    them on its own channels only; every array this block holds is therefore
-    a slice along axis 0 of the single-process block's array.
+    ``conv`` is a convolution that returns this rank's slice of
+    ``out_channels``: the channels ``conv.channels``. All that follows it
+    acts on each channel separately, so each rank runs it on its own
+    channels only; every array this block holds is therefore a slice along
+    axis 0 of the single-process block's array.
     """
 
-    def __init__(self, comm, in_channels: int, out_channels: int,
-                 dropout: float, pool: bool, rng: numpy.random.Generator):
+    def __init__(self, conv: chainer.Link, out_channels: int, dropout: float, pool: bool):
         super().__init__()
         self.out_channels = out_channels
         self.dropout = dropout
         self.pool = pool
         with self.init_scope():
-            self.conv = ParallelConvolution2D(comm, in_channels, out_channels, 3, 1, rng)
-            start, stop = self.conv.channels
+            self.conv = conv
+            start, stop = conv.channels
             self.bn = L.BatchNormalization(stop - start)
 
     def forward(self, x, dropout_key: list[int]):
         h = F.relu(self.bn(self.conv(x)))
         h = channel_slice_dropout(h, self.dropout, *self.conv.channels, dropout_key)
         if self.pool:
-            h = F.max_pooling_2d(h, 2, 2)
+            h = max_pooling_2x2(h)
         return h

@@ -6,7 +6,7 @@ import numpy
 
 from models.communication import gather_into_parallel, gather_into_replicated
 from models.dropout import channel_slice_dropout, dropout_key
-from models.parallel_convolution import Block
+from models.parallel_convolution import Block, ParallelConvolution2D
 
 # (name, output channels, dropout ratio after ReLU, 2x2 max pooling after it)
 VGG16_BLOCKS = (
@@ -19,6 +19,7 @@ VGG16_BLOCKS = (
     ('conv5_1', 512, 0.4, False), ('conv5_2', 512, 0.4, False),
     ('conv5_3', 512, 0.0, True),
 )
+KERNEL_SIZE, PAD = 3, 1
 HEAD_WIDTH = 512
 HEAD_DROPOUT = 0.5
 
@@ -54,7 +55,8 @@ class VGG16(chainer.Chain):
             for index, (name, channels, ratio, pool) in enumerate(VGG16_BLOCKS):
                 rng = numpy.random.default_rng([seed, index])
                 ratio = ratio if dropout else 0.0
-                setattr(self, name, Block(comm, in_channels, channels, ratio, pool, rng))
+                conv = self.make_convolution(comm, index, in_channels, channels, rng)
+                setattr(self, name, Block(conv, channels, ratio, pool))
                 in_channels = channels
             rng = numpy.random.default_rng([seed, len(VGG16_BLOCKS)])
             self.fc1 = L.Linear(in_channels, HEAD_WIDTH, nobias=True,
@@ -62,6 +64,11 @@ class VGG16(chainer.Chain):
             self.bn_fc1 = L.BatchNormalization(HEAD_WIDTH)
             self.fc2 = L.Linear(HEAD_WIDTH, n_classes, nobias=True,
                                 initialW=lecun_normal((n_classes, HEAD_WIDTH), rng))
+
+    def make_convolution(self, comm, index: int, in_channels: int, out_channels: int,
+                         rng: numpy.random.Generator) -> chainer.Link:
+        """Block ``index``'s convolution: this rank's output channels, all inputs."""
+        return ParallelConvolution2D(comm, in_channels, out_channels, KERNEL_SIZE, PAD, rng)
 
     def sliced_channels(self) -> dict[str, int]:
         """Full output channels of each block, whose arrays are all sliced."""

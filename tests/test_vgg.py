@@ -32,9 +32,9 @@ def run_worker(n, tmp_path, *args):
     return pickle.loads(out.read_bytes())
 
 
-def reference_run(state, train, dtype):
+def reference_run(state, train, dtype, reference_model):
     with chainer.using_config('dtype', numpy.dtype(dtype)):
-        reference = ReferenceVGG16()
+        reference = reference_model()
     chainer.serializers.NpzDeserializer(state).load(reference)
     x, _ = batch(0)
     with chainer.using_config('train', train):
@@ -45,9 +45,10 @@ def reference_run(state, train, dtype):
     return y.array, {name: param.grad for name, param in reference.namedparams()}
 
 
-def check_against_reference(result, mode, dtype, tolerance, gradients=True):
+def check_against_reference(result, mode, dtype, tolerance, gradients=True,
+                            reference_model=ReferenceVGG16):
     expected_output, expected_grads = reference_run(result[f'{mode}/state'], mode == 'train',
-                                                    dtype)
+                                                    dtype, reference_model)
     assert result[f'{mode}/output'].dtype == dtype
     error = relative_error(result[f'{mode}/output'], expected_output)
     assert error <= tolerance, f'{mode} output: relative error {error:.2e}'

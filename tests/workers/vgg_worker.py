@@ -1,9 +1,10 @@
 """Runs the channel-parallel VGG16 on every rank; rank 0 saves what it saw.
 
 Usage: mpiexec -n N python tests/workers/vgg_worker.py MODE OUT.pickle [DTYPE]
-MODE compare [DTYPE]: one forward and backward in training mode, then one in
-  test mode, dropout off, in DTYPE (default float32); saves the full state
-  before each and the output and full gradients of each.
+MODE compare [DTYPE [NETWORK]]: one forward and backward in training mode,
+  then one in test mode, dropout off, in DTYPE (default float32), of NETWORK
+  (a key of models.NETWORKS, default exact); saves the full state before each
+  and the output and full gradients of each.
 MODE train: five MomentumSGD steps with weight decay and dropout on, in
   float64; saves the losses, the final full state, and every rank's copy of the head.
 """
@@ -14,7 +15,7 @@ import chainer
 import chainermn
 import numpy
 
-from models import VGG16
+from models import NETWORKS, VGG16
 from models.communication import allgather_channels
 from models.serialization import full_state
 
@@ -49,9 +50,9 @@ def full_grads(model, comm) -> dict:
     return grads
 
 
-def compare(comm, out, dtype='float32'):
+def compare(comm, out, dtype='float32', network='exact'):
     with chainer.using_config('dtype', numpy.dtype(dtype)):
-        model = VGG16(comm, seed=0, dropout=False)
+        model = NETWORKS[network](comm, seed=0, dropout=False)
     x, _ = batch(0)
     x = x.astype(dtype)
     upstream = numpy.random.RandomState(1).randn(BATCH, 10).astype(dtype)

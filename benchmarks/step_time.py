@@ -1,0 +1,423 @@
+"""Time a VGG16 training step in five configurations, each in fresh processes.
+
+    python benchmarks/step_time.py            # batch 64, 2 warm-up + 5 timed steps, 3 rounds
+    python benchmarks/step_time.py --profile c
+
+A step is forward, backward and a MomentumSGD update with weight decay, on
+one random CIFAR-shaped float32 batch, in training mode (dropout on). The
+configurations (issue 3), with "all cores" the cores this process may use:
+
+  a   plain single-process Chainer VGG16 built from chainer.links, all cores
+  b1  ours (models.VGG16), 1 process, 1 thread
+  b2  ours, 1 process, all cores
+  c   ours, 2 processes (mpiexec), 1 thread each
+  d   the original's grouped network (--conv grouped), 2 processes, 1 thread each
+
+Every run of a configuration is a fresh process (or mpiexec), with
+OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS set for it, and the
+configurations take turns, round after round (a, b1, b2, c, d, a, b1, ...),
+so that load from other programs on a shared machine falls on all of them.
+
+Reported per configuration, over all timed steps of all rounds: the median
+step time and its spread; on several processes a step's time is the slowest
+rank's. "comm": the share of the step spent inside
+models.communication.allgather_channels and reduce_scatter_channels (timed
+by wrapping them in the worker process), waiting for the other rank
+included; the largest share over ranks. "floor": one float32 matrix
+product with as many multiply-adds as the rank's step (counted from the
+layer shapes: convolutions and fully connected layers, forward, filter and
+input gradients), timed right after the steps with the same processes and
+threads. "peak": the largest resident set size of a rank (ru_maxrss),
+before the floor's product. Then the issue's ratios, of the medians
+(judged against its targets) and of the minima (the nearest to a quiet
+machine). The table is printed, the numbers are written as JSON (--json).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_MARK = 'STEP_TIME_RESULT '
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+TARGETS = (  # (label, numerator, denominator, target, met(ratio))
+    ('c / a', 'c', 'a', '<= 0.35', lambda r: r <= 0.35),
+    ('b1 / c', 'b1', 'c', '>= 1.8', lambda r: r >= 1.8),
+    ('b2 / a', 'b2', 'a', '<= 0.6', lambda r: r <= 0.6),
+)
+COMM_TARGET = 0.10
+
+
+@dataclass(frozen=True)
+class Configuration:
+    name: str
+    description: str
+    network: str  # 'plain' (chainer.links) or a key of models.NETWORKS
+    processes: int
+    threads: int
+
+
+CONFIGURATIONS = {c.name: c for c in (
+    Configuration('a', 'plain Chainer VGG16 (chainer.links)', 'plain', 1, CORES),
+    Configuration('b1', 'ours, 1 process, 1 thread', 'exact', 1, 1),
+    Configuration('b2', 'ours, 1 process, all cores', 'exact', 1, CORES),
+    Configuration('c', 'ours, 2 processes, 1 thread each', 'exact', 2, 1),
+    Configuration('d', 'grouped (original), 2 processes, 1 thread each', 'grouped', 2, 1),
+)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--batchsize', type=int, default=64)
+    parser.add_argument('--steps', type=int, default=5, help='timed steps per run (default 5)')
+    parser.add_argument('--warmup', type=int, default=2,
+                        help='untimed steps before them (default 2)')
+    parser.add_argument('--rounds', type=int, default=3,
+                        help='runs of every configuration, taking turns (default 3)')
+    parser.add_argument('--configs', default=','.join(CONFIGURATIONS),
+                        help=f'comma-separated subset of {",".join(CONFIGURATIONS)}')
+    parser.add_argument('--json', default=os.path.join(tempfile.gettempdir(), 'step_time.json'),
+                        help='where to write the numbers (default: %(default)s)')
+    parser.add_argument('--profile', metavar='CONFIG', choices=tuple(CONFIGURATIONS),
+                        help='instead: run CONFIG once with cProfile on rank 0 around the '
+                             'timed steps and print the functions with the most own and '
+                             'cumulative time')
+    parser.add_argument('--worker', choices=tuple(CONFIGURATIONS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.batchsize < 1 or args.steps < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error('--batchsize, --steps and --rounds must be at least 1, --warmup at least 0')
+    args.configs = args.configs.split(',')
+    unknown = [name for name in args.configs if name not in CONFIGURATIONS]
+    if unknown:
+        parser.error(f'unknown configuration {unknown[0]!r}: choose from '
+                     f'{", ".join(CONFIGURATIONS)}')
+    return args
+
+
+# ---- the driver: starts the workers, gathers and reports ----
+
+def mpiexec_path() -> str:
+    """The mpiexec beside this Python (the mpich wheel's), else the one on PATH."""
+    beside_python = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
+    return beside_python if os.path.exists(beside_python) else 'mpiexec'
+
+
+def run_worker(config: Configuration, args: argparse.Namespace, profile: bool = False) -> dict:
+    """One fresh run of ``config``; the result rank 0 prints, plus its stdout."""
+    command = [sys.executable, os.path.abspath(__file__), '--worker', config.name,
+               '--batchsize', str(args.batchsize), '--steps', str(args.steps),
+               '--warmup', str(args.warmup)]
+    if profile:
+        command.append('--profile=' + config.name)
+    if config.processes > 1:
+        command = [mpiexec_path(), '-n', str(config.processes)] + command
+    threads = str(config.threads)
+    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
+               MKL_NUM_THREADS=threads, PYTHONPATH=REPO)
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    results = [line[len(RESULT_MARK):] for line in finished.stdout.splitlines()
+               if line.startswith(RESULT_MARK)]
+    if finished.returncode != 0 or not results:
+        last = (finished.stderr.strip().splitlines() or ['no output'])[-1]
+        sys.exit(f'step_time.py: configuration {config.name} failed '
+                 f'(exit {finished.returncode}): {last}')
+    result = json.loads(results[-1])
+    result['stdout'] = finished.stdout
+    return result
+
+
+def summary(runs: list[dict]) -> dict:
+    """Median and spread of the step times of all runs of one configuration."""
+    steps = [s for run in runs for s in run['step_seconds']]
+    q1, _, q3 = statistics.quantiles(steps, n=4) if len(steps) > 1 else (steps[0],) * 3
+    comm = [c for run in runs for c in run['comm_share']]
+    return {
+        'steps': steps,
+        'median': statistics.median(steps), 'min': min(steps), 'max': max(steps),
+        'q1': q1, 'q3': q3,
+        'comm_share': statistics.median(comm),
+        'floor': statistics.median(run['floor_seconds'] for run in runs),
+        'multiply_adds_per_rank': runs[0]['multiply_adds'],
+        'peak_mb_per_rank': max(max(run['peak_mb']) for run in runs),
+    }
+
+
+def ratios(summaries: dict) -> list[dict]:
+    """The issue's ratios, of the medians (judged against the targets) and of the minima.
+
+    On a shared machine, other programs only ever add time, so the fastest
+    step of each configuration is the nearest to a quiet machine's.
+    """
+    found = []
+    for label, top, bottom, target, met in TARGETS + (('d / c', 'd', 'c', None, None),):
+        if top in summaries and bottom in summaries:
+            value, of_minima = (summaries[top][stat] / summaries[bottom][stat]
+                                for stat in ('median', 'min'))
+            found.append({'ratio': label, 'value': value, 'of_minima': of_minima,
+                          'target': target, 'met': met(value) if met else None})
+    if 'c' in summaries:
+        share = summaries['c']['comm_share']
+        found.append({'ratio': 'comm share of c', 'value': share, 'of_minima': None,
+                      'target': f'<= {COMM_TARGET:.2f}', 'met': share <= COMM_TARGET})
+    return found
+
+
+def print_report(summaries: dict, found: list[dict], args) -> None:
+    print(f'\nbatch {args.batchsize} float32, {args.steps} timed steps after '
+          f'{args.warmup} warm-up, {args.rounds} rounds; seconds per step\n')
+    print(f'{"":3} {"configuration":47} {"procs x thr":>11} {"median":>7} {"min":>7} '
+          f'{"max":>7} {"IQR":>13} {"floor":>7} {"comm":>6} {"peak MB":>8}')
+    for name, s in summaries.items():
+        config = CONFIGURATIONS[name]
+        layout = f'{config.processes} x {config.threads}'
+        quartiles = f'{s["q1"]:.3f}-{s["q3"]:.3f}'
+        comm = f'{100 * s["comm_share"]:5.1f}%' if config.processes > 1 else '-'
+        print(f'{name:3} {config.description:47} {layout:>11} {s["median"]:7.3f} '
+              f'{s["min"]:7.3f} {s["max"]:7.3f} {quartiles:>13} {s["floor"]:7.3f} '
+              f'{comm:>6} {s["peak_mb_per_rank"]:8.0f}')
+    print()
+    print(f'{"":16} {"medians":>7} {"minima":>7}   target')
+    for r in found:
+        verdict = '' if r['met'] is None else ('met' if r['met'] else 'NOT met')
+        of_minima = '' if r['of_minima'] is None else f'{r["of_minima"]:.3f}'
+        print(f'{r["ratio"]:16} {r["value"]:7.3f} {of_minima:>7}   {r["target"] or "":8} '
+              f'{verdict}')
+
+
+def machine() -> dict:
+    model = platform.processor()
+    try:
+        with open('/proc/cpuinfo') as f:
+            model = next(line.split(':', 1)[1].strip() for line in f
+                         if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return {'cpu': model, 'cores': CORES, 'python': platform.python_version()}
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    configs = [CONFIGURATIONS[name] for name in args.configs]
+    runs = {config.name: [] for config in configs}
+    load_before = os.getloadavg()
+    started = time.time()
+    for round_index in range(args.rounds):
+        for config in configs:
+            print(f'round {round_index + 1}/{args.rounds}: {config.name} '
+                  f'({config.description})', flush=True)
+            load = os.getloadavg()[0]
+            result = run_worker(config, args)
+            result.pop('stdout')
+            result['load_average_1min_before'] = load
+            runs[config.name].append(result)
+    summaries = {name: summary(config_runs) for name, config_runs in runs.items()}
+    found = ratios(summaries)
+    print_report(summaries, found, args)
+    report = {
+        'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
+        'machine': machine(),
+        'load_average_before': load_before, 'load_average_after': os.getloadavg(),
+        'wall_seconds': time.time() - started,
+        'settings': {'batchsize': args.batchsize, 'steps': args.steps,
+                     'warmup': args.warmup, 'rounds': args.rounds},
+        'configurations': {name: {'description': CONFIGURATIONS[name].description,
+                                  'processes': CONFIGURATIONS[name].processes,
+                                  'threads': CONFIGURATIONS[name].threads, **s, 'runs': runs[name]}
+                           for name, s in summaries.items()},
+        'ratios': found,
+    }
+    with open(args.json, 'w') as f:
+        json.dump(report, f, indent=1)
+    print(f'\nload average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}; '
+          f'numbers in {args.json}')
+
+
+# ---- the worker: one configuration, in its own process(es) ----
+
+def plain_vgg16(n_classes: int = 10):
+    """VGG16 as a user would write it with chainer.links, dropout included."""
+    import chainer
+    import chainer.functions as F
+    import chainer.links as L
+    from models.vgg import HEAD_DROPOUT, HEAD_WIDTH, VGG16_BLOCKS
+
+    class PlainVGG16(chainer.Chain):
+        def __init__(self):
+            super().__init__()
+            with self.init_scope():
+                in_channels = 3
+                for name, channels, _, _ in VGG16_BLOCKS:
+                    setattr(self, name, L.Convolution2D(in_channels, channels, 3, 1, 1,
+                                                        nobias=True))
+                    setattr(self, f'bn_{name}', L.BatchNormalization(channels))
+                    in_channels = channels
+                self.fc1 = L.Linear(in_channels, HEAD_WIDTH, nobias=True)
+                self.bn_fc1 = L.BatchNormalization(HEAD_WIDTH)
+                self.fc2 = L.Linear(HEAD_WIDTH, n_classes, nobias=True)
+
+        def forward(self, x):
+            h = x
+            for name, _, ratio, pool in VGG16_BLOCKS:
+                h = F.relu(getattr(self, f'bn_{name}')(getattr(self, name)(h)))
+                if ratio:
+                    h = F.dropout(h, ratio)
+                if pool:
+                    h = F.max_pooling_2d(h, 2, 2)
+            h = F.dropout(h, HEAD_DROPOUT)
+            h = F.dropout(F.relu(self.bn_fc1(self.fc1(h))), HEAD_DROPOUT)
+            return self.fc2(h)
+
+    return PlainVGG16()
+
+
+def step_multiply_adds(network: str, batch: int, processes: int, rank: int) -> int:
+    """Multiply-adds of rank ``rank``'s training step, from the layer shapes.
+
+    Per layer: forward, filter gradient and input gradient cost the same
+    (none for the image's input gradient). The convolutions count every
+    3x3 tap, padding included, as chainer.links and the floor's product do.
+    """
+    from models.partition import channel_counts
+    from models.vgg import HEAD_WIDTH, VGG16_BLOCKS
+    total, in_channels, size = 0, 3, 32
+    for index, (_, channels, _, pool) in enumerate(VGG16_BLOCKS):
+        mine = channels if network == 'plain' else channel_counts(channels, processes)[rank]
+        inputs = in_channels // processes if network == 'grouped' and index > 0 else in_channels
+        passes = 2 if index == 0 else 3
+        total += passes * batch * size * size * inputs * mine * 9
+        in_channels = channels
+        size //= 2 if pool else 1
+    return total + 3 * batch * HEAD_WIDTH * (in_channels + 10)
+
+
+def build_model(config: Configuration, comm):
+    import chainer
+    from models import NETWORKS
+    network = (plain_vgg16() if config.network == 'plain'
+               else NETWORKS[config.network](comm, 10))
+    model = chainer.links.Classifier(network)
+    optimizer = chainer.optimizers.MomentumSGD(0.05)
+    optimizer.setup(model)
+    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
+    return model, optimizer
+
+
+def time_communication():
+    """Wrap the two exchanges of models.communication; returns their running total.
+
+    The autograd functions look the names up in the module when they run,
+    so replacing the module's attributes reaches every call.
+    """
+    from models import communication
+    spent = [0.0]
+
+    def timed(function):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return wrapper
+
+    for name in ('allgather_channels', 'reduce_scatter_channels'):
+        setattr(communication, name, timed(getattr(communication, name)))
+    return spent
+
+
+def time_floor(multiply_adds: int) -> float:
+    """Seconds of a square float32 product with about ``multiply_adds``, scaled to it."""
+    import numpy
+    n = max(64, round(multiply_adds ** (1 / 3)))
+    a, b = numpy.random.default_rng(0).standard_normal((2, n, n), numpy.float32)
+    start = time.perf_counter()
+    a @ b
+    return (time.perf_counter() - start) * multiply_adds / n ** 3
+
+
+def worker(args: argparse.Namespace) -> None:
+    import resource
+    import warnings
+
+    import chainermn
+    import numpy
+    warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)
+    config = CONFIGURATIONS[args.worker]
+    comm = chainermn.create_communicator('naive')
+    comm_spent = time_communication()
+    model, optimizer = build_model(config, comm)
+    data = numpy.random.RandomState(0)
+    x = (data.rand(args.batchsize, 3, 32, 32) - 0.5).astype(numpy.float32)
+    t = data.randint(0, 10, args.batchsize).astype(numpy.int32)
+    profiler = None
+    if args.profile and comm.rank == 0:
+        import cProfile
+        profiler = cProfile.Profile()
+    step_seconds, comm_seconds = [], []
+    for step in range(args.warmup + args.steps):
+        if profiler and step == args.warmup:
+            profiler.enable()
+        comm.mpi_comm.Barrier()
+        comm_spent[0] = 0.0
+        start = time.perf_counter()
+        optimizer.update(model, x, t)
+        step_seconds.append(time.perf_counter() - start)
+        comm_seconds.append(comm_spent[0])
+    if profiler:
+        profiler.disable()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    multiply_adds = step_multiply_adds(config.network, args.batchsize, comm.size, comm.rank)
+    comm.mpi_comm.Barrier()
+    floor = time_floor(multiply_adds)
+    report(comm, args, step_seconds[args.warmup:], comm_seconds[args.warmup:], peak_mb,
+           multiply_adds, floor, profiler)
+
+
+def report(comm, args, step_seconds, comm_seconds, peak_mb, multiply_adds, floor, profiler):
+    """Rank 0 prints one result line: the slowest rank's times, every rank's peak."""
+    every_rank = comm.gather_obj((step_seconds, comm_seconds, peak_mb, multiply_adds, floor))
+    if comm.rank != 0:
+        return
+    steps = [max(times) for times in zip(*(r[0] for r in every_rank))]
+    shares = [max(c / s for c, s in zip(comm_step, step_step))
+              for comm_step, step_step in zip(zip(*(r[1] for r in every_rank)),
+                                              zip(*(r[0] for r in every_rank)))]
+    if profiler:
+        import pstats
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        stats.sort_stats('tottime').print_stats(25)
+        stats.sort_stats('cumulative').print_stats(40)
+    print(RESULT_MARK + json.dumps({
+        'step_seconds': steps, 'comm_share': shares,
+        'peak_mb': [r[2] for r in every_rank],
+        'multiply_adds': max(r[3] for r in every_rank),
+        'floor_seconds': max(r[4] for r in every_rank)}), flush=True)
+
+
+def profile(args: argparse.Namespace) -> None:
+    config = CONFIGURATIONS[args.profile]
+    print(f'cProfile of {config.name} ({config.description}), rank 0, {args.steps} steps '
+          f'after {args.warmup} warm-up, batch {args.batchsize}', flush=True)
+    result = run_worker(config, args, profile=True)
+    print('\n'.join(line for line in result['stdout'].splitlines()
+                    if not line.startswith(RESULT_MARK)))
+    print(f'median step {statistics.median(result["step_seconds"]):.3f} s')
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+    elif args.profile:
+        profile(args)
+    else:
+        benchmark(args)
+
+
+if __name__ == '__main__':
+    main()
