@@ -12,14 +12,16 @@ import os
 import sys
 
 
+THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')
+
+
 def _blas_threads_per_rank() -> None:
     """Share the cores among the ranks on this node, unless the user chose.
 
     Must run before numpy is imported: OpenBLAS reads it when it loads.
     MPICH's mpiexec says how many ranks share the node in MPI_LOCALNRANKS.
     """
-    if any(name in os.environ for name in
-           ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')):
+    if any(name in os.environ for name in THREAD_VARIABLES):
         return
     ranks_here = int(os.environ.get('MPI_LOCALNRANKS', '1'))
     os.environ['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // ranks_here))
@@ -242,8 +244,8 @@ def print_header(args, comm, n_classes: int, train_size: int, test_size: int) ->
     network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
     print(f'{network} on {args.dataset} ({n_classes} classes, '
           f'{train_size} train / {test_size} test images)')
-    print(f'{device}, {comm.size} processes, {os.environ["OMP_NUM_THREADS"]} BLAS threads '
-          f'per process' if 'OMP_NUM_THREADS' in os.environ else f'{device}, {comm.size} processes')
+    threads = next(os.environ[name] for name in THREAD_VARIABLES if name in os.environ)
+    print(f'{device}, {comm.size} processes, {threads} BLAS threads per process')
     print(f'Minibatch size: {args.batchsize}, epochs: {args.epoch}, learning rate: '
           f'{args.learnrate}, seed: {args.seed}', flush=True)
 
