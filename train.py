@@ -314,6 +314,15 @@ def read_data(args, comm, train_size: int | None):
     return train_set, test_set, comm.bcast_obj(n_classes)
 
 
+def build_model(args: argparse.Namespace, comm, n_classes: int, device):
+    """The network --conv names, in --dtype, and the classifier around it, on ``device``."""
+    chainer.global_config.dtype = numpy.dtype(args.dtype)
+    vgg = NETWORKS[args.conv](comm, n_classes, seed=args.seed)
+    model = L.Classifier(vgg)
+    model.to_device(device)
+    return vgg, model
+
+
 def train(args: argparse.Namespace, comm) -> None:
     run_checked(comm, check_args, args, comm.size)
     run_checked(comm, check_out_dir, args.out, only_rank0=True)
@@ -324,10 +333,7 @@ def train(args: argparse.Namespace, comm) -> None:
                                            comm.size, only_rank0=True))
                 if args.resume else None)
 
-    chainer.global_config.dtype = numpy.dtype(args.dtype)
-    vgg = NETWORKS[args.conv](comm, n_classes, seed=args.seed)
-    model = L.Classifier(vgg)
-    model.to_device(device)
+    vgg, model = build_model(args, comm, n_classes, device)
     optimizer = chainer.optimizers.MomentumSGD(args.learnrate)
     optimizer.setup(model)
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
@@ -383,11 +389,8 @@ def evaluate(args: argparse.Namespace, comm) -> None:
     _, test_set, n_classes = read_data(args, comm, 1)
     weights = comm.bcast_obj(run_checked(comm, read_model, args.evaluate, args, n_classes,
                                          comm.size, only_rank0=True))
-    chainer.global_config.dtype = numpy.dtype(args.dtype)
-    vgg = NETWORKS[args.conv](comm, n_classes, seed=args.seed)
+    vgg, model = build_model(args, comm, n_classes, device)
     run_checked(comm, load_model, vgg, comm, weights, args.evaluate)
-    model = L.Classifier(vgg)
-    model.to_device(device)
     # The Evaluator the training runs, on the same batches: the same means.
     result = extensions.Evaluator(make_test_iterator(comm, test_set, args.batchsize), model,
                                   converter=to_model_dtype, device=device)()
