@@ -1,9 +1,10 @@
-"""Time both convolution methods of models.conv_cpu on VGG16's shapes.
+"""Time the convolution methods of models.conv_cpu on VGG16's shapes.
 
-The data behind models/conv_cpu.py's _COPY_COST and _ADD_COST: for every
-convolution that VGG16 on 32x32 images runs with its output channels split
-over 1, 2 or 4 ranks at batch 64, the time of shifted windows and of im2col,
-and which one the cost model picks. A layer's forward call also prepares
+The data behind models/conv_cpu.py's _COPY_COST, _ADD_COST and
+_TRANSFORM_COST: for every convolution that VGG16 on 32x32 images runs with
+its output channels split over 1, 2 or 4 ranks at batch 64, the time of
+shifted windows, of im2col and of Winograd, and which one the cost model
+picks. A layer's forward call also prepares
 its filter gradient, so it is timed with it; the input gradient's call
 (a correlation of the output gradient) is timed alone. Best of --repeats.
 
@@ -22,7 +23,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from benchmarks.conv_layers import KERNEL, PAD, VGG16_CONVS  # noqa: E402
 from models import conv_cpu  # noqa: E402
 
-METHODS = (conv_cpu._ShiftedWindows, conv_cpu._Im2col)
+METHODS = {conv_cpu._ShiftedWindows: 'windows', conv_cpu._Im2col: 'im2col',
+           conv_cpu.Winograd2x2: 'winograd'}
 
 
 def convolutions(batch: int):
@@ -49,10 +51,20 @@ def best_time(run, repeats: int) -> float:
 
 def time_method(method, kind, x, W, gy, repeats: int) -> float:
     convolution = method(x.shape, KERNEL, PAD)
+    taps = filter_taps(kind, W)
     if kind == 'layer':
-        return best_time(lambda: (convolution.forward(x, W),
+        return best_time(lambda: (convolution.forward(x, taps),
                                   convolution.weight_grad(gy)), repeats)
-    return best_time(lambda: convolution.forward(x, W), repeats)
+    return best_time(lambda: convolution.forward(x, taps), repeats)
+
+
+def filter_taps(kind: str, W):
+    """The (k, k, C_in, C_out) taps of this call for the (C_out, C_in, k, k)
+    filters W, as the view conv_cpu hands its methods: a transposed
+    contiguous array for a layer, a flipped one for an input gradient."""
+    if kind == 'layer':
+        return numpy.ascontiguousarray(W.transpose(2, 3, 0, 1)).transpose(0, 1, 3, 2)
+    return numpy.ascontiguousarray(W.transpose(2, 3, 1, 0))[::-1, ::-1]
 
 
 def main() -> None:
@@ -64,7 +76,8 @@ def main() -> None:
         parser.error('--batch and --repeats must be positive')
     rng = numpy.random.default_rng(0)
     print(f'{"call":>10} {"C_in":>5} {"C_out":>5} {"size":>4} '
-          f'{"windows ms":>10} {"im2col ms":>10} {"picked":>8} {"best":>7}')
+          + ''.join(f'{name + " ms":>12}' for name in METHODS.values())
+          + f' {"picked":>8} {"best":>8}')
     for kind, c_in, c_out, size in convolutions(args.batch):
         x = rng.standard_normal((args.batch, c_in, size, size), numpy.float32)
         W = rng.standard_normal((c_out, c_in, KERNEL, KERNEL), numpy.float32)
@@ -73,14 +86,10 @@ def main() -> None:
         times = [time_method(method, kind, x, W, gy, args.repeats)
                  for method in METHODS]
         picked = type(conv_cpu._method_for(x.shape, KERNEL, PAD, c_out))
-        best = METHODS[int(numpy.argmin(times))]
+        best = list(METHODS)[int(numpy.argmin(times))]
         print(f'{kind:>10} {c_in:5d} {c_out:5d} {size:4d} '
-              f'{times[0] * 1e3:10.1f} {times[1] * 1e3:10.1f} '
-              f'{short_name(picked):>8} {short_name(best):>7}')
-
-
-def short_name(method) -> str:
-    return 'windows' if method is conv_cpu._ShiftedWindows else 'im2col'
+              + ''.join(f'{seconds * 1e3:12.1f}' for seconds in times)
+              + f' {METHODS[picked]:>8} {METHODS[best]:>8}')
 
 
 if __name__ == '__main__':

@@ -5,8 +5,8 @@ convolution spends around its matrix products (im2col copies, layout changes)
 is paid in full on every rank. Chainer's CPU convolution spends more there
 than in the products themselves; this module keeps that part small.
 
-Both methods compute in a position-major layout (one row per pixel, channels
-contiguous) because OpenBLAS multiplies (pixels, C) @ (C, c_out) much faster
+All three methods compute in a position-major layout (one row per pixel,
+channels contiguous) because OpenBLAS multiplies (pixels, C) @ (C, c_out) much faster
 than (c_out, C) @ (C, pixels) when c_out is small (on this machine, one
 core, C=64, c_out=32: 78 against 51 GFLOP/s).
 
@@ -16,6 +16,9 @@ core, C=64, c_out=32: 78 against 51 GFLOP/s).
 - _Im2col (small images, where padding would be a large share of the
   positions of the first method, and few input channels): one copy into a
   gemm-ready matrix.
+- Winograd2x2 (3x3 kernels on small images with many channels, the deeper
+  half of VGG16; models/winograd.py): 2.25 times fewer products, paid for
+  with transforms of the input, output and filters.
 
 The input gradient is the correlation of the output gradient with the
 flipped, transposed filters, so it reuses the same forward code.
@@ -27,6 +30,8 @@ import numpy
 from chainer import function_node
 from numpy.lib.stride_tricks import sliding_window_view
 
+from models.winograd import Winograd2x2
+
 # Rows of the running sum in _sum_of_window_products: the block of outputs
 # and one product of that size stay in L2 cache, while each product is still
 # large enough for BLAS to run at full speed (also multi-threaded).
@@ -34,12 +39,14 @@ _BLOCK_ROWS = 1024
 
 # Costs, in multiply-adds of a matrix product, of what each method does
 # besides its products (see _method_for): moving one value in im2col's copy,
-# and adding one value of the running sum of shifted windows. Fitted to
-# timings of both methods on VGG16's layer shapes at batch 64 split over 1, 2
-# and 4 ranks on this machine (benchmarks/conv_methods.py); they only steer
-# speed, both methods give the same result.
+# adding one value of the running sum of shifted windows, moving one value
+# through one of Winograd's transforms. Fitted to timings of the methods on
+# VGG16's layer shapes at batch 64 split over 1, 2 and 4 ranks on this
+# machine (benchmarks/conv_methods.py); they only steer speed, every method
+# gives the same result up to rounding.
 _COPY_COST = 20.0
 _ADD_COST = 5.0
+_TRANSFORM_COST = 60.0
 
 
 def convolution_2d(x, W, pad: int) -> chainer.Variable:
@@ -137,23 +144,32 @@ class _SliceConvolutionGrad(function_node.FunctionNode):
 
 
 def _method_for(x_shape, k: int, pad: int, c_out: int):
-    """The faster method for this shape, by a rough cost model.
+    """The fastest method for this shape, by a rough cost model.
 
-    Per output value, both methods do k*k*C multiply-adds of products.
-    Shifted windows also computes the padding positions of its grid, a
-    share `extra` of the outputs, and adds k*k partial products per output
-    value, a share _ADD_COST / C of the multiply-adds; im2col copies k*k*C
-    input values per output position, a share _COPY_COST / c_out. Large
-    images with many input channels favour shifted windows, small images
-    (where padding is a large share of the positions) and few input channels
-    (the first layer) favour im2col.
+    Each method's cost is counted in multiply-adds, per multiply-add of the
+    direct products (k*k*C per output value). Shifted windows also computes
+    the padding positions of its grid, a share `extra` of the outputs, and
+    adds k*k partial products per output value, a share _ADD_COST / C;
+    im2col copies k*k*C input values per output position, a share
+    _COPY_COST / c_out. Winograd (3x3 only) does 16 products per 2x2 tile
+    instead of 36, but moves 16 transformed values per tile through each of
+    its input and output transforms, and 16 per filter pair through the
+    filter transform. Large images with many input channels favour shifted
+    windows, small images with many channels Winograd, few input channels
+    (the first layer) im2col.
     """
     c_in, height, width = x_shape[1:]
     out_height, out_width = height + 2 * pad - k + 1, width + 2 * pad - k + 1
+    outputs = x_shape[0] * out_height * out_width
     extra = (height + pad) * (width + pad) / (out_height * out_width) - 1
-    if extra + _ADD_COST / c_in < _COPY_COST / c_out:
-        return _ShiftedWindows(x_shape, k, pad)
-    return _Im2col(x_shape, k, pad)
+    costs = {_ShiftedWindows: 1 + extra + _ADD_COST / c_in,
+             _Im2col: 1 + _COPY_COST / c_out}
+    if k == 3:
+        tiles = x_shape[0] * -(-out_height // 2) * -(-out_width // 2)
+        products = 16 * tiles / (9 * outputs)
+        costs[Winograd2x2] = (products * (1 + _TRANSFORM_COST / c_in + _TRANSFORM_COST / c_out)
+                              + 16 * _TRANSFORM_COST / (9 * outputs))
+    return min(costs, key=costs.get)(x_shape, k, pad)
 
 
 def _pixel_rows(a):

@@ -94,7 +94,13 @@ def test_vgg_like_shapes(batch, c_in, size, c_out):
     assert_matches_chainer(x, W, 1, rng)
 
 
-METHODS = [conv_cpu._ShiftedWindows, conv_cpu._Im2col]
+DIRECT_METHODS = [conv_cpu._ShiftedWindows, conv_cpu._Im2col]
+ALL_METHODS = DIRECT_METHODS + [conv_cpu.Winograd2x2]
+# Winograd F(2x2, 3x3) takes 3x3 kernels only; it gets the 3x3 cases, and
+# odd output sizes (a half tile) and single tiles among them.
+SHAPES_3X3 = [((3, 5, 7, 9), 3, 1), ((3, 5, 7, 9), 3, 0), ((2, 6, 2, 2), 3, 1),
+              ((2, 6, 3, 3), 3, 0), ((2, 64, 8, 8), 3, 1), ((2, 5, 1, 1), 3, 1)]
+SHAPES_OTHER = [((2, 4, 6, 5), 5, 2), ((2, 6, 4, 3), 1, 0)]
 
 
 def force_method(monkeypatch, method):
@@ -104,15 +110,25 @@ def force_method(monkeypatch, method):
                         lambda x_shape, k, pad, c_out: method(x_shape, k, pad))
 
 
-@pytest.mark.parametrize('method', METHODS)
-@pytest.mark.parametrize('shape, k, pad', [
-    ((3, 5, 7, 9), 3, 1), ((3, 5, 7, 9), 3, 0), ((2, 4, 6, 5), 5, 2),
-    ((2, 6, 2, 2), 3, 1), ((2, 6, 3, 3), 3, 0), ((2, 6, 4, 3), 1, 0),
-    ((2, 64, 8, 8), 3, 1)])
+@pytest.mark.parametrize('method, shape, k, pad',
+                         [(m, *case) for m in ALL_METHODS for case in SHAPES_3X3]
+                         + [(m, *case) for m in DIRECT_METHODS for case in SHAPES_OTHER])
 def test_each_method(monkeypatch, method, shape, k, pad):
     force_method(monkeypatch, method)
     x, W, rng = random_case(sum(shape) + k + pad, *shape, 3, k)
     assert_matches_chainer(x, W, pad, rng)
+
+
+@pytest.mark.parametrize('x_shape, c_out, expected', [
+    ((64, 3, 32, 32), 32, conv_cpu._Im2col),           # VGG16's first layer
+    ((64, 64, 32, 32), 32, conv_cpu._ShiftedWindows),  # large images
+    ((64, 256, 8, 8), 128, conv_cpu.Winograd2x2),      # small images, many channels
+    ((64, 512, 2, 2), 256, conv_cpu.Winograd2x2),
+])
+def test_cost_model_picks(x_shape, c_out, expected):
+    """The choices the benchmark (benchmarks/conv_methods.py) backs on this
+    machine; a change of the cost constants that flips one is deliberate."""
+    assert type(conv_cpu._method_for(x_shape, 3, 1, c_out)) is expected
 
 
 @pytest.mark.parametrize('x_requires_grad', [False, True])
@@ -148,7 +164,7 @@ def test_plain_array_input():
                  {'y': expected['y'], 'gW': expected['gW']})
 
 
-@pytest.mark.parametrize('method', METHODS)
+@pytest.mark.parametrize('method', ALL_METHODS)
 @pytest.mark.parametrize('shape, pad', [((2, 3, 5, 4), 1), ((2, 3, 5, 4), 0),
                                         ((2, 3, 2, 2), 1)])
 def test_check_backward_float64(monkeypatch, method, shape, pad):
