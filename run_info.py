@@ -11,7 +11,7 @@ import socket
 import tempfile
 
 RUN_INFO_NAME = "run.json"
-SCHEMES = ("exact", "grouped")
+SCHEMES = ("exact", "grouped", "plain")
 
 
 def collect_run_info(args: argparse.Namespace, n_processes: int, scheme: str) -> dict:

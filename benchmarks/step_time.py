@@ -239,42 +239,6 @@ def benchmark(args: argparse.Namespace) -> None:
 
 # ---- the worker: one configuration, in its own process(es) ----
 
-def plain_vgg16(n_classes: int = 10):
-    """VGG16 as a user would write it with chainer.links, dropout included."""
-    import chainer
-    import chainer.functions as F
-    import chainer.links as L
-    from models.vgg import HEAD_DROPOUT, HEAD_WIDTH, VGG16_BLOCKS
-
-    class PlainVGG16(chainer.Chain):
-        def __init__(self):
-            super().__init__()
-            with self.init_scope():
-                in_channels = 3
-                for name, channels, _, _ in VGG16_BLOCKS:
-                    setattr(self, name, L.Convolution2D(in_channels, channels, 3, 1, 1,
-                                                        nobias=True))
-                    setattr(self, f'bn_{name}', L.BatchNormalization(channels))
-                    in_channels = channels
-                self.fc1 = L.Linear(in_channels, HEAD_WIDTH, nobias=True)
-                self.bn_fc1 = L.BatchNormalization(HEAD_WIDTH)
-                self.fc2 = L.Linear(HEAD_WIDTH, n_classes, nobias=True)
-
-        def forward(self, x):
-            h = x
-            for name, _, ratio, pool in VGG16_BLOCKS:
-                h = F.relu(getattr(self, f'bn_{name}')(getattr(self, name)(h)))
-                if ratio:
-                    h = F.dropout(h, ratio)
-                if pool:
-                    h = F.max_pooling_2d(h, 2, 2)
-            h = F.dropout(h, HEAD_DROPOUT)
-            h = F.dropout(F.relu(self.bn_fc1(self.fc1(h))), HEAD_DROPOUT)
-            return self.fc2(h)
-
-    return PlainVGG16()
-
-
 def step_multiply_adds(network: str, batch: int, processes: int, rank: int) -> int:
     """Multiply-adds of rank ``rank``'s training step, from the layer shapes.
 
@@ -298,7 +262,8 @@ def step_multiply_adds(network: str, batch: int, processes: int, rank: int) -> i
 def build_model(config: Configuration, comm):
     import chainer
     from models import NETWORKS
-    network = (plain_vgg16() if config.network == 'plain'
+    from benchmarks.plain_vgg import PlainVGG16
+    network = (PlainVGG16(10) if config.network == 'plain'
                else NETWORKS[config.network](comm, 10))
     model = chainer.links.Classifier(network)
     optimizer = chainer.optimizers.MomentumSGD(0.05)
