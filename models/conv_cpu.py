@@ -42,7 +42,9 @@ _COPY_COST = 20.0
 _ADD_COST = 5.0
 
 
-def convolution_2d(x, W, pad: int) -> chainer.Variable:
+def convolution_2d(x: chainer.Variable | numpy.ndarray,
+                   W: chainer.Variable | numpy.ndarray,
+                   pad: int) -> chainer.Variable:
     """Stride-1 convolution without bias of the full input by a filter slice.
 
     x: (B, C_in, H, W) float array or Variable; W: (c_out, C_in, k, k) with k
