@@ -6,8 +6,9 @@ chainer.functions.convolution_2d and with the GEMM floor: the same layer's
 three matrix products (forward, filter gradient, input gradient; the first
 layer has no input gradient) as plain contiguous float32 matmuls of the
 im2col formulation, each in the faster of its two memory layouts: the same
-FLOP count with no data movement around it. Prints the median over --repeats runs, interleaved so that load from
-other processes spreads over all columns.
+FLOP count with no data movement around it. Prints the median over
+--repeats runs, interleaved so that load from other processes spreads over
+all columns, and the load averages around the run.
 
 Set the BLAS thread count in the environment, e.g.
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/conv_layers.py

@@ -49,22 +49,23 @@ def best_time(run, repeats: int) -> float:
     return min(times)
 
 
-def time_method(method, kind, x, W, gy, repeats: int) -> float:
+def call_taps(kind: str, c_in: int, c_out: int, rng):
+    """Random filters, (k, k, c_in, c_out), laid out in memory as
+    convolution_2d passes them for this kind of call: each tap's matrix
+    contiguous along c_in for a layer, along c_out for an input gradient."""
+    if kind == 'layer':
+        return rng.standard_normal((KERNEL, KERNEL, c_out, c_in),
+                                   numpy.float32).transpose(0, 1, 3, 2)
+    return rng.standard_normal((KERNEL, KERNEL, c_in, c_out),
+                               numpy.float32)[::-1, ::-1]
+
+
+def time_method(method, kind, x, taps, gy, repeats: int) -> float:
     convolution = method(x.shape, KERNEL, PAD)
-    taps = filter_taps(kind, W)
     if kind == 'layer':
         return best_time(lambda: (convolution.forward(x, taps),
                                   convolution.weight_grad(gy)), repeats)
     return best_time(lambda: convolution.forward(x, taps), repeats)
-
-
-def filter_taps(kind: str, W):
-    """The (k, k, C_in, C_out) taps of this call for the (C_out, C_in, k, k)
-    filters W, as the view conv_cpu hands its methods: a transposed
-    contiguous array for a layer, a flipped one for an input gradient."""
-    if kind == 'layer':
-        return numpy.ascontiguousarray(W.transpose(2, 3, 0, 1)).transpose(0, 1, 3, 2)
-    return numpy.ascontiguousarray(W.transpose(2, 3, 1, 0))[::-1, ::-1]
 
 
 def main() -> None:
@@ -80,10 +81,10 @@ def main() -> None:
           + f' {"picked":>8} {"best":>8}')
     for kind, c_in, c_out, size in convolutions(args.batch):
         x = rng.standard_normal((args.batch, c_in, size, size), numpy.float32)
-        W = rng.standard_normal((c_out, c_in, KERNEL, KERNEL), numpy.float32)
+        taps = call_taps(kind, c_in, c_out, rng)
         gy = rng.standard_normal((args.batch, c_out, size, size),
                                  numpy.float32)
-        times = [time_method(method, kind, x, W, gy, args.repeats)
+        times = [time_method(method, kind, x, taps, gy, args.repeats)
                  for method in METHODS]
         picked = type(conv_cpu._method_for(x.shape, KERNEL, PAD, c_out))
         best = list(METHODS)[int(numpy.argmin(times))]
