@@ -7,13 +7,18 @@ counter-based generator (Philox) whose key names the training step and the
 dropout site: a rank jumps straight to the first number of its first channel
 and draws only its own numbers, and no state has to be kept in step across
 ranks beyond the step count.
+
+Each element gets one 32-bit number, compared with an integer threshold.
+Drawing the numbers is most of dropout's cost, and a 64-bit number per
+element (or a float64 uniform, made from one) would draw twice as many.
 """
 import chainer
 import chainer.functions as F
 import numpy
 
-# Philox hands out its 64-bit numbers in blocks of four per counter step.
-_PHILOX_BLOCK = 4
+# Philox hands out its 64-bit numbers in blocks of four per counter step,
+# and each 64-bit number holds two of the 32-bit numbers used here.
+_PER_COUNTER_STEP = 8
 # Dropout sites per step are numbered below this (VGG16 has 9).
 _MAX_SITES = 256
 
@@ -35,17 +40,57 @@ def channel_slice_dropout(x: chainer.Variable, ratio: float, start: int,
     if not chainer.config.train or ratio == 0:
         return x
     per_channel = x.size // (stop - start)
-    uniform = _uniform(key, start * per_channel, (stop - start) * per_channel)
-    channel_major = (stop - start, x.shape[0]) + x.shape[2:]
-    keep = numpy.moveaxis(uniform.reshape(channel_major) >= ratio, 0, 1)
-    mask = keep.astype(x.dtype) * x.dtype.type(1 / (1 - ratio))
+    numbers = _uint32_stream(key, start * per_channel, (stop - start) * per_channel)
+    mask = _scaled_mask(numbers, x.shape, ratio, x.dtype)
     device = chainer.backend.get_device_from_array(x.array)
     return F.dropout(x, ratio, mask=device.send(mask))
 
 
-def _uniform(key: list[int], first: int, count: int) -> numpy.ndarray:
-    """Numbers ``first`` to ``first + count`` of the uniform stream of ``key``."""
+def _scaled_mask(numbers: numpy.ndarray, shape: tuple, ratio: float,
+                 dtype: numpy.dtype) -> numpy.ndarray:
+    """F.dropout's mask for ``shape`` from channel-major ``numbers``.
+
+    An element is kept, and scaled by 1 / (1 - ratio), when its number is
+    at least ``ratio`` * 2**32 (rounded down): the drop probability is
+    ``ratio`` to within 2**-32. ``numbers`` is spent: in float32 the mask
+    is written over it, memory already paged in, where a new array would
+    cost as much again in page faults as writing it.
+    """
+    threshold = numpy.uint32(int(ratio * 2 ** 32))
+    keep = numbers.reshape((shape[1], shape[0]) + shape[2:]) >= threshold
+    if dtype.itemsize == numbers.itemsize:
+        mask = numbers.view(dtype).reshape(shape)
+    else:
+        mask = numpy.empty(shape, dtype)
+    numpy.copyto(mask, _batch_major(keep))
+    mask *= dtype.type(1 / (1 - ratio))
+    return mask
+
+
+def _batch_major(keep: numpy.ndarray) -> numpy.ndarray:
+    """(channel, batch, ...) booleans laid out again as (batch, channel, ...).
+
+    Each (channel, sample) pair's values move as one item of that many
+    bytes: transposed element by element, numpy would loop over as few as
+    4 at a time (the 2x2 images of VGG16's last blocks), ten times slower.
+    """
+    channels, batch = keep.shape[:2]
+    per_pair = keep.size // (channels * batch)
+    pairs = keep.reshape(channels, batch, per_pair).view(numpy.dtype((numpy.void, per_pair)))
+    swapped = numpy.ascontiguousarray(pairs.reshape(channels, batch).T)
+    return swapped.view(keep.dtype).reshape((batch, channels) + keep.shape[2:])
+
+
+def _uint32_stream(key: list[int], first: int, count: int) -> numpy.ndarray:
+    """Numbers ``first`` to ``first + count`` of the 32-bit stream of ``key``.
+
+    32-bit number 2k is the low half of the generator's 64-bit number k and
+    2k + 1 its high half, the order numpy's Generator uses for uint32 draws,
+    on any byte order.
+    """
     bit_generator = numpy.random.Philox(key=key)
-    bit_generator.advance(first // _PHILOX_BLOCK)
-    skip = first % _PHILOX_BLOCK
-    return numpy.random.Generator(bit_generator).random(skip + count)[skip:]
+    bit_generator.advance(first // _PER_COUNTER_STEP)
+    skip = first % _PER_COUNTER_STEP
+    raw = bit_generator.random_raw((skip + count + 1) // 2)
+    halves = raw.astype('<u8', copy=False).view('<u4')
+    return halves[skip:skip + count]

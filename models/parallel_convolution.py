@@ -1,9 +1,9 @@
 """The convolution split by output channel, and the block built around it."""
 import chainer
 import chainer.functions as F
-import chainer.links as L
 import numpy
 
+from models.batch_norm import BatchNormalization
 from models.conv_cpu import convolution_2d
 from models.dropout import channel_slice_dropout
 from models.partition import channel_range
@@ -62,7 +62,7 @@ class Block(chainer.Chain):
         with self.init_scope():
             self.conv = conv
             start, stop = conv.channels
-            self.bn = L.BatchNormalization(stop - start)
+            self.bn = BatchNormalization(stop - start)
 
     def forward(self, x, dropout_key: list[int]):
         h = F.relu(self.bn(self.conv(x)))

@@ -4,6 +4,7 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
+from models.batch_norm import BatchNormalization
 from models.communication import gather_into_parallel, gather_into_replicated
 from models.dropout import channel_slice_dropout, dropout_key
 from models.parallel_convolution import Block, ParallelConvolution2D
@@ -61,7 +62,7 @@ class VGG16(chainer.Chain):
             rng = numpy.random.default_rng([seed, len(VGG16_BLOCKS)])
             self.fc1 = L.Linear(in_channels, HEAD_WIDTH, nobias=True,
                                 initialW=lecun_normal((HEAD_WIDTH, in_channels), rng))
-            self.bn_fc1 = L.BatchNormalization(HEAD_WIDTH)
+            self.bn_fc1 = BatchNormalization(HEAD_WIDTH)
             self.fc2 = L.Linear(HEAD_WIDTH, n_classes, nobias=True,
                                 initialW=lecun_normal((n_classes, HEAD_WIDTH), rng))
 

@@ -1,5 +1,6 @@
 import chainer
 import numpy
+import pytest
 
 from models.dropout import channel_slice_dropout, dropout_key
 from models.partition import channel_range
@@ -11,13 +12,29 @@ def _masked(x, ratio, start, stop, key):
                                      start, stop, key).array
 
 
-def test_slices_of_any_split_reassemble_the_single_process_mask():
-    x = numpy.ones((5, 7, 3, 2), dtype=numpy.float32)
+@pytest.mark.parametrize('shape', [(5, 7, 3, 2), (6, 7)])
+def test_slices_of_any_split_reassemble_the_single_process_mask(shape):
+    x = numpy.ones(shape, dtype=numpy.float32)
     key = dropout_key(seed=3, step=11, site=2)
     full = _masked(x, 0.4, 0, 7, key)
     for size in (2, 3, 4, 7):
         pieces = [_masked(x, 0.4, *channel_range(7, size, r), key) for r in range(size)]
         numpy.testing.assert_array_equal(numpy.concatenate(pieces, axis=1), full)
+
+
+def test_mask_is_numpys_uint32_stream_of_the_key_channel_major():
+    # Written out with numpy's own 32-bit draws from Philox: element
+    # (n, c, h, w) gets number ((c * N + n) * H + h) * W + w, and is kept
+    # when that number is at least ratio * 2**32, rounded down.
+    shape, ratio, key = (3, 5, 2, 3), 0.3, dropout_key(seed=1, step=2, site=3)
+    numbers = numpy.random.Generator(numpy.random.Philox(key=key)).integers(
+        0, 2 ** 32, size=numpy.prod(shape), dtype=numpy.uint32)
+    channel_major = numbers.reshape(shape[1], shape[0], *shape[2:])
+    expected = numpy.moveaxis(channel_major >= numpy.floor(ratio * 2 ** 32), 0, 1)
+    x = numpy.ones(shape, dtype=numpy.float64)
+    for start, stop in ((0, 5), (1, 4), (3, 5)):
+        kept = _masked(x, ratio, start, stop, key) != 0
+        numpy.testing.assert_array_equal(kept, expected[:, start:stop])
 
 
 def test_mask_keeps_the_expected_share_and_scales_survivors():
@@ -26,6 +43,24 @@ def test_mask_keeps_the_expected_share_and_scales_survivors():
     kept = y != 0
     assert abs(kept.mean() - 0.6) < 0.01
     numpy.testing.assert_allclose(y[kept], 1 / 0.6, rtol=1e-6)
+
+
+def test_float64_has_the_float32_mask_and_an_exact_scale():
+    key = dropout_key(0, 5, 1)
+    single = _masked(numpy.ones((4, 6, 3, 3), dtype=numpy.float32), 0.3, 0, 6, key)
+    double = _masked(numpy.ones((4, 6, 3, 3), dtype=numpy.float64), 0.3, 0, 6, key)
+    assert double.dtype == numpy.float64
+    numpy.testing.assert_array_equal(double != 0, single != 0)
+    assert set(numpy.unique(double)) == {0.0, 1 / (1 - 0.3)}
+
+
+def test_gradient_is_the_mask():
+    x = chainer.Variable(numpy.random.RandomState(0).rand(4, 6, 2, 2).astype(numpy.float32))
+    with chainer.using_config('train', True):
+        y = channel_slice_dropout(x, 0.5, 0, 6, dropout_key(0, 0, 0))
+    y.grad = numpy.ones_like(y.array)
+    y.backward()
+    numpy.testing.assert_allclose(x.grad * x.array, y.array, rtol=1e-6)
 
 
 def test_masks_differ_between_steps_and_sites_and_seeds():

@@ -1,0 +1,167 @@
+"""Batch normalization in training mode on CPU, in fewer passes over memory.
+
+chainer.functions.batch_normalization goes over the tensor about ten times
+each way on CPU: numpy's mean and var, the normalized input made in the
+forward and made again in the backward, a temporary for each product and a
+final copy, each new array paid in page faults as well. Here the forward
+makes five passes and the backward seven, and each allocates only its
+result:
+
+- forward: the per-channel sums; the centred input, written into the
+  output's memory; the sums of its squares; scale and shift in place.
+- backward: the sums of the output gradient; the centred input again, into
+  the input gradient's memory; the sums of its products with the output
+  gradient; three in-place steps to the input gradient.
+
+Keeping the centred input from the forward would save one pass but cost a
+third array of the input's size, which measured slower.
+
+The tensor is seen as rows, one per sample, of C * H * W values, and each
+per-channel factor as one such row (channel c's value repeated over its
+H * W pixels). numpy then loops along C * H * W elements, not H * W: on
+VGG16's last blocks H * W is 4, and broadcasting a (C, 1, 1) factor over
+(N, C, 2, 2) costs ten times as much as a row over the same elements.
+
+The arithmetic is Chainer's: the batch mean, the biased variance around it
+(two passes, not E[x^2] - E[x]^2, which loses float32 digits when the mean
+is large against the spread), sums in the input's dtype, and the same
+running statistics. Each channel's sums run over the batch, then over its
+pixels, whatever the other channels: a channel's result does not depend on
+how the channels are split over processes.
+"""
+import chainer
+import chainer.links as L
+import numpy
+from chainer import function_node
+
+
+class BatchNormalization(L.BatchNormalization):
+    """L.BatchNormalization whose training mode on CPU is ``batch_normalization``.
+
+    Same parameters, persistent values and serialized names as the parent.
+    In training mode, on numpy arrays of the link's dtype with one channel
+    axis (axis 1) and more than one value per channel, it normalizes with
+    ``batch_normalization`` and updates ``avg_mean`` and ``avg_var`` as the
+    parent does. Everything else (test mode, fine-tuning, other devices,
+    other dtypes) is the parent's.
+    """
+
+    def forward(self, x, **kwargs):
+        if kwargs or not self._fast_path_applies(x):
+            return super().forward(x, **kwargs)
+        # Like the parent: no update of the statistics while recomputing a
+        # forward pass for the backward.
+        update = not chainer.config.in_recomputing
+        return batch_normalization(
+            x, self.gamma, self.beta, eps=self.eps,
+            running_mean=self.avg_mean if update else None,
+            running_var=self.avg_var if update else None, decay=self.decay)
+
+    def _fast_path_applies(self, x) -> bool:
+        array = x.array if isinstance(x, chainer.Variable) else x
+        return (chainer.config.train and self.axis is None
+                and self.gamma is not None and self.beta is not None
+                and self.avg_mean is not None and self.avg_mean.ndim == 1
+                and type(array) is numpy.ndarray and array.ndim >= 2
+                and array.dtype == self.avg_mean.dtype
+                and array.shape[1] == self.avg_mean.size
+                # A single value per channel: the parent warns about it.
+                and array.size > self.avg_mean.size)
+
+
+def batch_normalization(x, gamma, beta, eps: float = 2e-5,
+                        running_mean: numpy.ndarray | None = None,
+                        running_var: numpy.ndarray | None = None,
+                        decay: float = 0.9) -> chainer.Variable:
+    """chainer.functions.batch_normalization over all axes but axis 1, on CPU.
+
+    x: (N, C, ...) numpy array or Variable; gamma, beta: (C,), of x's dtype.
+    If given, ``running_mean`` and ``running_var`` are updated in place as
+    Chainer does: decay times the old value plus (1 - decay) times the batch
+    mean, and the unbiased batch variance (m / (m - 1) times the biased one,
+    m values per channel). Not differentiable twice.
+    """
+    y, = _BatchNormalization(eps, running_mean, running_var, decay).apply((x, gamma, beta))
+    return y
+
+
+class _BatchNormalization(function_node.FunctionNode):
+
+    def __init__(self, eps, running_mean, running_var, decay):
+        self.eps = eps
+        self.running_mean = running_mean
+        self.running_var = running_var
+        self.decay = decay
+
+    def forward_cpu(self, inputs):
+        self.retain_inputs((0,))
+        x, gamma, beta = inputs
+        rows = x.reshape(len(x), -1)
+        pixels = rows.shape[1] // len(gamma)
+        count = len(x) * pixels
+        # In x's dtype: numpy would turn a float32 array divided by a
+        # Python int above 65535 into float64.
+        divisor = x.dtype.type(count)
+        self.mean = _channel_sums(rows, pixels) / divisor
+        y = rows - numpy.repeat(self.mean, pixels)
+        var = _channel_dots(y, y, pixels) / divisor
+        self.inv_std = numpy.reciprocal(numpy.sqrt(var + self.eps))
+        self.scale = gamma * self.inv_std
+        y *= numpy.repeat(self.scale, pixels)
+        y += numpy.repeat(beta, pixels)
+        if self.running_mean is not None:
+            self._update_running_statistics(var, count)
+        return y.reshape(x.shape),
+
+    def _update_running_statistics(self, var, count):
+        # Chainer's expressions, in its order.
+        adjust = count / max(count - 1., 1.)
+        self.running_mean *= self.decay
+        self.running_mean += (1 - self.decay) * self.mean
+        self.running_var *= self.decay
+        self.running_var += (1 - self.decay) * adjust * var
+
+    def backward(self, indexes, grad_outputs):
+        x, = self.get_retained_inputs()
+        grad = _BatchNormalizationGrad(x.array, self.mean, self.inv_std, self.scale)
+        return grad.apply(grad_outputs)
+
+
+class _BatchNormalizationGrad(function_node.FunctionNode):
+    """Gradients of x, gamma and beta; not differentiable again."""
+
+    def __init__(self, x, mean, inv_std, scale):
+        self.x = x
+        self.mean = mean
+        self.inv_std = inv_std
+        self.scale = scale
+
+    def forward_cpu(self, inputs):
+        gy, = inputs
+        rows = gy.reshape(len(gy), -1)
+        pixels = rows.shape[1] // len(self.mean)
+        count = gy.dtype.type(len(gy) * pixels)
+        gbeta = _channel_sums(rows, pixels)
+        gx = self.x.reshape(rows.shape) - numpy.repeat(self.mean, pixels)
+        ggamma = _channel_dots(rows, gx, pixels) * self.inv_std
+        # gx = gamma * inv_std * (gy - mean(gy) - x_hat * ggamma / count),
+        # with x_hat = (x - mean) * inv_std, built up in place.
+        gx *= numpy.repeat(self.inv_std * ggamma / count, pixels)
+        gx += numpy.repeat(gbeta / count, pixels)
+        numpy.subtract(rows, gx, out=gx)
+        gx *= numpy.repeat(self.scale, pixels)
+        return gx.reshape(gy.shape), ggamma, gbeta
+
+    def backward(self, indexes, grad_outputs):
+        raise NotImplementedError(
+            'models.batch_norm.batch_normalization does not support double backprop')
+
+
+def _channel_sums(rows: numpy.ndarray, pixels: int) -> numpy.ndarray:
+    """Per-channel sums of (N, C * pixels) rows: over the batch, then the pixels."""
+    return rows.sum(axis=0).reshape(-1, pixels).sum(axis=1)
+
+
+def _channel_dots(a: numpy.ndarray, b: numpy.ndarray, pixels: int) -> numpy.ndarray:
+    """Per-channel sums of a * b, for rows as in ``_channel_sums``, without a temporary."""
+    return numpy.einsum('nk,nk->k', a, b).reshape(-1, pixels).sum(axis=1)
