@@ -42,7 +42,7 @@ class Winograd2x2:
     ``weight_grad(gy)``, which returns the (c_out, C, 3, 3) filter gradient.
     """
 
-    def __init__(self, x_shape, k: int, pad: int):
+    def __init__(self, x_shape: tuple, k: int, pad: int):
         if k != 3:
             raise ValueError(f'Winograd F(2x2, 3x3) needs a 3x3 kernel, got {k}x{k}')
         batch, _, height, width = x_shape
@@ -53,12 +53,12 @@ class Winograd2x2:
         self.tiles_hw = tuple((size + 1) // 2 for size in self.out_hw)
         self.batch = batch
 
-    def forward(self, x, taps):
+    def forward(self, x: numpy.ndarray, taps: numpy.ndarray) -> numpy.ndarray:
         self.transformed = self._input_transform(x)
         u = _filter_transform(taps)
         return self._output_transform(numpy.matmul(self.transformed, u))
 
-    def weight_grad(self, gy):
+    def weight_grad(self, gy: numpy.ndarray) -> numpy.ndarray:
         du = numpy.matmul(self._output_transform_adjoint(gy).transpose(0, 2, 1),
                           self.transformed)
         return _filter_transform_adjoint(du)
