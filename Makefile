@@ -1,11 +1,15 @@
-# Two commands on a fresh machine with Python 3.11:
-#   make train   sets up .venv and trains VGG16 on CIFAR-10 with $(NP) processes
-#   make test    sets up .venv and runs the tests
+# Two commands on a fresh machine with Python 3.11, 3.12 or 3.13:
+#   make train   sets up $(VENV) and trains VGG16 on CIFAR-10 with $(NP) processes
+#   make test    sets up $(VENV) and runs the tests
 # Extra flags for train.py go in ARGS, e.g. make train NP=2 ARGS="--epoch 1".
+# PYTHON picks the interpreter (a full path works, e.g. $(pyenv prefix 3.13.0)/bin/python3.13);
+# give each interpreter its own VENV. NUMPY pins numpy's version (e.g. NUMPY=1.26.4);
+# empty, pip takes the newest that requirements.txt allows.
 PYTHON ?= python3
 NP ?= 2
 ARGS ?=
-VENV := .venv
+VENV ?= .venv
+NUMPY ?=
 BIN := $(VENV)/bin
 
 .PHONY: setup train test figure
@@ -16,11 +20,12 @@ setup: $(VENV)/installed
 # setuptools 70 and later no longer provide, and pip's isolated build would
 # fetch the newest setuptools. So: pin setuptools in the venv and build
 # chainer there, without isolation; everything else installs as wheels.
+# setuptools stays in the venv: chainer imports pkg_resources at run time.
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "setuptools<70" wheel
 	$(BIN)/pip install --quiet --no-build-isolation chainer==7.8.1
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --only-binary numpy -r requirements.txt $(if $(NUMPY),"numpy==$(NUMPY)")
 	touch $@
 
 train: setup

@@ -37,6 +37,7 @@ import socket  # noqa: E402
 import traceback  # noqa: E402
 import warnings  # noqa: E402
 
+import compat  # noqa: E402,F401  (before chainer: see compat.py)
 import chainer  # noqa: E402
 import chainer.links as L  # noqa: E402
 import chainermn  # noqa: E402

@@ -21,11 +21,11 @@ import statistics
 import sys
 import time
 
-import chainer
-import chainer.functions as F
-import numpy
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import compat  # noqa: E402,F401  (before chainer: see compat.py)
+import chainer  # noqa: E402
+import chainer.functions as F  # noqa: E402
+import numpy  # noqa: E402
 from models import conv_cpu  # noqa: E402
 
 # (input channels, output channels, image size) of VGG16's convolutions on

@@ -20,6 +20,7 @@ import time
 import numpy
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import compat  # noqa: E402,F401  (before chainer: see compat.py)
 from benchmarks.conv_layers import KERNEL, PAD, VGG16_CONVS  # noqa: E402
 from models import conv_cpu  # noqa: E402
 

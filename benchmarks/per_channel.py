@@ -29,12 +29,12 @@ import sys
 import time
 from typing import Callable
 
-import chainer
-import chainer.functions as F
-import chainer.links as L
-import numpy
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import compat  # noqa: E402,F401  (before chainer: see compat.py)
+import chainer  # noqa: E402
+import chainer.functions as F  # noqa: E402
+import chainer.links as L  # noqa: E402
+import numpy  # noqa: E402
 from models.batch_norm import BatchNormalization  # noqa: E402
 from models.dropout import channel_slice_dropout, dropout_key  # noqa: E402
 from models.partition import channel_range  # noqa: E402

@@ -309,6 +309,7 @@ def worker(args: argparse.Namespace) -> None:
     import resource
     import warnings
 
+    import compat  # noqa: F401  (before chainer: see compat.py)
     import chainermn
     import numpy
     warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)

@@ -14,13 +14,13 @@ import os
 import pathlib
 import sys
 
-import chainer
-import chainer.links as L
-import numpy
-from chainer import training
-from chainer.training import extensions
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import compat  # noqa: E402,F401  (before chainer: see compat.py)
+import chainer  # noqa: E402
+import chainer.links as L  # noqa: E402
+import numpy  # noqa: E402
+from chainer import training  # noqa: E402
+from chainer.training import extensions  # noqa: E402
 from benchmarks.plain_vgg import PlainVGG16  # noqa: E402
 from data import DataError, load_dataset  # noqa: E402
 from run_info import collect_run_info, write_run_info  # noqa: E402

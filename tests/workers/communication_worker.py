@@ -5,6 +5,7 @@ Usage: mpiexec -n N python tests/workers/communication_worker.py OUT.pickle
 import pickle
 import sys
 
+import compat  # noqa: F401  (before chainer: see compat.py)
 import chainer
 import chainermn
 import numpy

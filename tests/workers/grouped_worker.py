@@ -12,6 +12,7 @@ the part that passes through its own filters).
 import pickle
 import sys
 
+import compat  # noqa: F401  (before chainer: see compat.py)
 import chainer
 import chainer.functions as F
 import chainermn

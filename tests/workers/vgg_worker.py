@@ -11,6 +11,7 @@ MODE train: five MomentumSGD steps with weight decay and dropout on, in
 import pickle
 import sys
 
+import compat  # noqa: F401  (before chainer: see compat.py)
 import chainer
 import chainermn
 import numpy
