@@ -10,10 +10,18 @@ from models.partition import channel_range
 from models.pooling import max_pooling_2x2
 
 
-def he_normal(shape: tuple, rng: numpy.random.Generator) -> numpy.ndarray:
-    """He-normal initial weights (for layers followed by ReLU), in Chainer's dtype."""
+def lecun_normal(shape: tuple, rng: numpy.random.Generator) -> numpy.ndarray:
+    """Initial weights as Chainer's default initializer draws them, in Chainer's dtype.
+
+    LeCunNormal(scale=1), the default of L.Convolution2D and L.Linear, and so
+    of the original example: normal, mean 0, standard deviation
+    sqrt(1 / fan_in), fan_in the inputs of one output (in_channels * k * k
+    for a convolution, in_size for a linear layer). The distribution is
+    Chainer's; the numbers come from ``rng``, so that every rank draws the
+    same full tensor.
+    """
     fan_in = int(numpy.prod(shape[1:]))
-    return rng.normal(0.0, numpy.sqrt(2.0 / fan_in), shape).astype(chainer.get_dtype())
+    return rng.normal(0.0, numpy.sqrt(1.0 / fan_in), shape).astype(chainer.get_dtype())
 
 
 class ParallelConvolution2D(chainer.Link):
@@ -35,7 +43,7 @@ class ParallelConvolution2D(chainer.Link):
         super().__init__()
         self.pad = pad
         self.channels = channel_range(out_channels, comm.size, comm.rank)
-        full_W = he_normal((out_channels, in_channels, ksize, ksize), rng)
+        full_W = lecun_normal((out_channels, in_channels, ksize, ksize), rng)
         start, stop = self.channels
         with self.init_scope():
             self.W = chainer.Parameter(full_W[start:stop].copy())

@@ -7,7 +7,7 @@ import numpy
 from models.batch_norm import BatchNormalization
 from models.communication import gather_into_parallel, gather_into_replicated
 from models.dropout import channel_slice_dropout, dropout_key
-from models.parallel_convolution import Block, ParallelConvolution2D
+from models.parallel_convolution import Block, ParallelConvolution2D, lecun_normal
 
 # (name, output channels, dropout ratio after ReLU, 2x2 max pooling after it)
 VGG16_BLOCKS = (
@@ -23,11 +23,6 @@ VGG16_BLOCKS = (
 KERNEL_SIZE, PAD = 3, 1
 HEAD_WIDTH = 512
 HEAD_DROPOUT = 0.5
-
-
-def lecun_normal(shape: tuple, rng: numpy.random.Generator) -> numpy.ndarray:
-    """LeCun-normal initial weights (Chainer's default for Linear), in Chainer's dtype."""
-    return rng.normal(0.0, numpy.sqrt(1.0 / shape[1]), shape).astype(chainer.get_dtype())
 
 
 class VGG16(chainer.Chain):

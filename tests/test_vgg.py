@@ -112,6 +112,28 @@ def test_replicated_head_is_bit_identical_on_every_rank(training_runs, n):
             numpy.testing.assert_array_equal(rank_head[name], value, err_msg=name)
 
 
+def test_initial_weights_are_drawn_as_chainers_default_initializer():
+    # The original example leaves L.Convolution2D and L.Linear at Chainer's
+    # default, LeCunNormal(scale=1): normal with standard deviation
+    # sqrt(1 / fan_in). Each layer's sample standard deviation is compared
+    # with that and with the weights Chainer itself draws for the plain
+    # reference; n draws estimate it to a relative error of about
+    # 1 / sqrt(2 n), allowed five times over (He-normal would be sqrt(2) off).
+    ours = VGG16_initial_state()
+    reference = dict(ReferenceVGG16().namedparams())
+    weights = sorted(name for name in ours if name.endswith('/W'))
+    assert len(weights) == 15
+    for name in weights:
+        W = ours[name]
+        drawn_by_chainer = reference['/' + name].array
+        assert W.shape == drawn_by_chainer.shape, name
+        expected = numpy.sqrt(1.0 / numpy.prod(W.shape[1:]))
+        allowed = 5 / numpy.sqrt(2 * W.size)
+        assert abs(W.std() / expected - 1) < allowed, name
+        assert abs(W.std() / drawn_by_chainer.std() - 1) < 2 * allowed, name
+        assert abs(W.mean()) < 5 * expected / numpy.sqrt(W.size), name
+
+
 def VGG16_initial_state():
     import chainermn
     from models import VGG16
