@@ -19,7 +19,8 @@ import numpy
 # Philox hands out its 64-bit numbers in blocks of four per counter step,
 # and each 64-bit number holds two of the 32-bit numbers used here.
 _PER_COUNTER_STEP = 8
-# Dropout sites per step are numbered below this (VGG16 has 9).
+# Dropout sites per step are numbered below this (VGG16 numbers its 13 blocks
+# and the head's two dropouts, 0 to 14).
 _MAX_SITES = 256
 
 

@@ -86,7 +86,7 @@ class VGG16(chainer.Chain):
             h = gather(self.comm, h, block.out_channels)
         site = len(blocks)
         h = F.reshape(h, (h.shape[0], -1))
-        h = channel_slice_dropout(h, self.head_dropout, 0, HEAD_WIDTH,
+        h = channel_slice_dropout(h, self.head_dropout, 0, h.shape[1],
                                   dropout_key(self.seed, step, site))
         h = F.relu(self.bn_fc1(self.fc1(h)))
         h = channel_slice_dropout(h, self.head_dropout, 0, HEAD_WIDTH,
