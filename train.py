@@ -8,52 +8,37 @@ channels; all processes see the same mini-batches (rank 0 reads the data)
 and compute exactly what one process would. Rank 0 prints the log and writes
 the files in --out.
 """
+# First, in this order: the BLAS thread count must be set before numpy loads,
+# and compat.py must patch numpy before chainer is imported.
+import blas_threads
+import compat  # noqa: F401
+
+import argparse
+import importlib.util
+import math
 import os
+import signal
+import socket
 import sys
+import traceback
+import warnings
 
+import chainer
+import chainer.links as L
+import chainermn
+import matplotlib
+import numpy
+from chainer import training
+from chainer.training import extensions
 
-THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')
-
-
-def _blas_threads_per_rank() -> None:
-    """Share the cores among the ranks on this node, unless the user chose.
-
-    Must run before numpy is imported: OpenBLAS reads it when it loads.
-    MPICH's mpiexec says how many ranks share the node in MPI_LOCALNRANKS.
-    """
-    if any(name in os.environ for name in THREAD_VARIABLES):
-        return
-    ranks_here = int(os.environ.get('MPI_LOCALNRANKS', '1'))
-    os.environ['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // ranks_here))
-
-
-_blas_threads_per_rank()
-
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import math  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import traceback  # noqa: E402
-import warnings  # noqa: E402
-
-import compat  # noqa: E402,F401  (before chainer: see compat.py)
-import chainer  # noqa: E402
-import chainer.links as L  # noqa: E402
-import chainermn  # noqa: E402
-import matplotlib  # noqa: E402
-import numpy  # noqa: E402
-from chainer import training  # noqa: E402
-from chainer.training import extensions  # noqa: E402
-
-import checkpoint  # noqa: E402
-import faults  # noqa: E402
-from data import DATASETS, DataError, load_dataset  # noqa: E402
-from models import NETWORKS  # noqa: E402
-from models.grouped import GROUPED_INPUT_CHANNELS  # noqa: E402
-from models.serialization import load_full_state  # noqa: E402
-from models.vgg import VGG16_BLOCKS  # noqa: E402
-from run_info import collect_run_info, write_run_info  # noqa: E402
+import checkpoint
+import faults
+from data import DATASETS, DataError, load_dataset
+from models import NETWORKS
+from models.grouped import GROUPED_INPUT_CHANNELS
+from models.serialization import load_full_state
+from models.vgg import VGG16_BLOCKS
+from run_info import collect_run_info, write_run_info
 
 matplotlib.use('Agg')
 # ChainerMN marks its iterators and collectives experimental, on every rank.
@@ -245,8 +230,8 @@ def print_header(args, comm, n_classes: int, train_size: int, test_size: int) ->
     network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
     print(f'{network} on {args.dataset} ({n_classes} classes, '
           f'{train_size} train / {test_size} test images)')
-    threads = next(os.environ[name] for name in THREAD_VARIABLES if name in os.environ)
-    print(f'{device}, {comm.size} processes, {threads} BLAS threads per process')
+    print(f'{device}, {comm.size} processes, {blas_threads.threads_per_process()} BLAS threads '
+          'per process')
     print(f'Minibatch size: {args.batchsize}, epochs: {args.epoch}, learning rate: '
           f'{args.learnrate}, seed: {args.seed}', flush=True)
 
