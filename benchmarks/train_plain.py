@@ -14,17 +14,20 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import blas_threads  # noqa: E402  (before numpy: see blas_threads.py)
-import compat  # noqa: E402,F401  (before chainer: see compat.py)
-import chainer  # noqa: E402
-import chainer.links as L  # noqa: E402
-import numpy  # noqa: E402
-from chainer import training  # noqa: E402
-from chainer.training import extensions  # noqa: E402
-from benchmarks.plain_vgg import PlainVGG16  # noqa: E402
-from data import DataError, load_dataset  # noqa: E402
-from run_info import collect_run_info, write_run_info  # noqa: E402
-from train import UsageError, add_reports, check_out_dir  # noqa: E402
+import blas_threads  # before numpy: see blas_threads.py
+import compat  # noqa: F401  (before chainer: see compat.py)
+
+import chainer
+import chainer.links as L
+import numpy
+from chainer import training
+from chainer.training import extensions
+
+from benchmarks.plain_vgg import PlainVGG16
+from data import DataError, load_dataset
+from errors import UsageError
+from run_info import collect_run_info, write_run_info
+from train import add_reports, check_out_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
