@@ -23,11 +23,12 @@ import numpy
 from chainer import training
 from chainer.training import extensions
 
+from arguments import check_out_dir
 from benchmarks.plain_vgg import PlainVGG16
 from data import DataError, load_dataset
 from errors import UsageError
 from run_info import collect_run_info, write_run_info
-from train import add_reports, check_out_dir
+from train import add_reports
 
 
 def parse_args(argv=None) -> argparse.Namespace:
