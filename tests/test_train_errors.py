@@ -1,5 +1,6 @@
 """Bad input to train.py: one line on stderr, a non-zero exit, nothing lost."""
 import pytest
+
 from cifar_files import Cifar
 from conftest import check_clean_failure, check_earlier_run_kept, mpi_env, run_mpi
 

@@ -17,6 +17,7 @@ import pickle
 import chainer
 import numpy
 import pytest
+
 from conftest import relative_error, run_mpi
 from reference_vgg import ReferenceVGG16
 from workers.vgg_worker import batch
@@ -114,6 +115,7 @@ def test_replicated_head_is_bit_identical_on_every_rank(training_runs, n):
 
 def VGG16_initial_state():
     import chainermn
+
     from models import VGG16
     from models.serialization import full_state
     comm = chainermn.create_communicator('naive')
