@@ -143,7 +143,7 @@ def to_model_dtype(batch, device):
     return images.astype(chainer.get_dtype(), copy=False), labels
 
 
-def add_reports(trainer, args) -> None:
+def add_reports(trainer, args: argparse.Namespace) -> None:
     """What rank 0 shows and writes: log, table, plots, progress, graph."""
     trainer.extend(extensions.DumpGraph('main/loss'))
     trainer.extend(extensions.LogReport())
@@ -157,7 +157,8 @@ def add_reports(trainer, args) -> None:
     trainer.extend(extensions.ProgressBar(update_interval=1))
 
 
-def print_header(args, comm, n_classes: int, train_size: int, test_size: int) -> None:
+def print_header(args: argparse.Namespace, comm, n_classes: int, train_size: int,
+                 test_size: int) -> None:
     device = 'GPU' if args.gpu else 'CPU'
     network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
     print(f'{network} on {args.dataset} ({n_classes} classes, '
