@@ -261,8 +261,9 @@ def step_multiply_adds(network: str, batch: int, processes: int, rank: int) -> i
 
 def build_model(config: Configuration, comm):
     import chainer
-    from models import NETWORKS
+
     from benchmarks.plain_vgg import PlainVGG16
+    from models import NETWORKS
     network = (PlainVGG16(10) if config.network == 'plain'
                else NETWORKS[config.network](comm, 10))
     model = chainer.links.Classifier(network)
@@ -306,10 +307,11 @@ def time_floor(multiply_adds: int) -> float:
 
 
 def worker(args: argparse.Namespace) -> None:
+    import compat  # noqa: F401  (before chainer: see compat.py)
+
     import resource
     import warnings
 
-    import compat  # noqa: F401  (before chainer: see compat.py)
     import chainermn
     import numpy
     warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)

@@ -17,6 +17,7 @@ import pickle
 import chainer
 import numpy
 import pytest
+
 from conftest import relative_error, run_mpi
 from reference_vgg import ReferenceVGG16
 from workers.vgg_worker import batch
@@ -146,6 +147,7 @@ def test_initial_weights_are_drawn_as_chainers_default_initializer():
 
 def VGG16_initial_state():
     import chainermn
+
     from models import VGG16
     from models.serialization import full_state
     comm = chainermn.create_communicator('naive')

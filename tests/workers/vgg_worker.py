@@ -8,10 +8,11 @@ MODE compare [DTYPE [NETWORK]]: one forward and backward in training mode,
 MODE train: five MomentumSGD steps with weight decay and dropout on, in
   float64; saves the losses, the final full state, and every rank's copy of the head.
 """
+import compat  # noqa: F401  (before chainer: see compat.py)
+
 import pickle
 import sys
 
-import compat  # noqa: F401  (before chainer: see compat.py)
 import chainer
 import chainermn
 import numpy
