@@ -171,7 +171,10 @@ def print_header(args: argparse.Namespace, comm, n_classes: int, train_size: int
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    comm = chainermn.create_communicator('pure_nccl' if args.gpu and gpu.has_cupy() else 'naive')
+    # Every exchange goes through comm.mpi_comm (models/communication.py),
+    # so the naive communicator serves CPU and GPU alike; it is also made
+    # without NCCL, whose absence --gpu then reports in one line.
+    comm = chainermn.create_communicator('naive')
     run_or_abort(comm, evaluate if args.evaluate else train, args, comm)
 
 
