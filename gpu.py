@@ -4,10 +4,11 @@ Before anything touches a GPU, ``check_gpu_stack`` finds what --gpu lacks on
 this machine and says it in one line: CuPy, a CUDA library, a GPU, or NCCL.
 Each is a separate pip package, and each, missing, would otherwise surface
 as a traceback on every rank (Chainer swallows CuPy's import errors and
-fails later; ChainerMN's pure_nccl communicator raises when it is made).
+fails later; ChainerMN's pure_nccl communicator raises when it is made,
+which is why train.py makes the naive one).
 
 The GPU path is kept to this module and the host staging in
-models/communication.py (see README, "On GPU").
+models/communication.py (see README, "On GPU", and docs/versions.md).
 """
 import argparse
 import importlib.metadata

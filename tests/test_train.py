@@ -57,7 +57,7 @@ def cifar_root(tmp_path_factory):
 
 
 def test_one_and_three_processes_train_the_same_model(cifar_root, tmp_path):
-    # float64: in float32 the two runs drift apart by chance (see README).
+    # float64: in float32 the two runs drift apart by chance (see docs/design.md).
     flags = ['--dataset-root', str(cifar_root), '--batchsize', '16', '--epoch', '2',
              '--learnrate', '0.01', '--dtype', 'float64']
     train(1, tmp_path / 'one', *flags)
