@@ -70,6 +70,26 @@ def gpu_count() -> int:
     return cupy.cuda.runtime.getDeviceCount()
 
 
+def why_no_gpu() -> str | None:
+    """Why CuPy cannot compute on a GPU here, in a few words; None where it can.
+
+    For what needs a GPU but not NCCL (the GPU tests, the GPU benchmarks),
+    which skip or report "unavailable" with it; --gpu uses check_gpu_stack.
+    """
+    if not has_cupy():
+        return 'CuPy is not installed'
+    if not chainer.backends.cuda.available:
+        error = chainer.backends.cuda._resolution_error
+        first_line = ' '.join(str(error).split('\n')[0].split())
+        return f'CuPy cannot be used ({type(error).__name__}: {first_line})'
+    import cupy
+    try:
+        count = gpu_count()
+    except cupy.cuda.runtime.CUDARuntimeError as e:
+        return f'CUDA finds no GPU ({e})'
+    return None if count else 'CUDA finds no GPU'
+
+
 def check_gpu_stack(comm) -> int:
     """Raise UsageError if --gpu cannot work here; the message names what is missing.
 

@@ -117,3 +117,17 @@ def test_gpu_header_says_how_many_processes_share_each_gpu(monkeypatch, capsys):
     train.print_header(args, types.SimpleNamespace(size=2, intra_size=2), 10, 640, 128)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == 'GPU, 2 processes, 2 per GPU, 1 BLAS threads per process'
+
+
+@pytest.mark.skipif(cupy_installed(), reason='CuPy is installed in this environment')
+def test_why_no_gpu_names_cupy_missing_and_cupy_without_cuda(cupy_without_cuda):
+    # The reason the GPU tests skip with, and the GPU benchmarks report.
+    assert gpu.why_no_gpu() == 'CuPy is not installed'
+    if os.path.exists('/dev/nvidia0'):
+        pytest.skip('this machine has a GPU and may have CUDA')
+    env = mpi_env(PYTHONPATH=os.pathsep.join([str(cupy_without_cuda), REPO]))
+    result = subprocess.run([sys.executable, '-c', 'import compat, gpu; print(gpu.why_no_gpu())'],
+                            capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('CuPy cannot be used ('), result.stdout
+    assert 'libcublas' in result.stdout

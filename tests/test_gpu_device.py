@@ -17,7 +17,6 @@ are staged through host memory. In float64:
   parameters and batch-norm statistics. The dropout masks are drawn on the
   host and sent to the GPU, so both runs drop the same units.
 """
-import chainer
 import numpy
 import pytest
 
@@ -28,25 +27,9 @@ from test_vgg import TOLERANCE, TRAINING_TOLERANCE, check_against_reference, run
 pytestmark = pytest.mark.gpu
 
 
-def why_no_gpu() -> str | None:
-    """Why CuPy cannot run on a GPU here, in a few words; None if it can."""
-    if not gpu.has_cupy():
-        return 'CuPy is not installed'
-    if not chainer.backends.cuda.available:
-        error = chainer.backends.cuda._resolution_error
-        first_line = ' '.join(str(error).split('\n')[0].split())
-        return f'CuPy cannot be used ({type(error).__name__}: {first_line})'
-    import cupy
-    try:
-        count = gpu.gpu_count()
-    except cupy.cuda.runtime.CUDARuntimeError as e:
-        return f'CUDA finds no GPU ({e})'
-    return None if count else 'CUDA finds no GPU'
-
-
 @pytest.fixture(scope='module', autouse=True)
 def a_gpu():
-    why = why_no_gpu()
+    why = gpu.why_no_gpu()
     if why:
         pytest.skip(f'no GPU: {why}')
 
