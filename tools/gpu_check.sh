@@ -251,13 +251,17 @@ else:
     from chainermn import nccl
     print(f'NCCL: {"available" if nccl._available else "missing"}')
 EOF
+# Why the steps that need a GPU cannot run, if they cannot; the reason in
+# full is the environment's.
 NO_GPU=$(grep -m1 '^no GPU: ' "$LOGS/environment.log" || true)
+SKIPPED="no GPU (the environment above says why)"
 if [ "$RC" -eq 0 ]; then
   mapfile -t lines <"$LOGS/environment.log"
   record environment "ok" "$TOOK" environment.log "${lines[@]}"
 else
   record environment "$(status_of)" "$TOOK" environment.log "$(tail_of environment.log 3)"
-  NO_GPU="not run: the environment is incomplete (logs/environment.log)"
+  NO_GPU=incomplete
+  SKIPPED="the environment is incomplete (logs/environment.log)"
 fi
 
 # ---- the GPU tests ----
@@ -266,7 +270,8 @@ run 200 pytest-gpu.log "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider tests
 final=$(grep -E '[0-9]+ (passed|failed|skipped|deselected|errors?)' "$LOGS/pytest-gpu.log" | tail -n 1 || true)
 mapfile -t reasons < <(grep -E '^(SKIPPED|FAILED|ERROR)' "$LOGS/pytest-gpu.log" | head -n 12 || true)
 if [ "$RC" -eq 0 ] && ! grep -q ' passed' <<<"$final"; then
-  status="skipped: ${NO_GPU:-every GPU test skipped}"
+  status="skipped: ${NO_GPU:+$SKIPPED}"
+  [ -n "$NO_GPU" ] || status="skipped: every GPU test, with a GPU"
 elif [ "$RC" -eq 0 ]; then
   status="passed"
 else
@@ -279,7 +284,7 @@ record "gpu tests" "$status" "$TOOK" pytest-gpu.log "${reasons[@]}" "$final"
 for n in 1 2; do
   name="train -n $n"
   if [ -n "$NO_GPU" ]; then
-    record "$name" "skipped: $NO_GPU" 0 ""
+    record "$name" "skipped: $SKIPPED" 0 ""
     continue
   fi
   out=$WORK/train-n$n
@@ -306,7 +311,7 @@ done
 for batch in 64 512; do
   name="step times $batch"
   if [ -n "$NO_GPU" ]; then
-    record "$name" "skipped: $NO_GPU" 0 ""
+    record "$name" "skipped: $SKIPPED" 0 ""
     continue
   fi
   run 75 "step_time-$batch.log" "$PY" benchmarks/step_time.py --gpu --batchsize "$batch" \
