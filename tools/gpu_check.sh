@@ -97,7 +97,7 @@ if [ "$MODE" = prepare ]; then
   rm -f "$WHEEL_DIR"/numpy-*.whl
   ls -l "$WHEEL_DIR"
   kib=$(du -sk "$WHEEL_DIR" | cut -f1)
-  echo "$WHEEL_DIR: $(find "$WHEEL_DIR" -name '*.whl' | wc -l) wheels, $((kib / 1024)) MiB ($kib KiB)"
+  echo "$WHEEL_DIR: $(find "$WHEEL_DIR" -name '*.whl' | wc -l) wheels, $((kib * 10 / 1024 / 10)).$((kib * 10 / 1024 % 10)) MiB ($kib KiB on disk)"
   if [ "$kib" -ge $((LIMIT_MIB * 1024)) ]; then
     echo "gpu_check.sh: the wheels come to $((kib / 1024)) MiB, over the $LIMIT_MIB MiB they must fit in" >&2
     exit 1
