@@ -190,7 +190,7 @@ if sys.prefix != sys.base_prefix:
         [os.path.join(sys.argv[1], 'bin', 'python'), '-c',
          'import sysconfig; print(sysconfig.get_paths()["purelib"])'], text=True).strip()
     line = (f'import site; site.PREFIXES[1:1] = [{sys.prefix!r}]; '
-            f'[site.addsitedir(d) for d in {site.getsitepackages()!r}]\n')
+            f'list(map(site.addsitedir, {site.getsitepackages()!r}))\n')
     with open(os.path.join(purelib, '_gpu_check_machine_packages.pth'), 'w') as f:
         f.write(line)
     print(f'packages of the virtualenv {sys.prefix} added to the check\'s')
@@ -210,7 +210,7 @@ EOF
   run 240 install.log bash -c "set -euo pipefail; $(declare -p REQUIREMENTS MPI_REQUIREMENTS \
     PYTHON VENV WHEEL_DIR); $(declare -f install_environment); install_environment"
   PY=$VENV/bin/python
-  installed=$(grep -h '^Successfully installed' "$LOGS/install.log" | sed 's/^Successfully installed //' | tr '\n' ' ')
+  installed=$(sed -n 's/^Successfully installed //p' "$LOGS/install.log" | tr '\n' ' ')
   if [ "$RC" -eq 0 ]; then
     record install "ok" "$TOOK" install.log "from $WHEEL_DIR: ${installed:-nothing was missing}"
   else
