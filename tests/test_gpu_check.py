@@ -48,7 +48,7 @@ def test_bad_arguments_stop_it_with_one_line(args, error):
     check_usage_error(gpu_check(*args), f'gpu_check.sh: error: {error}; {USAGE}')
 
 
-def test_out_dir_that_cannot_be_written_stops_it(tmp_path):
+def test_out_dir_or_prepared_wheel_dir_that_cannot_be_written_stops_it(tmp_path):
     # Root may write anywhere, so the folders that cannot be made are a
     # file, and a folder below a file.
     a_file = tmp_path / 'file'
@@ -56,6 +56,9 @@ def test_out_dir_that_cannot_be_written_stops_it(tmp_path):
     for out in (a_file, a_file / 'out'):
         check_usage_error(gpu_check(str(out)),
                           f'gpu_check.sh: error: OUT_DIR {out} is not a writable folder; {USAGE}')
+        check_usage_error(gpu_check('--prepare', str(out)),
+                          f'gpu_check.sh: error: WHEEL_DIR {out} is not a writable folder; '
+                          f'{USAGE}')
 
 
 def test_wheel_dir_that_is_not_a_folder_stops_it_before_it_writes(tmp_path):
