@@ -2,6 +2,8 @@
 
 Before anything touches a GPU, ``check_gpu_stack`` finds what --gpu lacks on
 this machine and says it in one line: CuPy, a CUDA library, a GPU, or NCCL.
+Processes may share a GPU: the rank within the node picks one in turn
+(``device_of``), so two processes on a one-GPU machine both use GPU 0.
 Each is a separate pip package, and each, missing, would otherwise surface
 as a traceback on every rank (Chainer swallows CuPy's import errors and
 fails later; ChainerMN's pure_nccl communicator raises when it is made,
@@ -37,8 +39,62 @@ def has_cupy() -> bool:
     return importlib.util.find_spec('cupy') is not None
 
 
-def check_gpu_stack(comm) -> None:
-    """Raise UsageError if --gpu cannot work here; the message names what is missing."""
+def device_of(intra_rank: int, gpu_count: int) -> int:
+    """The GPU of the process ranked ``intra_rank`` on its node: the ranks take turns.
+
+    With more processes than GPUs, several share one: on one GPU, all use
+    GPU 0; on 2 GPUs, ranks 0, 2, 4 use GPU 0 and ranks 1, 3, 5 GPU 1.
+    """
+    if gpu_count < 1 or intra_rank < 0:
+        raise ValueError(f'no GPU for rank {intra_rank} of {gpu_count} GPUs')
+    return intra_rank % gpu_count
+
+
+def sharing(intra_size: int, gpu_count: int) -> str:
+    """How many of a node's ``intra_size`` processes use each GPU, for the header.
+
+    '1 per GPU', '2 per GPU', or '1 or 2 per GPU' where they do not divide
+    evenly; GPUs that no process uses are not counted.
+    """
+    if intra_size < 1 or gpu_count < 1:
+        raise ValueError(f'{intra_size} processes on {gpu_count} GPUs')
+    fewest, most = intra_size // gpu_count, -(-intra_size // gpu_count)
+    if fewest in (0, most):
+        return f'{most} per GPU'
+    return f'{fewest} or {most} per GPU'
+
+
+def gpu_count() -> int:
+    """The GPUs CUDA finds on this machine (CuPy imported; check_gpu_stack first)."""
+    import cupy
+    return cupy.cuda.runtime.getDeviceCount()
+
+
+def why_no_gpu() -> str | None:
+    """Why CuPy cannot compute on a GPU here, in a few words; None where it can.
+
+    For what needs a GPU but not NCCL (the GPU tests, the GPU benchmarks),
+    which skip or report "unavailable" with it; --gpu uses check_gpu_stack.
+    """
+    if not has_cupy():
+        return 'CuPy is not installed'
+    if not chainer.backends.cuda.available:
+        error = chainer.backends.cuda._resolution_error
+        first_line = ' '.join(str(error).split('\n')[0].split())
+        return f'CuPy cannot be used ({type(error).__name__}: {first_line})'
+    import cupy
+    try:
+        count = gpu_count()
+    except cupy.cuda.runtime.CUDARuntimeError as e:
+        return f'CUDA finds no GPU ({e})'
+    return None if count else 'CUDA finds no GPU'
+
+
+def check_gpu_stack(comm) -> int:
+    """Raise UsageError if --gpu cannot work here; the message names what is missing.
+
+    Returns the number of GPUs on this machine.
+    """
     if not has_cupy():
         raise UsageError(f'--gpu needs CuPy: pip install -r requirements-gpu.txt {_WITHOUT}')
     if not chainer.backends.cuda.available:
@@ -46,20 +102,18 @@ def check_gpu_stack(comm) -> None:
         raise UsageError(_unusable_cupy(chainer.backends.cuda._resolution_error))
     import cupy
     try:
-        count, why = cupy.cuda.runtime.getDeviceCount(), ''
+        count, why = gpu_count(), ''
     except cupy.cuda.runtime.CUDARuntimeError as e:
         count, why = 0, f' ({e})'
     if count == 0:
         raise UsageError(f'--gpu given, but CUDA finds no GPU on this machine{why} {_WITHOUT}')
-    if comm.intra_size > count:
-        raise UsageError(f'{comm.intra_size} processes on this node but only {count} GPUs: '
-                         f'start at most {count} processes per node')
     from chainermn import nccl
     if not nccl._available:
         major = _cupy_cuda_major()
         package = f'nvidia-nccl-cu{major}' if major else 'the nvidia-nccl-cuNN of your CUDA'
         raise UsageError(f'--gpu needs NCCL, which CuPy cannot load: pip install {package} '
                          f'{_WITHOUT}')
+    return count
 
 
 def _unusable_cupy(error: Exception) -> str:
@@ -94,9 +148,9 @@ def _cupy_cuda_major() -> int | None:
 
 
 def gpu_device(comm) -> chainer.backend.Device:
-    """This process's GPU: the rank within its node picks the device."""
-    check_gpu_stack(comm)
-    return chainer.get_device(f'@cupy:{comm.intra_rank}')
+    """This process's GPU: the rank within its node picks it (``device_of``)."""
+    count = check_gpu_stack(comm)
+    return chainer.get_device(f'@cupy:{device_of(comm.intra_rank, count)}')
 
 
 def use_device(args: argparse.Namespace, comm) -> chainer.backend.Device:

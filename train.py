@@ -163,8 +163,10 @@ def print_header(args: argparse.Namespace, comm, n_classes: int, train_size: int
     network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
     print(f'{network} on {args.dataset} ({n_classes} classes, '
           f'{train_size} train / {test_size} test images)')
-    print(f'{device}, {comm.size} processes, {blas_threads.threads_per_process()} BLAS threads '
-          'per process')
+    # With --gpu, how many of rank 0's node's processes share each of its GPUs.
+    shared = f', {gpu.sharing(comm.intra_size, gpu.gpu_count())}' if args.gpu else ''
+    print(f'{device}, {comm.size} processes{shared}, {blas_threads.threads_per_process()} '
+          'BLAS threads per process')
     print(f'Minibatch size: {args.batchsize}, epochs: {args.epoch}, learning rate: '
           f'{args.learnrate}, seed: {args.seed}', flush=True)
 

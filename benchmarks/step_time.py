@@ -2,6 +2,7 @@
 
     python benchmarks/step_time.py            # batch 64, 2 warm-up + 5 timed steps, 3 rounds
     python benchmarks/step_time.py --profile c
+    python benchmarks/step_time.py --gpu --batchsize 512   # ga and gb, on the GPU
 
 A step is forward, backward and a MomentumSGD update with weight decay, on
 one random CIFAR-shaped float32 batch, in training mode (dropout on). The
@@ -12,6 +13,15 @@ configurations (issue 3), with "all cores" the cores this process may use:
   b2  ours, 1 process, all cores
   c   ours, 2 processes (mpiexec), 1 thread each
   d   the original's grouped network (--conv grouped), 2 processes, 1 thread each
+
+and, only with --gpu (or named in --configs), on GPU 0, CuPy arrays:
+
+  ga  plain single-process Chainer VGG16 (chainer.links), on the GPU
+  gb  ours (models.VGG16), 1 process, on the GPU
+
+A GPU step is timed from a synchronized device to a synchronized device.
+Where CuPy sees no GPU, a GPU configuration is reported as unavailable, with
+the reason, and the benchmark still exits 0.
 
 Every run of a configuration is a fresh process (or mpiexec), with
 OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS set for it, and the
@@ -61,6 +71,7 @@ class Configuration:
     network: str  # 'plain' (chainer.links) or a key of models.NETWORKS
     processes: int
     threads: int
+    device: str = 'cpu'  # 'cpu', or 'gpu': GPU 0, CuPy arrays
 
 
 CONFIGURATIONS = {c.name: c for c in (
@@ -69,7 +80,11 @@ CONFIGURATIONS = {c.name: c for c in (
     Configuration('b2', 'ours, 1 process, all cores', 'exact', 1, CORES),
     Configuration('c', 'ours, 2 processes, 1 thread each', 'exact', 2, 1),
     Configuration('d', 'grouped (original), 2 processes, 1 thread each', 'grouped', 2, 1),
+    Configuration('ga', 'plain Chainer VGG16 (chainer.links), GPU', 'plain', 1, CORES, 'gpu'),
+    Configuration('gb', 'ours, 1 process, GPU', 'exact', 1, CORES, 'gpu'),
 )}
+CPU_CONFIGURATIONS = tuple(c.name for c in CONFIGURATIONS.values() if c.device == 'cpu')
+GPU_CONFIGURATIONS = tuple(c.name for c in CONFIGURATIONS.values() if c.device == 'gpu')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,8 +95,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='untimed steps before them (default 2)')
     parser.add_argument('--rounds', type=int, default=3,
                         help='runs of every configuration, taking turns (default 3)')
-    parser.add_argument('--configs', default=','.join(CONFIGURATIONS),
-                        help=f'comma-separated subset of {",".join(CONFIGURATIONS)}')
+    parser.add_argument('--configs',
+                        help=f'comma-separated subset of {",".join(CONFIGURATIONS)} '
+                             f'(default: {",".join(CPU_CONFIGURATIONS)})')
+    parser.add_argument('--gpu', action='store_true',
+                        help=f'time the GPU configurations, {",".join(GPU_CONFIGURATIONS)}, '
+                             'instead (reported as unavailable where there is no GPU)')
     parser.add_argument('--json', default=os.path.join(tempfile.gettempdir(), 'step_time.json'),
                         help='where to write the numbers (default: %(default)s)')
     parser.add_argument('--profile', metavar='CONFIG', choices=tuple(CONFIGURATIONS),
@@ -92,7 +111,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batchsize < 1 or args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         parser.error('--batchsize, --steps and --rounds must be at least 1, --warmup at least 0')
-    args.configs = args.configs.split(',')
+    if args.gpu and args.configs:
+        parser.error(f'--gpu and --configs exclude each other: --gpu is --configs '
+                     f'{",".join(GPU_CONFIGURATIONS)}')
+    args.configs = (args.configs.split(',') if args.configs
+                    else list(GPU_CONFIGURATIONS if args.gpu else CPU_CONFIGURATIONS))
     unknown = [name for name in args.configs if name not in CONFIGURATIONS]
     if unknown:
         parser.error(f'unknown configuration {unknown[0]!r}: choose from '
@@ -155,7 +178,8 @@ def ratios(summaries: dict) -> list[dict]:
     step of each configuration is the nearest to a quiet machine's.
     """
     found = []
-    for label, top, bottom, target, met in TARGETS + (('d / c', 'd', 'c', None, None),):
+    untargeted = (('d / c', 'd', 'c', None, None), ('gb / ga', 'gb', 'ga', None, None))
+    for label, top, bottom, target, met in TARGETS + untargeted:
         if top in summaries and bottom in summaries:
             value, of_minima = (summaries[top][stat] / summaries[bottom][stat]
                                 for stat in ('median', 'min'))
@@ -204,20 +228,31 @@ def machine() -> dict:
 def benchmark(args: argparse.Namespace) -> None:
     configs = [CONFIGURATIONS[name] for name in args.configs]
     runs = {config.name: [] for config in configs}
+    unavailable = {}  # name: why, for a configuration that cannot run here (no GPU)
     load_before = os.getloadavg()
     started = time.time()
     for round_index in range(args.rounds):
         for config in configs:
+            if config.name in unavailable:
+                continue
             print(f'round {round_index + 1}/{args.rounds}: {config.name} '
                   f'({config.description})', flush=True)
             load = os.getloadavg()[0]
             result = run_worker(config, args)
             result.pop('stdout')
+            if 'unavailable' in result:
+                unavailable[config.name] = result['unavailable']
+                print(f'{config.name}: unavailable ({result["unavailable"]})', flush=True)
+                continue
             result['load_average_1min_before'] = load
             runs[config.name].append(result)
-    summaries = {name: summary(config_runs) for name, config_runs in runs.items()}
+    summaries = {name: summary(config_runs) for name, config_runs in runs.items()
+                 if config_runs}
     found = ratios(summaries)
-    print_report(summaries, found, args)
+    if summaries:
+        print_report(summaries, found, args)
+    for name, why in unavailable.items():
+        print(f'{name:3} {CONFIGURATIONS[name].description:47} unavailable: {why}')
     report = {
         'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
         'machine': machine(),
@@ -229,6 +264,7 @@ def benchmark(args: argparse.Namespace) -> None:
                                   'processes': CONFIGURATIONS[name].processes,
                                   'threads': CONFIGURATIONS[name].threads, **s, 'runs': runs[name]}
                            for name, s in summaries.items()},
+        'unavailable': unavailable,
         'ratios': found,
     }
     with open(args.json, 'w') as f:
@@ -296,14 +332,44 @@ def time_communication():
     return spent
 
 
-def time_floor(multiply_adds: int) -> float:
-    """Seconds of a square float32 product with about ``multiply_adds``, scaled to it."""
+def time_floor(multiply_adds: int, device: str = 'cpu') -> float:
+    """Seconds of a square float32 product with about ``multiply_adds``, scaled to it.
+
+    On the GPU: CuPy's product (cuBLAS), after one untimed product that
+    loads cuBLAS, timed between synchronizations.
+    """
     import numpy
     n = max(64, round(multiply_adds ** (1 / 3)))
     a, b = numpy.random.default_rng(0).standard_normal((2, n, n), numpy.float32)
+    if device == 'gpu':
+        import cupy
+        a, b = cupy.asarray(a), cupy.asarray(b)
+        a @ b
+        cupy.cuda.Device().synchronize()
     start = time.perf_counter()
     a @ b
+    if device == 'gpu':
+        cupy.cuda.Device().synchronize()
     return (time.perf_counter() - start) * multiply_adds / n ** 3
+
+
+def use_device(config: Configuration):
+    """(device, synchronize) for ``config``, made current; (None, why) without its GPU.
+
+    ``synchronize`` waits for the device to finish what was queued (nothing
+    to wait for on the CPU), so that a clock read after it counts the work.
+    """
+    import chainer
+    if config.device == 'cpu':
+        return chainer.get_device('@numpy'), lambda: None
+    import gpu
+    why = gpu.why_no_gpu()
+    if why:
+        return None, f'no GPU: {why}'
+    import cupy
+    device = chainer.get_device('@cupy:0')
+    device.use()
+    return device, cupy.cuda.Device().synchronize
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -317,11 +383,17 @@ def worker(args: argparse.Namespace) -> None:
     warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)
     config = CONFIGURATIONS[args.worker]
     comm = chainermn.create_communicator('naive')
+    device, synchronize = use_device(config)
+    if device is None:
+        if comm.rank == 0:
+            print(RESULT_MARK + json.dumps({'unavailable': synchronize}), flush=True)
+        return
     comm_spent = time_communication()
     model, optimizer = build_model(config, comm)
+    model.to_device(device)
     data = numpy.random.RandomState(0)
-    x = (data.rand(args.batchsize, 3, 32, 32) - 0.5).astype(numpy.float32)
-    t = data.randint(0, 10, args.batchsize).astype(numpy.int32)
+    x = device.send((data.rand(args.batchsize, 3, 32, 32) - 0.5).astype(numpy.float32))
+    t = device.send(data.randint(0, 10, args.batchsize).astype(numpy.int32))
     profiler = None
     if args.profile and comm.rank == 0:
         import cProfile
@@ -331,9 +403,11 @@ def worker(args: argparse.Namespace) -> None:
         if profiler and step == args.warmup:
             profiler.enable()
         comm.mpi_comm.Barrier()
+        synchronize()
         comm_spent[0] = 0.0
         start = time.perf_counter()
         optimizer.update(model, x, t)
+        synchronize()
         step_seconds.append(time.perf_counter() - start)
         comm_seconds.append(comm_spent[0])
     if profiler:
@@ -341,7 +415,7 @@ def worker(args: argparse.Namespace) -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     multiply_adds = step_multiply_adds(config.network, args.batchsize, comm.size, comm.rank)
     comm.mpi_comm.Barrier()
-    floor = time_floor(multiply_adds)
+    floor = time_floor(multiply_adds, config.device)
     report(comm, args, step_seconds[args.warmup:], comm_seconds[args.warmup:], peak_mb,
            multiply_adds, floor, profiler)
 
@@ -372,6 +446,9 @@ def profile(args: argparse.Namespace) -> None:
     print(f'cProfile of {config.name} ({config.description}), rank 0, {args.steps} steps '
           f'after {args.warmup} warm-up, batch {args.batchsize}', flush=True)
     result = run_worker(config, args, profile=True)
+    if 'unavailable' in result:
+        print(f'{config.name}: unavailable ({result["unavailable"]})')
+        return
     print('\n'.join(line for line in result['stdout'].splitlines()
                     if not line.startswith(RESULT_MARK)))
     print(f'median step {statistics.median(result["step_seconds"]):.3f} s')

@@ -86,3 +86,43 @@ def test_multiply_adds_are_counted_from_the_layer_shapes(tiny_run):
     head = BATCH * 3 * (512 * 512 + 512 * 10)
     assert configurations['c']['multiply_adds_per_rank'] == (training - head) // 2 + head
     assert configurations['d']['multiply_adds_per_rank'] < training // 3
+
+
+def test_gpu_option_selects_the_gpu_configurations():
+    from benchmarks import step_time
+    assert step_time.parse_args([]).configs == ['a', 'b1', 'b2', 'c', 'd']
+    assert step_time.parse_args(['--gpu']).configs == ['ga', 'gb']
+    assert step_time.parse_args(['--configs', 'gb,a']).configs == ['gb', 'a']
+    assert [step_time.CONFIGURATIONS[name].device for name in ('ga', 'gb')] == ['gpu', 'gpu']
+
+
+def test_gpu_option_and_configs_exclude_each_other():
+    finished = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'benchmarks', 'step_time.py'), '--gpu',
+         '--configs', 'a'], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert finished.returncode == 2
+    assert finished.stderr.strip().splitlines()[-1] == (
+        'step_time.py: error: --gpu and --configs exclude each other: --gpu is --configs ga,gb')
+
+
+def test_gpu_configurations_are_reported_unavailable_without_a_gpu(tmp_path):
+    import gpu
+    why = gpu.why_no_gpu()
+    if why is None:
+        pytest.skip('this machine has a GPU')
+    path = tmp_path / 'step_time.json'
+    finished = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'benchmarks', 'step_time.py'), '--gpu',
+         '--batchsize', str(BATCH), '--steps', '1', '--warmup', '0', '--rounds', '2',
+         '--json', str(path)],
+        capture_output=True, text=True, timeout=120, env=mpi_env(), cwd=REPO)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = json.loads(path.read_text())
+    assert report['configurations'] == {} and report['ratios'] == []
+    assert report['unavailable'] == {'ga': f'no GPU: {why}', 'gb': f'no GPU: {why}'}
+    lines = finished.stdout.splitlines()
+    for name in ('ga', 'gb'):
+        # Tried once, not once a round.
+        assert lines.count(f'{name}: unavailable (no GPU: {why})') == 1, finished.stdout
+        assert any(line.startswith(f'{name} ') and line.endswith(f'unavailable: no GPU: {why}')
+                   for line in lines), finished.stdout

@@ -1,12 +1,15 @@
 """Runs the channel-parallel VGG16 on every rank; rank 0 saves what it saw.
 
 Usage: mpiexec -n N python tests/workers/vgg_worker.py MODE OUT.pickle [DTYPE]
-MODE compare [DTYPE [NETWORK]]: one forward and backward in training mode,
-  then one in test mode, dropout off, in DTYPE (default float32), of NETWORK
-  (a key of models.NETWORKS, default exact); saves the full state before each
-  and the output and full gradients of each.
-MODE train: five MomentumSGD steps with weight decay and dropout on, in
+MODE compare [DTYPE [NETWORK [DEVICE]]]: one forward and backward in training
+  mode, then one in test mode, dropout off, in DTYPE (default float32), of
+  NETWORK (a key of models.NETWORKS, default exact); saves the full state
+  before each and the output and full gradients of each.
+MODE train [DEVICE]: five MomentumSGD steps with weight decay and dropout on, in
   float64; saves the losses, the final full state, and every rank's copy of the head.
+DEVICE: cpu (the default), or gpu: each rank's GPU as train.py --gpu picks it
+  (gpu.device_of; ranks may share one). Whatever the device, the arrays saved
+  are host copies.
 """
 import compat  # noqa: F401  (before chainer: see compat.py)
 
@@ -22,6 +25,20 @@ from models.communication import allgather_channels
 from models.serialization import full_state
 
 BATCH = 16
+
+
+def use_device(comm, name: str) -> chainer.backend.Device:
+    """The device DEVICE names, made current: the CPU, or this rank's GPU."""
+    if name == 'cpu':
+        return chainer.get_device('@numpy')
+    import gpu
+    device = chainer.get_device(f'@cupy:{gpu.device_of(comm.intra_rank, gpu.gpu_count())}')
+    device.use()
+    return device
+
+
+def host(array):
+    return chainer.backend.CpuDevice().send(array)
 
 
 def batch(step: int):
@@ -47,17 +64,19 @@ def full_grads(model, comm) -> dict:
     # Sorted: every rank must gather the same array at the same time.
     for name, param in sorted(model.namedparams()):
         block = name.split('/')[1]
-        grads[name] = (allgather_channels(comm, param.grad, sliced[block], axis=0)
-                       if block in sliced else param.grad).copy()
+        grads[name] = host(allgather_channels(comm, param.grad, sliced[block], axis=0)
+                           if block in sliced else param.grad).copy()
     return grads
 
 
-def compare(comm, out, dtype='float32', network='exact'):
+def compare(comm, out, dtype='float32', network='exact', device='cpu'):
+    device = use_device(comm, device)
     with chainer.using_config('dtype', numpy.dtype(dtype)):
         model = NETWORKS[network](comm, seed=0, dropout=False)
+    model.to_device(device)
     x, _ = batch(0)
-    x = x.astype(dtype)
-    upstream = numpy.random.RandomState(1).randn(BATCH, 10).astype(dtype)
+    x = device.send(x.astype(dtype))
+    upstream = device.send(numpy.random.RandomState(1).randn(BATCH, 10).astype(dtype))
     for mode, train in (('train', True), ('test', False)):
         out[f'{mode}/state'] = full_state(model, comm, model.sliced_channels())
         with chainer.using_config('train', train):
@@ -65,11 +84,11 @@ def compare(comm, out, dtype='float32', network='exact'):
         model.cleargrads()
         y.grad = upstream
         y.backward()
-        out[f'{mode}/output'] = y.array
+        out[f'{mode}/output'] = host(y.array)
         out[f'{mode}/grads'] = full_grads(model, comm)
 
 
-def train(comm, out):
+def train(comm, out, device='cpu'):
     # In float64. The computation is exact, but ReLU and max pooling make
     # training discontinuous: in float32 a rounding difference of 1e-7 that
     # flips one unit changes the next gradient by ~1e-3 (measured), so
@@ -77,20 +96,22 @@ def train(comm, out):
     with chainer.using_config('dtype', numpy.float64):
         model = VGG16(comm, seed=0)
     classifier = chainer.links.Classifier(model)
+    device = use_device(comm, device)
+    classifier.to_device(device)
     optimizer = chainer.optimizers.MomentumSGD(lr=0.01)
     optimizer.setup(classifier)
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
     losses = []
     for step in range(5):
         x, t = batch(step)
-        loss = classifier(x.astype(numpy.float64), t)
+        loss = classifier(device.send(x.astype(numpy.float64)), device.send(t))
         classifier.cleargrads()
         loss.backward()
         optimizer.update()
         losses.append(float(loss.array))
     out['losses'] = losses
     out['state'] = full_state(model, comm, model.sliced_channels())
-    head = {name: param.array for name, param in model.namedparams()
+    head = {name: host(param.array) for name, param in model.namedparams()
             if name.split('/')[1] in ('fc1', 'bn_fc1', 'fc2')}
     out['heads'] = comm.gather_obj(head)
 

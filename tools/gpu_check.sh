@@ -1,0 +1,336 @@
+#!/usr/bin/env bash
+# The GPU check, in one command, for a Linux machine with a GPU and no network.
+#
+#   tools/gpu_check.sh OUT_DIR [WHEEL_DIR]    run the check, write OUT_DIR/summary.txt
+#   tools/gpu_check.sh --prepare WHEEL_DIR    on a machine with network: fill WHEEL_DIR
+#
+# It uses the machine's Python ($PYTHON, default python3) with its numpy,
+# CuPy and NCCL. With WHEEL_DIR, it makes a virtualenv (in a temporary
+# folder) that sees that Python's packages, and installs into it from
+# WHEEL_DIR only what is missing: setuptools below 70, wheel, chainer 7.8.1,
+# mpich and mpi4py (both, where mpi4py cannot load an MPI library),
+# pytest, matplotlib and their dependencies. Without WHEEL_DIR it uses
+# $PYTHON as it is installed. Then, each step with its own time limit, all of
+# them within $GPU_CHECK_SECONDS (default 450) seconds:
+#
+#   environment   versions, the GPU, or why CuPy sees none
+#   gpu tests     pytest -m gpu (tests/test_gpu_device.py): skipped, with the
+#                 reason, where there is no GPU
+#   train -n 1    mpiexec -n 1 train.py --gpu, synthetic data, one short epoch
+#   train -n 2    the same on 2 processes (they share the GPU on a one-GPU machine)
+#   step times    benchmarks/step_time.py --gpu, batch 64 and 512, float32:
+#                 ours on 1 process against the plain Chainer VGG16
+#
+# The training runs and step times need a GPU: without one they are skipped,
+# and the summary says why. OUT_DIR gets summary.txt (every step's status,
+# time and key lines) and logs/ (every step's whole output, the training
+# runs' LogReport and the step times' JSON). Exit status: 0 when no step
+# failed (skipped steps included), 1 when one did, 2 for bad arguments.
+#
+# --prepare builds chainer 7.8.1 (an sdist) into a wheel with setuptools
+# below 70 and downloads the other wheels for Python $PYTHON_VERSION
+# (default 3.12), manylinux x86_64, leaving out numpy (the GPU machine's own
+# numpy, the one its CuPy is built for, is used). See docs/gpu.md.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-python3}
+USAGE='usage: tools/gpu_check.sh OUT_DIR [WHEEL_DIR], or tools/gpu_check.sh --prepare WHEEL_DIR'
+# What the check installs where it is missing (the versions docs/versions.md
+# names), and the MPI pair, installed together where mpi4py cannot load MPI.
+REQUIREMENTS=("setuptools<70" wheel "chainer==7.8.1" "pytest>=8" "matplotlib>=3.8")
+MPI_REQUIREMENTS=("mpich==5.0.2" "mpi4py==4.1.2")
+PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64
+           manylinux2014_x86_64 manylinux_2_5_x86_64 manylinux1_x86_64)
+LIMIT_MIB=64
+
+usage_error() {  # one line on stderr, exit 2
+  echo "gpu_check.sh: error: $1; $USAGE" >&2
+  exit 2
+}
+
+writable_dir() {  # create $1 if needed; true if it is a folder we can write in
+  mkdir -p -- "$1" 2>/dev/null && [ -d "$1" ] && [ -w "$1" ] &&
+    touch -- "$1/.gpu_check_probe" 2>/dev/null && rm -f -- "$1/.gpu_check_probe"
+}
+
+# ---- the arguments ----
+
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  "") echo "$USAGE" >&2; exit 2 ;;
+  --prepare)
+    [ $# -eq 2 ] || usage_error "--prepare takes one argument, WHEEL_DIR"
+    MODE=prepare; WHEEL_DIR=$2 ;;
+  -*) usage_error "unknown option $1" ;;
+  *)
+    [ $# -le 2 ] || usage_error "too many arguments"
+    MODE=check; OUT_DIR=$1; WHEEL_DIR=${2:-} ;;
+esac
+if [ "$MODE" = prepare ]; then
+  writable_dir "$WHEEL_DIR" || usage_error "WHEEL_DIR $WHEEL_DIR is not a writable folder"
+else
+  if [ -n "$WHEEL_DIR" ] && [ ! -d "$WHEEL_DIR" ]; then
+    usage_error "WHEEL_DIR $WHEEL_DIR is not a folder"
+  fi
+  writable_dir "$OUT_DIR" || usage_error "OUT_DIR $OUT_DIR is not a writable folder"
+fi
+"$PYTHON" -c pass 2>/dev/null || usage_error "PYTHON=$PYTHON does not run"
+
+# ---- --prepare: the wheel folder, on a machine with network ----
+
+if [ "$MODE" = prepare ]; then
+  WHEEL_DIR=$(cd "$WHEEL_DIR" && pwd)
+  version=${PYTHON_VERSION:-3.12}
+  build=$(mktemp -d)
+  trap 'rm -rf "$build"' EXIT
+  echo "== building chainer 7.8.1 into a wheel (setuptools below 70, no build isolation)"
+  "$PYTHON" -m venv "$build/venv"
+  "$build/venv/bin/pip" install --quiet "setuptools<70" wheel
+  "$build/venv/bin/pip" wheel --quiet --no-deps --no-build-isolation -w "$WHEEL_DIR" "chainer==7.8.1"
+  echo "== downloading the other wheels for Python $version, manylinux x86_64"
+  platforms=()
+  for platform in "${PLATFORMS[@]}"; do platforms+=(--platform "$platform"); done
+  "$build/venv/bin/pip" download --quiet --only-binary :all: --python-version "$version" \
+    --implementation cp "${platforms[@]}" --find-links "$WHEEL_DIR" -d "$WHEEL_DIR" \
+    "${REQUIREMENTS[@]}" "${MPI_REQUIREMENTS[@]}"
+  rm -f "$WHEEL_DIR"/numpy-*.whl
+  ls -l "$WHEEL_DIR"
+  kib=$(du -sk "$WHEEL_DIR" | cut -f1)
+  echo "$WHEEL_DIR: $(find "$WHEEL_DIR" -name '*.whl' | wc -l) wheels, $((kib * 10 / 1024 / 10)).$((kib * 10 / 1024 % 10)) MiB ($kib KiB on disk)"
+  if [ "$kib" -ge $((LIMIT_MIB * 1024)) ]; then
+    echo "gpu_check.sh: the wheels come to $((kib / 1024)) MiB, over the $LIMIT_MIB MiB they must fit in" >&2
+    exit 1
+  fi
+  exit 0
+fi
+
+# ---- the check ----
+
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+[ -z "$WHEEL_DIR" ] || WHEEL_DIR=$(cd "$WHEEL_DIR" && pwd)
+LOGS=$OUT_DIR/logs
+SUMMARY=$OUT_DIR/summary.txt
+mkdir -p "$LOGS"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+BUDGET=${GPU_CHECK_SECONDS:-450}
+DEADLINE=$((SECONDS + BUDGET))
+FAILED=0
+cd "$REPO"
+export PYTHONPATH=$REPO PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+
+{
+  echo "GPU check of $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo "$REPO"), $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
+  echo "each step: its status, seconds, log (under $OUT_DIR), key lines; all within $BUDGET s"
+  echo
+} >"$SUMMARY"
+
+# record NAME STATUS SECONDS LOG [KEY LINES...]: one step's block in the summary
+record() {
+  local name=$1 status=$2 seconds=$3 log=$4; shift 4
+  printf '== %-16s %s  [%s s%s]\n' "$name" "$status" "$seconds" "${log:+, logs/$log}" >>"$SUMMARY"
+  local lines line
+  for lines in "$@"; do
+    while IFS= read -r line; do
+      [ -z "$line" ] || printf '   %s\n' "$line" >>"$SUMMARY"
+    done <<<"$lines"
+  done
+  case "$status" in failed*|timed*|"not run"*) FAILED=1 ;; esac
+  return 0
+}
+
+# run LIMIT LOG COMMAND...: run within min(LIMIT, the time left); sets RC, TOOK, LIMIT_USED
+run() {
+  local limit=$1 log=$2; shift 2
+  local left=$((DEADLINE - SECONDS)) start=$SECONDS
+  LIMIT_USED=$((limit < left ? limit : left))
+  RC=0
+  if [ "$LIMIT_USED" -lt 10 ]; then
+    RC=125; TOOK=0
+    echo "not run: the check's $BUDGET s are spent" >"$LOGS/$log"
+    return 0
+  fi
+  timeout --kill-after=10 "$LIMIT_USED" "$@" >"$LOGS/$log" 2>&1 || RC=$?
+  TOOK=$((SECONDS - start))
+}
+
+# status_of: the status for the last run's RC
+status_of() {
+  case "$RC" in
+    0) echo ok ;;
+    124|137) echo "timed out after $LIMIT_USED s" ;;
+    125) echo "not run: the check's $BUDGET s are spent" ;;
+    *) echo "failed (exit $RC)" ;;
+  esac
+}
+
+tail_of() {  # the last lines of a log, for a failed step
+  tail -n "${2:-5}" "$LOGS/$1" 2>/dev/null || true
+}
+
+# ---- the environment: a virtualenv over the machine's packages, with what is missing ----
+
+PY=$("$PYTHON" -c 'import sys; print(sys.executable)')
+if [ -n "$WHEEL_DIR" ]; then
+  VENV=$WORK/venv
+  # shellcheck disable=SC2317  # run below, in a bash of its own
+  install_environment() {
+    "$PYTHON" -m venv --system-site-packages "$VENV" ||
+      { echo "(no ensurepip: a virtualenv without pip of its own)"; rm -rf "$VENV";
+        "$PYTHON" -m venv --system-site-packages --without-pip "$VENV"; }
+    # Where $PYTHON is itself a virtualenv's, --system-site-packages shows its
+    # base interpreter's packages, not the virtualenv's: add those (numpy,
+    # CuPy, NCCL, the CUDA libraries) and its prefix, where CUDA's library
+    # finder looks (site.getsitepackages).
+    "$PYTHON" - "$VENV" <<'EOF'
+import os, site, subprocess, sys
+if sys.prefix != sys.base_prefix:
+    purelib = subprocess.check_output(
+        [os.path.join(sys.argv[1], 'bin', 'python'), '-c',
+         'import sysconfig; print(sysconfig.get_paths()["purelib"])'], text=True).strip()
+    line = (f'import site; site.PREFIXES[1:1] = [{sys.prefix!r}]; '
+            f'list(map(site.addsitedir, {site.getsitepackages()!r}))\n')
+    with open(os.path.join(purelib, '_gpu_check_machine_packages.pth'), 'w') as f:
+        f.write(line)
+    print(f'packages of the virtualenv {sys.prefix} added to the check\'s')
+EOF
+    local pip=("$VENV/bin/python" -m pip install --no-index --find-links "$WHEEL_DIR"
+               --disable-pip-version-check --no-warn-script-location)
+    "${pip[@]}" "${REQUIREMENTS[@]:0:2}"
+    "${pip[@]}" --no-build-isolation "${REQUIREMENTS[@]:2}"
+    if "$VENV/bin/python" -c 'from mpi4py import MPI' 2>/dev/null && [ -x "$VENV/bin/mpiexec" ]; then
+      echo "mpi4py loads an MPI library, and mpiexec is there"
+    else
+      echo "mpi4py cannot load an MPI library here, or no mpiexec beside the Python: installing both"
+      "${pip[@]}" --ignore-installed --no-deps "${MPI_REQUIREMENTS[@]}"
+    fi
+  }
+  # In a bash of its own, so that the time limit applies to it.
+  run 240 install.log bash -c "set -euo pipefail; $(declare -p REQUIREMENTS MPI_REQUIREMENTS \
+    PYTHON VENV WHEEL_DIR); $(declare -f install_environment); install_environment"
+  PY=$VENV/bin/python
+  installed=$(sed -n 's/^Successfully installed //p' "$LOGS/install.log" | tr '\n' ' ')
+  if [ "$RC" -eq 0 ]; then
+    record install "ok" "$TOOK" install.log "from $WHEEL_DIR: ${installed:-nothing was missing}"
+  else
+    record install "$(status_of)" "$TOOK" install.log "$(tail_of install.log 8)"
+  fi
+else
+  record install "not asked (no WHEEL_DIR): $PYTHON as it is installed" 0 ""
+fi
+BIN=$(dirname "$PY")
+export PATH="$BIN:$PATH"
+MPIEXEC=$BIN/mpiexec
+[ -x "$MPIEXEC" ] || MPIEXEC=$(command -v mpiexec || echo mpiexec)
+
+run 60 environment.log "$PY" - <<'EOF'
+import compat  # noqa: F401  (before chainer)
+import importlib.metadata, platform, sys
+print(f'python {platform.python_version()} ({sys.executable})')
+for name in ('numpy', 'cupy-cuda13x', 'cupy-cuda12x', 'cupy-cuda11x', 'chainer', 'mpi4py',
+             'mpich', 'nvidia-nccl-cu13', 'nvidia-nccl-cu12', 'pytest', 'matplotlib',
+             'setuptools'):
+    try:
+        print(f'{name} {importlib.metadata.version(name)}')
+    except importlib.metadata.PackageNotFoundError:
+        pass
+from mpi4py import MPI
+print(f'MPI: {MPI.Get_library_version().splitlines()[0].strip()}')
+import gpu
+why = gpu.why_no_gpu()
+if why:
+    print(f'no GPU: {why}')
+else:
+    import cupy
+    for index in range(gpu.gpu_count()):
+        name = cupy.cuda.runtime.getDeviceProperties(index)['name']
+        print(f'GPU {index}: {name.decode() if isinstance(name, bytes) else name}')
+    print(f'CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}, '
+          f'driver {cupy.cuda.runtime.driverGetVersion()}')
+    from chainermn import nccl
+    print(f'NCCL: {"available" if nccl._available else "missing"}')
+EOF
+# Why the steps that need a GPU cannot run, if they cannot; the reason in
+# full is the environment's.
+NO_GPU=$(grep -m1 '^no GPU: ' "$LOGS/environment.log" || true)
+SKIPPED="no GPU (the environment above says why)"
+if [ "$RC" -eq 0 ]; then
+  mapfile -t lines <"$LOGS/environment.log"
+  record environment "ok" "$TOOK" environment.log "${lines[@]}"
+else
+  record environment "$(status_of)" "$TOOK" environment.log "$(tail_of environment.log 3)"
+  NO_GPU=incomplete
+  SKIPPED="the environment is incomplete (logs/environment.log)"
+fi
+
+# ---- the GPU tests ----
+
+run 200 pytest-gpu.log "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider tests
+final=$(grep -E '[0-9]+ (passed|failed|skipped|deselected|errors?)' "$LOGS/pytest-gpu.log" | tail -n 1 || true)
+mapfile -t reasons < <(grep -E '^(SKIPPED|FAILED|ERROR)' "$LOGS/pytest-gpu.log" | head -n 12 || true)
+if [ "$RC" -eq 0 ] && ! grep -q ' passed' <<<"$final"; then
+  status="skipped: ${NO_GPU:+$SKIPPED}"
+  [ -n "$NO_GPU" ] || status="skipped: every GPU test, with a GPU"
+elif [ "$RC" -eq 0 ]; then
+  status="passed"
+else
+  status=$(status_of)
+fi
+record "gpu tests" "$status" "$TOOK" pytest-gpu.log "${reasons[@]}" "$final"
+
+# ---- short synthetic training runs on the GPU ----
+
+for n in 1 2; do
+  name="train -n $n"
+  if [ -n "$NO_GPU" ]; then
+    record "$name" "skipped: $SKIPPED" 0 ""
+    continue
+  fi
+  out=$WORK/train-n$n
+  run 90 "train-n$n.log" "$MPIEXEC" -n "$n" "$PY" train.py --gpu --dataset synthetic \
+    --train-size 640 --test-size 128 --epoch 1 --out "$out"
+  [ ! -f "$out/log" ] || cp "$out/log" "$LOGS/train-n$n-log.json"
+  last=$("$PY" -c '
+import json, sys
+entry = json.load(open(sys.argv[1]))[-1]
+print(", ".join(f"{k} {entry[k]:.4g}" if isinstance(entry[k], float) else f"{k} {entry[k]}"
+                for k in ("epoch", "main/loss", "validation/main/loss", "main/accuracy",
+                          "validation/main/accuracy", "elapsed_time") if k in entry))
+' "$out/log" 2>/dev/null || true)
+  header=$(grep -E '^(GPU|CPU), ' "$LOGS/train-n$n.log" || true)
+  if [ "$RC" -eq 0 ]; then
+    record "$name" ok "$TOOK" "train-n$n.log" "$header" "$last"
+  else
+    record "$name" "$(status_of)" "$TOOK" "train-n$n.log" "$header" "$(tail_of "train-n$n.log" 5)"
+  fi
+done
+
+# ---- step times on the GPU ----
+
+for batch in 64 512; do
+  name="step times $batch"
+  if [ -n "$NO_GPU" ]; then
+    record "$name" "skipped: $SKIPPED" 0 ""
+    continue
+  fi
+  run 75 "step_time-$batch.log" "$PY" benchmarks/step_time.py --gpu --batchsize "$batch" \
+    --steps 5 --warmup 2 --rounds 2 --json "$LOGS/step_time-$batch.json"
+  mapfile -t lines < <(grep -E '^(batch |    |ga |gb |gb / ga)|unavailable' "$LOGS/step_time-$batch.log" || true)
+  if [ "$RC" -eq 0 ]; then
+    record "$name" ok "$TOOK" "step_time-$batch.log" "${lines[@]}"
+  else
+    record "$name" "$(status_of)" "$TOOK" "step_time-$batch.log" "${lines[@]}" "$(tail_of "step_time-$batch.log" 3)"
+  fi
+done
+
+{
+  echo
+  echo "left out: GPU dropout masks against CPU masks bit for bit, and NCCL against"
+  echo "host-staged exchanges: neither feature exists yet (masks are drawn on the host"
+  echo "and sent to the GPU; every exchange is staged through host memory)."
+  echo
+  echo "result: $([ "$FAILED" -eq 0 ] && echo "no step failed" || echo "a step FAILED"), $SECONDS s in all"
+} >>"$SUMMARY"
+cat "$SUMMARY"
+exit "$FAILED"
