@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python 3.11, 3.12 or 3.13:
 #   make train   sets up $(VENV) and trains VGG16 on CIFAR-10 with $(NP) processes
 #   make test    sets up $(VENV) and runs the tests
+# and make lint checks the code with ruff (configured in pyproject.toml).
 # Extra flags for train.py go in ARGS, e.g. make train NP=2 ARGS="--epoch 1".
 # PYTHON picks the interpreter (a full path works, e.g. $(pyenv prefix 3.13.0)/bin/python3.13);
 # give each interpreter its own VENV. NUMPY pins numpy's version (e.g. NUMPY=1.26.4);
@@ -12,7 +13,7 @@ VENV ?= .venv
 NUMPY ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup train test figure
+.PHONY: setup train test lint figure
 
 setup: $(VENV)/installed
 
@@ -33,6 +34,9 @@ train: setup
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check .
 
 figure: setup
 	$(BIN)/python tools/draw_parallel_conv.py parallel-conv.png

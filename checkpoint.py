@@ -6,12 +6,25 @@ model.npz loads into a plain single-process VGG16. Gathering is collective,
 so every rank calls these functions; rank 0 alone touches the file system,
 and a file is written under a temporary name and renamed into place, so that
 a crash never leaves a half-written file under the real name.
+
+A file given to --resume or --evaluate is checked before it is used: one
+that is unreadable, or holds another network or class count, is a user
+error (UsageError) that says which file to pass instead.
 """
+import argparse
 import os
 
+import chainer.training
 import numpy
 
+from errors import UsageError
 from models.serialization import full_state, load_full_state
+from models.vgg import VGG16_BLOCKS
+
+# Where a snapshot keeps the model's arrays, under the names model.npz uses.
+SNAPSHOT_MODEL = 'updater/model:main/predictor/'
+FILES_EXPECTED = {'--resume': 'a snapshot_epoch_E file',
+                  '--evaluate': 'a model.npz or snapshot_epoch_E file'}
 
 
 def write_npz_atomically(path: str, arrays: dict) -> None:
@@ -43,6 +56,17 @@ def save_snapshot(trainer, model, shuffle_rng, comm, path: str) -> None:
         write_npz_atomically(path, state)
 
 
+def snapshot_extension(model, shuffle_rng, comm, out: str, every: int):
+    """A trainer extension that writes ``out``/snapshot_epoch_E every ``every`` epochs."""
+    # Priority -100, as Chainer's own snapshot: after the log is updated.
+    @chainer.training.make_extension(trigger=(every, 'epoch'), priority=-100)
+    def snapshot(trainer):
+        path = os.path.join(out, f'snapshot_epoch_{trainer.updater.epoch}')
+        save_snapshot(trainer, model, shuffle_rng, comm, path)
+
+    return snapshot
+
+
 def load_snapshot(trainer, model, shuffle_rng, comm, state: dict) -> None:
     """Restore a snapshot's ``state`` (read by rank 0, given to every rank)."""
     load_full_state(trainer, comm, model.sliced_channels(), state)
@@ -58,3 +82,65 @@ def _rng_state(rng) -> dict:
     _, keys, pos, has_gauss, cached_gaussian = rng.get_state()
     return {'shuffle_rng/keys': keys, 'shuffle_rng/pos': pos,
             'shuffle_rng/has_gauss': has_gauss, 'shuffle_rng/cached_gaussian': cached_gaussian}
+
+
+def read_npz(path: str, flag: str) -> dict:
+    """Every array of the file given to ``flag`` (--resume or --evaluate)."""
+    try:
+        with numpy.load(path) as npz:
+            return {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise UsageError(f'{flag} {path}: no such file')
+    except Exception as e:  # numpy raises several kinds for a damaged file
+        raise UsageError(f'{flag} {path} is not a readable npz file ({type(e).__name__}): '
+                         f'pass {FILES_EXPECTED[flag]} written by train.py')
+
+
+def read_snapshot(path: str, args: argparse.Namespace, n_classes: int,
+                  n_processes: int) -> dict:
+    """The state in the --resume file, checked to fit this run."""
+    snapshot = read_npz(path, '--resume')
+    check_model_fits('--resume', path, model_arrays(snapshot), args, n_classes, n_processes)
+    return snapshot
+
+
+def read_model(path: str, args: argparse.Namespace, n_classes: int, n_processes: int) -> dict:
+    """The model's arrays in a model.npz, or in a snapshot under the same names."""
+    state = read_npz(path, '--evaluate')
+    if SNAPSHOT_MODEL + 'fc2/W' in state:
+        state = model_arrays(state)
+    check_model_fits('--evaluate', path, state, args, n_classes, n_processes)
+    return state
+
+
+def model_arrays(state: dict) -> dict:
+    """The model's arrays of a snapshot, named as in model.npz."""
+    return {key[len(SNAPSHOT_MODEL):]: value for key, value in state.items()
+            if key.startswith(SNAPSHOT_MODEL)}
+
+
+def check_model_fits(flag: str, path: str, arrays: dict, args: argparse.Namespace,
+                     n_classes: int, n_processes: int) -> None:
+    """The file's model must be this run's: the same classes and network."""
+    last_weights, grouped_weights = arrays.get('fc2/W'), arrays.get('conv2_1/conv/W')
+    if getattr(last_weights, 'ndim', 0) != 2 or getattr(grouped_weights, 'ndim', 0) != 4:
+        raise UsageError(f'{flag} {path} holds no VGG16 of train.py: '
+                         f'pass {FILES_EXPECTED[flag]} written by train.py')
+    if last_weights.shape[0] != n_classes:
+        raise UsageError(f'{flag} {path} was written for {last_weights.shape[0]} classes, '
+                         f'this dataset has {n_classes}: use the --dataset it was trained on')
+    # conv2_1 is the first layer whose filters the grouped network narrows.
+    inputs = VGG16_BLOCKS[0][1] // (n_processes if args.conv == 'grouped' else 1)
+    if grouped_weights.shape[1] != inputs:
+        raise UsageError(f'{flag} {path} holds another network ({grouped_weights.shape[1]} '
+                         f'input channels per conv2_1 filter, this one has {inputs}): use its '
+                         '--conv and, for grouped, its process count')
+
+
+def load_model(model, comm, weights: dict, path: str) -> None:
+    """Load the --evaluate file's full ``weights`` into ``model``, each rank its slice."""
+    try:
+        load_full_state(model, comm, model.sliced_channels(), weights)
+    except (KeyError, ValueError) as e:  # an array missing or of the wrong shape
+        raise UsageError(f'--evaluate {path} does not fit VGG16 ({type(e).__name__}: {e}): '
+                         f'pass {FILES_EXPECTED["--evaluate"]} written by train.py')

@@ -9,7 +9,8 @@ whole run), where ACTION is
 - ``kill``: SIGKILL to itself, as the kernel's out-of-memory killer does.
 
 Before it acts, the process prints one line to stderr with the time, so a
-test can measure how long the job takes to end after the fault.
+test can measure how long the job takes to end after the fault. A malformed
+value is a user error: train.py stops before training, with one line.
 """
 import os
 import signal
@@ -17,6 +18,8 @@ import sys
 import time
 
 import chainer.training
+
+from errors import UsageError
 
 FAULT_VARIABLE = 'PARALLEL_CONV_FAULT'
 ACTIONS = ('raise', 'exit', 'kill')
@@ -56,3 +59,14 @@ def fault_extension(value: str, rank: int, n_processes: int):
         os.kill(os.getpid(), signal.SIGKILL)
 
     return inject_fault
+
+
+def fault_injection(comm):
+    """The extension PARALLEL_CONV_FAULT asks for on this rank, or None."""
+    value = os.environ.get(FAULT_VARIABLE)
+    if value is None:
+        return None
+    try:
+        return fault_extension(value, comm.rank, comm.size)
+    except ValueError as e:
+        raise UsageError(str(e))

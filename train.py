@@ -8,257 +8,113 @@ channels; all processes see the same mini-batches (rank 0 reads the data)
 and compute exactly what one process would. Rank 0 prints the log and writes
 the files in --out.
 """
+# First, in this order: the BLAS thread count must be set before numpy loads,
+# and compat.py must patch numpy before chainer is imported.
+import blas_threads
+import compat  # noqa: F401
+
+import argparse
 import os
-import sys
+import warnings
 
+import chainer
+import chainer.links as L
+import chainermn
+import matplotlib
+import numpy
+from chainer import training
+from chainer.training import extensions
 
-THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')
-
-
-def _blas_threads_per_rank() -> None:
-    """Share the cores among the ranks on this node, unless the user chose.
-
-    Must run before numpy is imported: OpenBLAS reads it when it loads.
-    MPICH's mpiexec says how many ranks share the node in MPI_LOCALNRANKS.
-    """
-    if any(name in os.environ for name in THREAD_VARIABLES):
-        return
-    ranks_here = int(os.environ.get('MPI_LOCALNRANKS', '1'))
-    os.environ['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // ranks_here))
-
-
-_blas_threads_per_rank()
-
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import math  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import traceback  # noqa: E402
-import warnings  # noqa: E402
-
-import compat  # noqa: E402,F401  (before chainer: see compat.py)
-import chainer  # noqa: E402
-import chainer.links as L  # noqa: E402
-import chainermn  # noqa: E402
-import matplotlib  # noqa: E402
-import numpy  # noqa: E402
-from chainer import training  # noqa: E402
-from chainer.training import extensions  # noqa: E402
-
-import checkpoint  # noqa: E402
-import faults  # noqa: E402
-from data import DATASETS, DataError, load_dataset  # noqa: E402
-from models import NETWORKS  # noqa: E402
-from models.grouped import GROUPED_INPUT_CHANNELS  # noqa: E402
-from models.serialization import load_full_state  # noqa: E402
-from models.vgg import VGG16_BLOCKS  # noqa: E402
-from run_info import collect_run_info, write_run_info  # noqa: E402
+import checkpoint
+import faults
+import gpu
+from arguments import check_args, check_out_dir, parse_args
+from data import load_dataset
+from errors import process_ids, run_checked, run_or_abort
+from models import NETWORKS
+from run_info import collect_run_info, write_run_info
 
 matplotlib.use('Agg')
 # ChainerMN marks its iterators and collectives experimental, on every rank.
 warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)
-NARROWEST_LAYER = min(channels for _, channels, *_ in VGG16_BLOCKS)
-# Where a snapshot keeps the model's arrays, under the names model.npz uses.
-SNAPSHOT_MODEL = 'updater/model:main/predictor/'
-FILES_EXPECTED = {'--resume': 'a snapshot_epoch_E file',
-                  '--evaluate': 'a model.npz or snapshot_epoch_E file'}
 
 
-class UsageError(Exception):
-    """Something the user can fix; the message is one line saying what and how."""
+def train(args: argparse.Namespace, comm) -> None:
+    """The recipe: check, data, model, optimizer, iterators, trainer, extensions, run."""
+    run_checked(comm, check_args, args, comm.size)
+    run_checked(comm, check_out_dir, args.out, only_rank0=True)
+    device = gpu.use_device(args, comm)
+    train_set, test_set, n_classes = read_data(args, comm, args.train_size)
+    fault = run_checked(comm, faults.fault_injection, comm)
+    snapshot = (comm.bcast_obj(run_checked(comm, checkpoint.read_snapshot, args.resume, args,
+                                           n_classes, comm.size, only_rank0=True))
+                if args.resume else None)
 
+    vgg, model = build_model(args, comm, n_classes, device)
+    optimizer = chainer.optimizers.MomentumSGD(args.learnrate)
+    optimizer.setup(model)
+    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description='VGG16 on CIFAR, convolutions split by output channel over MPI processes')
-    parser.add_argument('--dataset', '-d', default='cifar10',
-                        help=f'one of {", ".join(DATASETS)} (default cifar10)')
-    parser.add_argument('--batchsize', '-b', type=int, default=64,
-                        help='mini-batch size, the same on every process (default 64)')
-    parser.add_argument('--epoch', '-e', type=int, default=20,
-                        help='number of epochs to train (default 20)')
-    parser.add_argument('--learnrate', '-l', type=float, default=0.05,
-                        help='learning rate of MomentumSGD (default 0.05)')
-    parser.add_argument('--frequency', '-f', type=int, default=-1,
-                        help='write a snapshot every F epochs; -1: one at the end (default)')
-    parser.add_argument('--gpu', '-g', action='store_true',
-                        help='one GPU per process (CuPy, NCCL)')
-    parser.add_argument('--out', '-o', default='result',
-                        help='directory for the log, plots, snapshots and model.npz')
-    parser.add_argument('--seed', type=int, default=0,
-                        help='fixes the initial weights, dropout and shuffling (default 0)')
-    parser.add_argument('--resume', metavar='SNAPSHOT',
-                        help='continue the run saved in this snapshot file')
-    parser.add_argument('--evaluate', metavar='MODEL',
-                        help='only print the test loss and accuracy of a model.npz or '
-                             'snapshot file, then exit (writes nothing)')
-    parser.add_argument('--dataset-root', metavar='DIR',
-                        help="folder holding the CIFAR authors' tarball (or its extracted "
-                             "folder); default: Chainer's download and cache")
-    parser.add_argument('--dtype', choices=('float32', 'float64'), default='float32',
-                        help='float64 to check that runs on different process counts '
-                             'agree: in float32 they drift apart by chance (see README)')
-    parser.add_argument('--conv', choices=tuple(NETWORKS), default='exact',
-                        help="exact: VGG16 split by output channel (default); grouped: the "
-                             "original example's scheme, a smaller network with one group of "
-                             "input channels per process (see README)")
-    parser.add_argument('--train-size', type=int, metavar='N',
-                        help='use only the first N training examples')
-    parser.add_argument('--test-size', type=int, metavar='N',
-                        help='use only the first N test examples')
-    return parser.parse_args(argv)
-
-
-def check_args(args: argparse.Namespace, n_processes: int) -> None:
-    """Raise UsageError for settings that cannot work (the same on every rank)."""
-    if args.dataset not in DATASETS:
-        raise UsageError(f'unknown --dataset {args.dataset!r}: choose one of {", ".join(DATASETS)}')
-    for flag, value in (('--batchsize', args.batchsize), ('--epoch', args.epoch),
-                        ('--learnrate', args.learnrate)):
-        if value <= 0:
-            raise UsageError(f'{flag} must be greater than 0, got {value}')
-    if args.frequency == 0 or args.frequency < -1:
-        raise UsageError(f'--frequency must be a number of epochs (1 or more) or -1, '
-                         f'got {args.frequency}')
-    for flag, value in (('--train-size', args.train_size), ('--test-size', args.test_size)):
-        if value is not None and value <= 0:
-            raise UsageError(f'{flag} must be greater than 0, got {value}')
-    if args.train_size is not None and args.train_size < args.batchsize:
-        raise UsageError(f'--train-size {args.train_size} is smaller than one batch '
-                         f'(--batchsize {args.batchsize})')
-    if n_processes > NARROWEST_LAYER:
-        raise UsageError(f'{n_processes} processes, but the narrowest layer has only '
-                         f'{NARROWEST_LAYER} channels to split: run at most '
-                         f'{NARROWEST_LAYER} processes')
-    if args.evaluate and args.resume:
-        raise UsageError('--evaluate and --resume exclude each other: give one of them')
-    if args.conv == 'grouped' and any(c % n_processes for c in GROUPED_INPUT_CHANNELS):
-        divisor = math.gcd(*GROUPED_INPUT_CHANNELS)
-        counts = [n for n in range(1, divisor + 1) if divisor % n == 0]
-        raise UsageError(f'--conv grouped splits every layer\'s input channels into equal '
-                         f'groups, one per process, so {n_processes} processes cannot run it: '
-                         f'run {", ".join(map(str, counts[:-1]))} or {counts[-1]}')
-
-
-def exit_if_any_failed(comm, error: str | None) -> None:
-    """Every rank learns whether one failed; if so, all exit after one message."""
-    errors = comm.mpi_comm.allgather(error)
-    failed = [(rank, e) for rank, e in enumerate(errors) if e]
-    if not failed:
-        return
+    shuffle_rng = numpy.random.RandomState(args.seed) if comm.rank == 0 else None
+    train_iter, test_iter = make_iterators(comm, train_set, test_set, args.batchsize, shuffle_rng)
+    updater = training.StandardUpdater(train_iter, optimizer, converter=to_model_dtype,
+                                       device=device)
+    trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=args.out)
+    # Every rank evaluates (each holds part of the model); rank 0 reports.
+    trainer.extend(extensions.Evaluator(test_iter, model, converter=to_model_dtype,
+                                        device=device))
+    frequency = args.epoch if args.frequency == -1 else args.frequency
+    trainer.extend(checkpoint.snapshot_extension(vgg, shuffle_rng, comm, args.out, frequency),
+                   name='snapshot')
+    if fault is not None:
+        trainer.extend(fault)
+    ids = process_ids(comm)
     if comm.rank == 0:
-        rank, message = failed[0]
-        where = f' (rank {rank})' if rank != 0 else ''
-        print(f'train.py: error{where}: {message}', file=sys.stderr, flush=True)
-    sys.exit(2)
+        add_reports(trainer, args)
+        print_header(args, comm, n_classes, len(train_set), len(test_set))
+        print(f'Process ids by rank: {ids}', flush=True)
+        write_run_info(args.out, collect_run_info(args, comm.size, args.conv))
+    if snapshot is not None:
+        checkpoint.load_snapshot(trainer, vgg, shuffle_rng, comm, snapshot)
+
+    trainer.run()
+    checkpoint.save_model(vgg, comm, os.path.join(args.out, 'model.npz'))
 
 
-def run_checked(comm, function, *args, only_rank0: bool = False):
-    """Call ``function`` (on rank 0 alone, if so asked); exit cleanly on a user error.
-
-    With ``only_rank0`` the other ranks get None.
-    """
-    result, error = None, None
-    if not only_rank0 or comm.rank == 0:
-        try:
-            result = function(*args)
-        except (UsageError, DataError) as e:
-            error = str(e)
-    exit_if_any_failed(comm, error)
-    return result
-
-
-def gpu_device(comm) -> chainer.backend.Device:
-    """This process's GPU: the rank within its node picks the device."""
-    try:
-        import cupy
-    except ImportError:
-        raise UsageError('--gpu needs CuPy: pip install -r requirements-gpu.txt '
-                         '(or run without --gpu)')
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError:
-        count = 0
-    if count == 0:
-        raise UsageError('--gpu given, but CUDA finds no GPU on this machine (run without --gpu)')
-    if comm.intra_size > count:
-        raise UsageError(f'{comm.intra_size} processes on this node but only {count} GPUs: '
-                         f'start at most {count} processes per node')
-    return chainer.get_device(f'@cupy:{comm.intra_rank}')
+def evaluate(args: argparse.Namespace, comm) -> None:
+    """--evaluate: print the test loss and accuracy of a saved model; write nothing."""
+    run_checked(comm, check_args, args, comm.size)
+    device = gpu.use_device(args, comm)
+    # The test set is all it needs: one training example spares reading in the rest.
+    _, test_set, n_classes = read_data(args, comm, 1)
+    weights = comm.bcast_obj(run_checked(comm, checkpoint.read_model, args.evaluate, args,
+                                         n_classes, comm.size, only_rank0=True))
+    vgg, model = build_model(args, comm, n_classes, device)
+    run_checked(comm, checkpoint.load_model, vgg, comm, weights, args.evaluate)
+    # The Evaluator the training runs, on the same batches: the same means.
+    result = extensions.Evaluator(make_test_iterator(comm, test_set, args.batchsize), model,
+                                  converter=to_model_dtype, device=device)()
+    if comm.rank == 0:
+        print(f'test loss {float(result["main/loss"]):.7g}, accuracy '
+              f'{float(result["main/accuracy"]):.6f} ({len(test_set)} {args.dataset} test '
+              f'images, batch size {args.batchsize}, {args.evaluate})', flush=True)
 
 
-def check_out_dir(out: str) -> None:
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f'cannot create --out {out}: {e.strerror}')
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f'--out {out} is not writable: choose another directory')
+def read_data(args: argparse.Namespace, comm, train_size: int | None):
+    """(train, test, n_classes); rank 0 alone reads the data, the others get the class count."""
+    train_set, test_set, n_classes = run_checked(
+        comm, load_dataset, args.dataset, args.dataset_root, train_size,
+        args.test_size, args.seed, only_rank0=True) or (None, None, None)
+    return train_set, test_set, comm.bcast_obj(n_classes)
 
 
-def read_npz(path: str, flag: str) -> dict:
-    """Every array of the file given to ``flag`` (--resume or --evaluate)."""
-    try:
-        with numpy.load(path) as npz:
-            return {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise UsageError(f'{flag} {path}: no such file')
-    except Exception as e:  # numpy raises several kinds for a damaged file
-        raise UsageError(f'{flag} {path} is not a readable npz file ({type(e).__name__}): '
-                         f'pass {FILES_EXPECTED[flag]} written by train.py')
-
-
-def read_snapshot(path: str, args: argparse.Namespace, n_classes: int,
-                  n_processes: int) -> dict:
-    snapshot = read_npz(path, '--resume')
-    check_model_fits('--resume', path, model_arrays(snapshot), args, n_classes, n_processes)
-    return snapshot
-
-
-def model_arrays(state: dict) -> dict:
-    """The model's arrays of a snapshot, named as in model.npz."""
-    return {key[len(SNAPSHOT_MODEL):]: value for key, value in state.items()
-            if key.startswith(SNAPSHOT_MODEL)}
-
-
-def check_model_fits(flag: str, path: str, arrays: dict, args: argparse.Namespace,
-                     n_classes: int, n_processes: int) -> None:
-    """The file's model must be this run's: the same classes and network."""
-    last_weights, grouped_weights = arrays.get('fc2/W'), arrays.get('conv2_1/conv/W')
-    if getattr(last_weights, 'ndim', 0) != 2 or getattr(grouped_weights, 'ndim', 0) != 4:
-        raise UsageError(f'{flag} {path} holds no VGG16 of train.py: '
-                         f'pass {FILES_EXPECTED[flag]} written by train.py')
-    if last_weights.shape[0] != n_classes:
-        raise UsageError(f'{flag} {path} was written for {last_weights.shape[0]} classes, '
-                         f'this dataset has {n_classes}: use the --dataset it was trained on')
-    # conv2_1 is the first layer whose filters the grouped network narrows.
-    inputs = VGG16_BLOCKS[0][1] // (n_processes if args.conv == 'grouped' else 1)
-    if grouped_weights.shape[1] != inputs:
-        raise UsageError(f'{flag} {path} holds another network ({grouped_weights.shape[1]} '
-                         f'input channels per conv2_1 filter, this one has {inputs}): use its '
-                         '--conv and, for grouped, its process count')
-
-
-def print_header(args, comm, n_classes: int, train_size: int, test_size: int) -> None:
-    device = 'GPU' if args.gpu else 'CPU'
-    network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
-    print(f'{network} on {args.dataset} ({n_classes} classes, '
-          f'{train_size} train / {test_size} test images)')
-    threads = next(os.environ[name] for name in THREAD_VARIABLES if name in os.environ)
-    print(f'{device}, {comm.size} processes, {threads} BLAS threads per process')
-    print(f'Minibatch size: {args.batchsize}, epochs: {args.epoch}, learning rate: '
-          f'{args.learnrate}, seed: {args.seed}', flush=True)
-
-
-def process_ids(comm) -> str | None:
-    """On rank 0, 'rank pid@host' of every process, else None.
-
-    A process killed outright cannot say so; mpiexec then reports it by its
-    id and host alone, which this list turns into a rank.
-    """
-    ids = comm.mpi_comm.gather(f'{os.getpid()}@{socket.gethostname()}')
-    return ', '.join(f'{rank} {id_}' for rank, id_ in enumerate(ids)) if ids else None
+def build_model(args: argparse.Namespace, comm, n_classes: int, device):
+    """The network --conv names, in --dtype, and the classifier around it, on ``device``."""
+    chainer.global_config.dtype = numpy.dtype(args.dtype)
+    vgg = NETWORKS[args.conv](comm, n_classes, seed=args.seed)
+    model = L.Classifier(vgg)
+    model.to_device(device)
+    return vgg, model
 
 
 def make_iterators(comm, train, test, batchsize: int, shuffle_rng):
@@ -287,7 +143,7 @@ def to_model_dtype(batch, device):
     return images.astype(chainer.get_dtype(), copy=False), labels
 
 
-def add_reports(trainer, args) -> None:
+def add_reports(trainer, args: argparse.Namespace) -> None:
     """What rank 0 shows and writes: log, table, plots, progress, graph."""
     trainer.extend(extensions.DumpGraph('main/loss'))
     trainer.extend(extensions.LogReport())
@@ -301,153 +157,22 @@ def add_reports(trainer, args) -> None:
     trainer.extend(extensions.ProgressBar(update_interval=1))
 
 
-def use_device(args, comm) -> chainer.backend.Device:
-    device = run_checked(comm, gpu_device, comm) if args.gpu else chainer.get_device('@numpy')
-    device.use()
-    return device
+def print_header(args: argparse.Namespace, comm, n_classes: int, train_size: int,
+                 test_size: int) -> None:
+    device = 'GPU' if args.gpu else 'CPU'
+    network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
+    print(f'{network} on {args.dataset} ({n_classes} classes, '
+          f'{train_size} train / {test_size} test images)')
+    print(f'{device}, {comm.size} processes, {blas_threads.threads_per_process()} BLAS threads '
+          'per process')
+    print(f'Minibatch size: {args.batchsize}, epochs: {args.epoch}, learning rate: '
+          f'{args.learnrate}, seed: {args.seed}', flush=True)
 
 
-def read_data(args, comm, train_size: int | None):
-    """(train, test, n_classes); rank 0 alone reads the data, the others get the class count."""
-    train_set, test_set, n_classes = run_checked(
-        comm, load_dataset, args.dataset, args.dataset_root, train_size,
-        args.test_size, args.seed, only_rank0=True) or (None, None, None)
-    return train_set, test_set, comm.bcast_obj(n_classes)
-
-
-def build_model(args: argparse.Namespace, comm, n_classes: int, device):
-    """The network --conv names, in --dtype, and the classifier around it, on ``device``."""
-    chainer.global_config.dtype = numpy.dtype(args.dtype)
-    vgg = NETWORKS[args.conv](comm, n_classes, seed=args.seed)
-    model = L.Classifier(vgg)
-    model.to_device(device)
-    return vgg, model
-
-
-def train(args: argparse.Namespace, comm) -> None:
-    run_checked(comm, check_args, args, comm.size)
-    run_checked(comm, check_out_dir, args.out, only_rank0=True)
-    device = use_device(args, comm)
-    train_set, test_set, n_classes = read_data(args, comm, args.train_size)
-    fault = run_checked(comm, fault_injection, comm)
-    snapshot = (comm.bcast_obj(run_checked(comm, read_snapshot, args.resume, args, n_classes,
-                                           comm.size, only_rank0=True))
-                if args.resume else None)
-
-    vgg, model = build_model(args, comm, n_classes, device)
-    optimizer = chainer.optimizers.MomentumSGD(args.learnrate)
-    optimizer.setup(model)
-    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
-
-    shuffle_rng = numpy.random.RandomState(args.seed) if comm.rank == 0 else None
-    train_iter, test_iter = make_iterators(comm, train_set, test_set, args.batchsize, shuffle_rng)
-    updater = training.StandardUpdater(train_iter, optimizer, converter=to_model_dtype,
-                                       device=device)
-    trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=args.out)
-    # Every rank evaluates (each holds part of the model); rank 0 reports.
-    trainer.extend(extensions.Evaluator(test_iter, model, converter=to_model_dtype,
-                                        device=device))
-    frequency = args.epoch if args.frequency == -1 else args.frequency
-
-    # Priority -100, as Chainer's own snapshot: after the log is updated.
-    @training.make_extension(trigger=(frequency, 'epoch'), priority=-100)
-    def snapshot_extension(trainer):
-        path = os.path.join(args.out, f'snapshot_epoch_{updater.epoch}')
-        checkpoint.save_snapshot(trainer, vgg, shuffle_rng, comm, path)
-
-    trainer.extend(snapshot_extension, name='snapshot')
-    if fault is not None:
-        trainer.extend(fault)
-    ids = process_ids(comm)
-    if comm.rank == 0:
-        add_reports(trainer, args)
-        print_header(args, comm, n_classes, len(train_set), len(test_set))
-        print(f'Process ids by rank: {ids}', flush=True)
-        write_run_info(args.out, collect_run_info(args, comm.size, args.conv))
-    if snapshot is not None:
-        checkpoint.load_snapshot(trainer, vgg, shuffle_rng, comm, snapshot)
-
-    trainer.run()
-    checkpoint.save_model(vgg, comm, os.path.join(args.out, 'model.npz'))
-
-
-def fault_injection(comm):
-    """The extension PARALLEL_CONV_FAULT asks for on this rank (see faults.py), or None."""
-    value = os.environ.get(faults.FAULT_VARIABLE)
-    if value is None:
-        return None
-    try:
-        return faults.fault_extension(value, comm.rank, comm.size)
-    except ValueError as e:
-        raise UsageError(str(e))
-
-
-def evaluate(args: argparse.Namespace, comm) -> None:
-    """--evaluate: print the test loss and accuracy of a saved model; write nothing."""
-    run_checked(comm, check_args, args, comm.size)
-    device = use_device(args, comm)
-    # The test set is all it needs: one training example spares reading in the rest.
-    _, test_set, n_classes = read_data(args, comm, 1)
-    weights = comm.bcast_obj(run_checked(comm, read_model, args.evaluate, args, n_classes,
-                                         comm.size, only_rank0=True))
-    vgg, model = build_model(args, comm, n_classes, device)
-    run_checked(comm, load_model, vgg, comm, weights, args.evaluate)
-    # The Evaluator the training runs, on the same batches: the same means.
-    result = extensions.Evaluator(make_test_iterator(comm, test_set, args.batchsize), model,
-                                  converter=to_model_dtype, device=device)()
-    if comm.rank == 0:
-        print(f'test loss {float(result["main/loss"]):.7g}, accuracy '
-              f'{float(result["main/accuracy"]):.6f} ({len(test_set)} {args.dataset} test '
-              f'images, batch size {args.batchsize}, {args.evaluate})', flush=True)
-
-
-def read_model(path: str, args: argparse.Namespace, n_classes: int, n_processes: int) -> dict:
-    """The model's arrays in a model.npz, or in a snapshot under the same names."""
-    state = read_npz(path, '--evaluate')
-    if SNAPSHOT_MODEL + 'fc2/W' in state:
-        state = model_arrays(state)
-    check_model_fits('--evaluate', path, state, args, n_classes, n_processes)
-    return state
-
-
-def load_model(vgg, comm, weights: dict, path: str) -> None:
-    try:
-        load_full_state(vgg, comm, vgg.sliced_channels(), weights)
-    except (KeyError, ValueError) as e:  # an array missing or of the wrong shape
-        raise UsageError(f'--evaluate {path} does not fit VGG16 ({type(e).__name__}: {e}): '
-                         f'pass {FILES_EXPECTED["--evaluate"]} written by train.py')
-
-
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    comm = chainermn.create_communicator('pure_nccl' if args.gpu and _has_cupy() else 'naive')
-    # Ctrl-C reaches every rank, from the terminal and again from mpiexec.
-    # Rank 0 alone acts on it, once, so that no rank stops while rank 0
-    # writes a file. The others run on to the next collective, which lets
-    # rank 0 return to Python code if it waited in one.
-    signal.signal(signal.SIGINT, _interrupt_once if comm.rank == 0 else signal.SIG_IGN)
-    try:
-        (evaluate if args.evaluate else train)(args, comm)
-    except KeyboardInterrupt:
-        print(f'train.py: interrupted; stopping all {comm.size} processes',
-              file=sys.stderr, flush=True)
-        comm.mpi_comm.Abort(130)
-    except Exception:
-        # Any other failure is a bug or a crash: say where, and end every
-        # rank now rather than leave the others waiting in a collective.
-        traceback.print_exc()
-        print(f'train.py: rank {comm.rank} failed; stopping all {comm.size} processes',
-              file=sys.stderr, flush=True)
-        comm.mpi_comm.Abort(1)
-
-
-def _interrupt_once(signum, frame) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
-def _has_cupy() -> bool:
-    return importlib.util.find_spec('cupy') is not None
+    comm = chainermn.create_communicator('pure_nccl' if args.gpu and gpu.has_cupy() else 'naive')
+    run_or_abort(comm, evaluate if args.evaluate else train, args, comm)
 
 
 if __name__ == '__main__':

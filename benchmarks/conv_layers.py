@@ -22,11 +22,13 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import compat  # noqa: E402,F401  (before chainer: see compat.py)
-import chainer  # noqa: E402
-import chainer.functions as F  # noqa: E402
-import numpy  # noqa: E402
-from models import conv_cpu  # noqa: E402
+import compat  # noqa: F401  (before chainer: see compat.py)
+
+import chainer
+import chainer.functions as F
+import numpy
+
+from models import conv_cpu
 
 # (input channels, output channels, image size) of VGG16's convolutions on
 # 32x32 images; each block ends with a 2x2 max pooling.

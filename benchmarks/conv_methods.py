@@ -20,9 +20,10 @@ import time
 import numpy
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import compat  # noqa: E402,F401  (before chainer: see compat.py)
-from benchmarks.conv_layers import KERNEL, PAD, VGG16_CONVS  # noqa: E402
-from models import conv_cpu  # noqa: E402
+import compat  # noqa: F401  (before chainer: see compat.py)
+
+from benchmarks.conv_layers import KERNEL, PAD, VGG16_CONVS
+from models import conv_cpu
 
 METHODS = {conv_cpu._ShiftedWindows: 'windows', conv_cpu._Im2col: 'im2col',
            conv_cpu.Winograd2x2: 'winograd'}

@@ -30,15 +30,17 @@ import time
 from typing import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import compat  # noqa: E402,F401  (before chainer: see compat.py)
-import chainer  # noqa: E402
-import chainer.functions as F  # noqa: E402
-import chainer.links as L  # noqa: E402
-import numpy  # noqa: E402
-from models.batch_norm import BatchNormalization  # noqa: E402
-from models.dropout import channel_slice_dropout, dropout_key  # noqa: E402
-from models.partition import channel_range  # noqa: E402
-from models.vgg import VGG16_BLOCKS  # noqa: E402
+import compat  # noqa: F401  (before chainer: see compat.py)
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy
+
+from models.batch_norm import BatchNormalization
+from models.dropout import channel_slice_dropout, dropout_key
+from models.partition import channel_range
+from models.vgg import VGG16_BLOCKS
 
 IMAGE_SIZE = 32
 

@@ -270,10 +270,11 @@ def step_multiply_adds(network: str, batch: int, processes: int, rank: int) -> i
 
 def build_model(config: Configuration, grid):
     import chainer
+
+    from benchmarks.plain_vgg import PlainVGG16
     from models import NETWORKS
     from models.classifier import classifier
     from models.gradients import MeanOverReplicas
-    from benchmarks.plain_vgg import PlainVGG16
     network = (PlainVGG16(10) if config.network == 'plain'
                else NETWORKS[config.network](grid.channels, 10, replicas=grid.replicas))
     model = classifier(network, grid.replicas)
@@ -332,10 +333,11 @@ def time_floor(multiply_adds: int) -> float:
 
 
 def worker(args: argparse.Namespace) -> None:
+    import compat  # noqa: F401  (before chainer: see compat.py)
+
     import resource
     import warnings
 
-    import compat  # noqa: F401  (before chainer: see compat.py)
     import chainermn
     import numpy
     warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)

@@ -10,21 +10,25 @@ train.py, so the LogReport's elapsed_time of the two can be set side by
 side, e.g. with `python compare.py result result-plain`.
 """
 import argparse
-import os
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import compat  # noqa: E402,F401  (before chainer: see compat.py)
-import chainer  # noqa: E402
-import chainer.links as L  # noqa: E402
-import numpy  # noqa: E402
-from chainer import training  # noqa: E402
-from chainer.training import extensions  # noqa: E402
-from benchmarks.plain_vgg import PlainVGG16  # noqa: E402
-from data import DataError, load_dataset  # noqa: E402
-from run_info import collect_run_info, write_run_info  # noqa: E402
-from train import THREAD_VARIABLES, UsageError, add_reports, check_out_dir  # noqa: E402
+import blas_threads  # before numpy: see blas_threads.py
+import compat  # noqa: F401  (before chainer: see compat.py)
+
+import chainer
+import chainer.links as L
+import numpy
+from chainer import training
+from chainer.training import extensions
+
+from arguments import check_out_dir
+from benchmarks.plain_vgg import PlainVGG16
+from data import DataError, load_dataset
+from errors import UsageError
+from run_info import collect_run_info, write_run_info
+from train import add_reports
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,10 +71,9 @@ def main(argv=None) -> None:
                                (args.epoch, 'epoch'), out=args.out)
     trainer.extend(extensions.Evaluator(test_iter, model))
     add_reports(trainer, args)
-    threads = next(os.environ[name] for name in THREAD_VARIABLES if name in os.environ)
     print(f'Plain Chainer VGG16 on {args.dataset} ({len(train_set)} train / '
-          f'{len(test_set)} test images), 1 process, {threads} BLAS threads, '
-          f'minibatch {args.batchsize}', flush=True)
+          f'{len(test_set)} test images), 1 process, {blas_threads.threads_per_process()} '
+          f'BLAS threads, minibatch {args.batchsize}', flush=True)
     write_run_info(args.out, collect_run_info(args, 1, 'plain'))
     trainer.run()
 

@@ -76,7 +76,8 @@ class Cifar:
             return {
                 'meta': python2_pickle({b'fine_label_names': [b'x'] * 100}),
                 'test': self._batch(self.test_images, self.test_labels, b'testing batch 1 of 1'),
-                'train': self._batch(self.train_images, self.train_labels, b'training batch 1 of 1'),
+                'train': self._batch(self.train_images, self.train_labels,
+                                     b'training batch 1 of 1'),
             }
         members = {'batches.meta': python2_pickle({b'label_names': [b'x'] * 10}),
                    'readme.html': b'<html></html>',

@@ -7,7 +7,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import compat  # noqa: E402,F401  (before chainer: see compat.py)
+import compat  # noqa: E402,F401  (once REPO is on sys.path; before chainer: see compat.py)
 
 
 def mpiexec_path() -> str:

@@ -13,11 +13,11 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 import pytest
-from conftest import run_mpi
-from workers import batch_norm_worker
 
+from conftest import run_mpi
 from models.batch_norm import BatchNormalization, batch_normalization
 from models.partition import channel_range
+from workers import batch_norm_worker
 
 # (N, C, ...): odd sizes, a 2-D (batch, channels) input, a 3-D one, and one
 # with more than 65535 values per channel (where a float32 array divided by

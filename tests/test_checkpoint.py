@@ -3,6 +3,7 @@ import json
 
 import numpy
 import pytest
+
 from conftest import relative_error, run_mpi
 
 RUN = ['--dataset', 'synthetic', '--train-size', '48', '--test-size', '16',

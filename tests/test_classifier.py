@@ -10,6 +10,7 @@ import chainer
 import chainer.links as L
 import numpy
 import pytest
+
 from conftest import run_mpi
 from workers import classifier_worker
 

@@ -2,10 +2,10 @@ import pickle
 
 import numpy
 import pytest
-from conftest import run_mpi
-from workers.communication_worker import CHANNELS, full_tensor
 
+from conftest import run_mpi
 from models.partition import channel_range
+from workers.communication_worker import CHANNELS, full_tensor
 
 
 @pytest.mark.parametrize('n', [1, 2, 3])

@@ -119,6 +119,23 @@ def test_each_method(monkeypatch, method, shape, k, pad):
     assert_matches_chainer(x, W, pad, rng)
 
 
+# VGG16's 13 convolutions as (input channels, image size, output channels),
+# the output split over 2 ranks as on 2 processes.
+VGG16_LAYERS = [(3, 32, 32), (64, 32, 32), (64, 16, 64), (128, 16, 64), (128, 8, 128),
+                (256, 8, 128), (256, 8, 128), (256, 4, 256), (512, 4, 256), (512, 4, 256),
+                (512, 2, 256), (512, 2, 256), (512, 2, 256)]
+
+
+@pytest.mark.parametrize('method', ALL_METHODS)
+@pytest.mark.parametrize('c_in, size, c_out', VGG16_LAYERS)
+def test_every_method_on_every_vgg16_layer_in_float32(monkeypatch, method, c_in, size, c_out):
+    # The float32 accuracy budget: each method, forced, within 1e-5 of
+    # float64 on the shapes the network runs, output and both gradients.
+    force_method(monkeypatch, method)
+    x, W, rng = random_case(c_in + size + c_out, 2, c_in, size, size, c_out, 3)
+    assert_matches_chainer(x, W, 1, rng)
+
+
 @pytest.mark.parametrize('x_shape, c_out, expected', [
     ((64, 3, 32, 32), 32, conv_cpu._Im2col),           # VGG16's first layer
     ((64, 64, 32, 32), 32, conv_cpu._ShiftedWindows),  # large images

@@ -201,7 +201,7 @@ def test_wrong_image_shape_is_an_error_naming_the_member(tmp_path):
 def test_failed_download_is_an_error_pointing_to_the_offline_options(tmp_path):
     """chainer's real download, sent through a proxy on a closed loopback port,
     fails at once; in a fresh process, as urllib reads proxies once."""
-    script = ('import socket, data\n'
+    script = ('import compat, socket, data\n'
               'socket.setdefaulttimeout(7.0)\n'
               'try:\n'
               '    data.load_dataset("cifar10", None, None, None, 0)\n'

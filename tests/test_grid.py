@@ -3,8 +3,8 @@ import pickle
 
 import chainermn
 import pytest
-from conftest import run_mpi
 
+from conftest import run_mpi
 from models.grid import process_grid
 
 

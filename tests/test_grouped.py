@@ -12,6 +12,7 @@ import chainer
 import chainer.functions as F
 import numpy
 import pytest
+
 from conftest import relative_error, run_mpi
 from reference_vgg import CHANNELS, NAMES, ReferenceVGG16
 from test_train import QUICK, VGG16_PARAMETERS_10_CLASSES, train

@@ -14,9 +14,16 @@ import time
 
 import numpy
 import pytest
+
 from cifar_files import Cifar
-from conftest import (REPO, check_clean_failure, check_earlier_run_kept, mpi_env,
-                      mpiexec_path, run_mpi)
+from conftest import (
+    REPO,
+    check_clean_failure,
+    check_earlier_run_kept,
+    mpi_env,
+    mpiexec_path,
+    run_mpi,
+)
 
 RUN = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '24',
        '--batchsize', '16']

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import REPO, mpi_env
 from reference_vgg import CHANNELS, NAMES, POOL_AFTER
 

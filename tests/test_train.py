@@ -4,6 +4,7 @@ import json
 import chainer
 import numpy
 import pytest
+
 from cifar_files import Cifar
 from conftest import relative_error, run_mpi
 from reference_vgg import ReferenceVGG16
@@ -92,6 +93,7 @@ def test_offline_without_data_says_where_to_put_the_file(tmp_path):
 def test_compare_reads_a_real_run_and_its_printed_table(quick_run, tmp_path):
     import subprocess
     import sys
+
     from conftest import REPO
     out, result = quick_run
     printed = tmp_path / 'stdout.txt'

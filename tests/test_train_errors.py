@@ -1,5 +1,6 @@
 """Bad input to train.py: one line on stderr, a non-zero exit, nothing lost."""
 import pytest
+
 from cifar_files import Cifar
 from conftest import check_clean_failure, check_earlier_run_kept, mpi_env, run_mpi
 
@@ -28,12 +29,13 @@ def test_bad_flag_fails_in_one_line(flags, words, earlier_out):
 def test_more_processes_than_channels_are_refused():
     # Starting 65 processes is too heavy for a test: check_args is what
     # train.py runs first on every rank (run through mpiexec just above).
-    import train
-    args = train.parse_args(QUICK)
-    train.check_args(args, 64)
-    with pytest.raises(train.UsageError,
+    import arguments
+    from errors import UsageError
+    args = arguments.parse_args(QUICK)
+    arguments.check_args(args, 64)
+    with pytest.raises(UsageError,
                        match='^65 processes, but the narrowest layer has only 64 channels'):
-        train.check_args(args, 65)
+        arguments.check_args(args, 65)
 
 
 def test_missing_dataset_root_names_the_file(tmp_path, earlier_out):

@@ -15,9 +15,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: CI and `make figure` have no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Polygon  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Polygon
 
 N_PROCS = 3
 IN_CHANNELS = 4

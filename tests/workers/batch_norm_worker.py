@@ -9,10 +9,11 @@ backpropagates its rows of one upstream gradient, in training mode, with
 the running statistics updated; rank 0 saves every rank's output, input
 gradient, gamma and beta gradients and running statistics.
 """
+import compat  # noqa: F401  (before chainer: see compat.py)
+
 import pickle
 import sys
 
-import compat  # noqa: F401  (before chainer: see compat.py)
 import chainer
 import chainermn
 import numpy

@@ -9,10 +9,11 @@ and how often it ran the predictor. Then one training step on an even
 batch: each rank backpropagates its own loss and MeanOverReplicas averages
 the gradients; the rank saves them.
 """
+import compat  # noqa: F401  (before chainer: see compat.py)
+
 import pickle
 import sys
 
-import compat  # noqa: F401  (before chainer: see compat.py)
 import chainer
 import chainer.links as L
 import chainermn

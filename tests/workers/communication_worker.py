@@ -2,16 +2,22 @@
 
 Usage: mpiexec -n N python tests/workers/communication_worker.py OUT.pickle
 """
+import compat  # noqa: F401  (before chainer: see compat.py)
+
 import pickle
 import sys
 
-import compat  # noqa: F401  (before chainer: see compat.py)
 import chainer
 import chainermn
 import numpy
 
-from models.communication import (allgather_channels, allreduce_sum, gather_into_parallel,
-                                  gather_into_replicated, replica_rows)
+from models.communication import (
+    allgather_channels,
+    allreduce_sum,
+    gather_into_parallel,
+    gather_into_replicated,
+    replica_rows,
+)
 from models.partition import channel_range
 
 CHANNELS = 7

@@ -6,10 +6,11 @@ For each K, every rank reports its replica, the world ranks of its channel
 group and of its replica group (in their ranks' order), and its rows of a
 batch of 10.
 """
+import compat  # noqa: F401  (before chainer: see compat.py)
+
 import pickle
 import sys
 
-import compat  # noqa: F401  (before chainer: see compat.py)
 import chainermn
 
 from models.grid import process_grid

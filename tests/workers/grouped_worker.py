@@ -9,10 +9,11 @@ the input, the upstream gradient, the full output, every rank's filters and
 filter gradient, and the input gradient summed over ranks (each rank holds
 the part that passes through its own filters).
 """
+import compat  # noqa: F401  (before chainer: see compat.py)
+
 import pickle
 import sys
 
-import compat  # noqa: F401  (before chainer: see compat.py)
 import chainer
 import chainer.functions as F
 import chainermn

@@ -11,11 +11,12 @@ MODE train [K]: five MomentumSGD steps with weight decay and dropout on, in
 K: ranks per channel group (default all: one replica); the N / K replicas
   each take their rows of every batch (models/grid.py).
 """
+import compat  # noqa: F401  (before chainer: see compat.py)
+
 import hashlib
 import pickle
 import sys
 
-import compat  # noqa: F401  (before chainer: see compat.py)
 import chainer
 import chainermn
 import numpy

@@ -1,0 +1,100 @@
+"""train.py's command line: its flags, and the checks of their values.
+
+The checks raise UsageError; train.py runs them through errors.run_checked
+before it reads or writes anything: check_args on every rank (all reach the
+same verdict), check_out_dir on rank 0, which alone writes files.
+"""
+import argparse
+import math
+import os
+
+from data import DATASETS
+from errors import UsageError
+from models import NETWORKS
+from models.grouped import GROUPED_INPUT_CHANNELS
+from models.vgg import VGG16_BLOCKS
+
+NARROWEST_LAYER = min(channels for _, channels, *_ in VGG16_BLOCKS)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='VGG16 on CIFAR, convolutions split by output channel over MPI processes')
+    parser.add_argument('--dataset', '-d', default='cifar10',
+                        help=f'one of {", ".join(DATASETS)} (default cifar10)')
+    parser.add_argument('--batchsize', '-b', type=int, default=64,
+                        help='mini-batch size, the same on every process (default 64)')
+    parser.add_argument('--epoch', '-e', type=int, default=20,
+                        help='number of epochs to train (default 20)')
+    parser.add_argument('--learnrate', '-l', type=float, default=0.05,
+                        help='learning rate of MomentumSGD (default 0.05)')
+    parser.add_argument('--frequency', '-f', type=int, default=-1,
+                        help='write a snapshot every F epochs; -1: one at the end (default)')
+    parser.add_argument('--gpu', '-g', action='store_true',
+                        help='one GPU per process (CuPy, NCCL)')
+    parser.add_argument('--out', '-o', default='result',
+                        help='directory for the log, plots, snapshots and model.npz')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='fixes the initial weights, dropout and shuffling (default 0)')
+    parser.add_argument('--resume', metavar='SNAPSHOT',
+                        help='continue the run saved in this snapshot file')
+    parser.add_argument('--evaluate', metavar='MODEL',
+                        help='only print the test loss and accuracy of a model.npz or '
+                             'snapshot file, then exit (writes nothing)')
+    parser.add_argument('--dataset-root', metavar='DIR',
+                        help="folder holding the CIFAR authors' tarball (or its extracted "
+                             "folder); default: Chainer's download and cache")
+    parser.add_argument('--dtype', choices=('float32', 'float64'), default='float32',
+                        help='float64 to check that runs on different process counts '
+                             'agree: in float32 they drift apart by chance (see README)')
+    parser.add_argument('--conv', choices=tuple(NETWORKS), default='exact',
+                        help="exact: VGG16 split by output channel (default); grouped: the "
+                             "original example's scheme, a smaller network with one group of "
+                             "input channels per process (see README)")
+    parser.add_argument('--train-size', type=int, metavar='N',
+                        help='use only the first N training examples')
+    parser.add_argument('--test-size', type=int, metavar='N',
+                        help='use only the first N test examples')
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace, n_processes: int) -> None:
+    """Raise UsageError for settings that cannot work (the same on every rank)."""
+    if args.dataset not in DATASETS:
+        raise UsageError(f'unknown --dataset {args.dataset!r}: choose one of {", ".join(DATASETS)}')
+    for flag, value in (('--batchsize', args.batchsize), ('--epoch', args.epoch),
+                        ('--learnrate', args.learnrate)):
+        if value <= 0:
+            raise UsageError(f'{flag} must be greater than 0, got {value}')
+    if args.frequency == 0 or args.frequency < -1:
+        raise UsageError(f'--frequency must be a number of epochs (1 or more) or -1, '
+                         f'got {args.frequency}')
+    for flag, value in (('--train-size', args.train_size), ('--test-size', args.test_size)):
+        if value is not None and value <= 0:
+            raise UsageError(f'{flag} must be greater than 0, got {value}')
+    if args.train_size is not None and args.train_size < args.batchsize:
+        raise UsageError(f'--train-size {args.train_size} is smaller than one batch '
+                         f'(--batchsize {args.batchsize})')
+    if n_processes > NARROWEST_LAYER:
+        raise UsageError(f'{n_processes} processes, but the narrowest layer has only '
+                         f'{NARROWEST_LAYER} channels to split: run at most '
+                         f'{NARROWEST_LAYER} processes')
+    if args.evaluate and args.resume:
+        raise UsageError('--evaluate and --resume exclude each other: give one of them')
+    if args.conv == 'grouped' and any(c % n_processes for c in GROUPED_INPUT_CHANNELS):
+        divisor = math.gcd(*GROUPED_INPUT_CHANNELS)
+        counts = [n for n in range(1, divisor + 1) if divisor % n == 0]
+        raise UsageError(f'--conv grouped splits every layer\'s input channels into equal '
+                         f'groups, one per process, so {n_processes} processes cannot run it: '
+                         f'run {", ".join(map(str, counts[:-1]))} or {counts[-1]}')
+
+
+def check_out_dir(out: str) -> None:
+    """Create the --out directory if need be; it must be one the run can write in."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f'cannot create --out {out}: {e.strerror}')
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f'--out {out} is not writable: choose another directory')
+
