@@ -23,6 +23,7 @@ from models.partition import channel_range
 @dataclass(frozen=True)
 class ProcessGrid:
     """This rank's place in the grid and its two communicators."""
+    rank: int  # in the whole job
     channels: object  # ChainerMN communicator of the channel group, size K
     replicas: object | None  # of the replica group, size D; None with one replica
     replica: int  # d
@@ -45,7 +46,8 @@ def process_grid(comm, model_parallel: int | None = None) -> ProcessGrid:
     if size < 1 or comm.size % size:
         raise ValueError(f'{size} ranks per channel group do not divide {comm.size} ranks')
     if size == comm.size:
-        return ProcessGrid(comm, None, 0, 1)
-    return ProcessGrid(channels=comm.split(color=comm.rank // size, key=comm.rank),
+        return ProcessGrid(comm.rank, comm, None, 0, 1)
+    return ProcessGrid(rank=comm.rank,
+                       channels=comm.split(color=comm.rank // size, key=comm.rank),
                        replicas=comm.split(color=comm.rank % size, key=comm.rank),
                        replica=comm.rank // size, n_replicas=comm.size // size)
