@@ -122,7 +122,7 @@ def check_grid(args: argparse.Namespace, n_processes: int) -> None:
         counts = [n for n in range(1, divisor + 1) if divisor % n == 0]
         raise UsageError(f'--conv grouped splits every layer\'s input channels into equal '
                          f'groups, one per process of a channel group, so {chosen} cannot '
-                         f'run it: run {_one_of(counts)} per channel group')
+                         f'run it: run {_one_of(counts)} processes per channel group')
 
 
 def _one_of(numbers: list[int]) -> str:

@@ -92,7 +92,8 @@ class BatchNormalization(L.BatchNormalization):
                 and array.dtype == self.avg_mean.dtype
                 and array.shape[1] == self.avg_mean.size
                 # A single value per channel: the parent warns about it.
-                # With replicas, the global batch has more.
+                # With replicas the parent cannot be used whatever the rows
+                # here: the statistics are the global batch's.
                 and (self.replicas is not None or array.size > self.avg_mean.size))
 
 
