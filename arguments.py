@@ -47,11 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "folder); default: Chainer's download and cache")
     parser.add_argument('--dtype', choices=('float32', 'float64'), default='float32',
                         help='float64 to check that runs on different process counts '
-                             'agree: in float32 they drift apart by chance (see README)')
+                             'agree: in float32 they drift apart by chance (see docs/design.md)')
     parser.add_argument('--conv', choices=tuple(NETWORKS), default='exact',
                         help="exact: VGG16 split by output channel (default); grouped: the "
                              "original example's scheme, a smaller network with one group of "
-                             "input channels per process (see README)")
+                             "input channels per process (see docs/original.md)")
     parser.add_argument('--train-size', type=int, metavar='N',
                         help='use only the first N training examples')
     parser.add_argument('--test-size', type=int, metavar='N',

@@ -17,6 +17,11 @@ with these three worked around):
    deprecated it). That module gets its own ``int`` that takes the element out
    first; the builtin stays as it is everywhere else.
 
+4. Not a failure but noise: CuPy 14, imported by ``import chainer``, warns on
+   every rank that it cannot load NCCL when NCCL is not installed, CPU runs
+   included. --gpu checks for NCCL itself and says so in one line (gpu.py),
+   so that warning is filtered.
+
 Import this module before chainer. Each workaround acts only where its line
 would fail, so on Python 3.11 with numpy 1.26 importing it changes nothing,
 and none of them changes a number: they restore names, not arithmetic.
@@ -117,3 +122,5 @@ def _multi_node_iterator_int() -> None:
 _numpy_distutils_stand_in()
 _numpy_sctypes()
 _multi_node_iterator_int()
+warnings.filterwarnings('ignore', message=r'\s*nccl library could not be loaded',
+                        category=UserWarning)

@@ -1,14 +1,35 @@
 """The device of each process: its own GPU with --gpu, else the CPU.
 
+Before anything touches a GPU, ``check_gpu_stack`` finds what --gpu lacks on
+this machine and says it in one line: CuPy, a CUDA library, a GPU, or NCCL.
+Each is a separate pip package, and each, missing, would otherwise surface
+as a traceback on every rank (Chainer swallows CuPy's import errors and
+fails later; ChainerMN's pure_nccl communicator raises when it is made,
+which is why train.py makes the naive one).
+
 The GPU path is kept to this module and the host staging in
-models/communication.py (see README, "On GPU").
+models/communication.py (see README, "On GPU", and docs/versions.md).
 """
 import argparse
+import importlib.metadata
 import importlib.util
+import re
 
 import chainer
 
 from errors import UsageError, run_checked
+
+# CuPy's wheels, each built for one CUDA major version (the x).
+_CUPY_WHEELS = ('cupy-cuda13x', 'cupy-cuda12x', 'cupy-cuda11x')
+# The CUDA libraries CuPy loads, by the stem of their file name, and the
+# NVIDIA pip package that ships each: nvidia-NAME for CUDA 13 and later,
+# nvidia-NAME-cuNN before.
+_CUDA_LIBRARY_PACKAGES = {
+    'cublas': 'cublas', 'cublasLt': 'cublas', 'cudart': 'cuda-runtime',
+    'nvrtc': 'cuda-nvrtc', 'curand': 'curand', 'cusolver': 'cusolver',
+    'cusparse': 'cusparse', 'cufft': 'cufft', 'nvJitLink': 'nvjitlink',
+}
+_WITHOUT = '(or run without --gpu)'
 
 
 def has_cupy() -> bool:
@@ -16,22 +37,65 @@ def has_cupy() -> bool:
     return importlib.util.find_spec('cupy') is not None
 
 
-def gpu_device(comm) -> chainer.backend.Device:
-    """This process's GPU: the rank within its node picks the device."""
+def check_gpu_stack(comm) -> None:
+    """Raise UsageError if --gpu cannot work here; the message names what is missing."""
+    if not has_cupy():
+        raise UsageError(f'--gpu needs CuPy: pip install -r requirements-gpu.txt {_WITHOUT}')
+    if not chainer.backends.cuda.available:
+        # Chainer keeps the exception it swallowed while importing CuPy.
+        raise UsageError(_unusable_cupy(chainer.backends.cuda._resolution_error))
+    import cupy
     try:
-        import cupy
-    except ImportError:
-        raise UsageError('--gpu needs CuPy: pip install -r requirements-gpu.txt '
-                         '(or run without --gpu)')
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError:
-        count = 0
+        count, why = cupy.cuda.runtime.getDeviceCount(), ''
+    except cupy.cuda.runtime.CUDARuntimeError as e:
+        count, why = 0, f' ({e})'
     if count == 0:
-        raise UsageError('--gpu given, but CUDA finds no GPU on this machine (run without --gpu)')
+        raise UsageError(f'--gpu given, but CUDA finds no GPU on this machine{why} {_WITHOUT}')
     if comm.intra_size > count:
         raise UsageError(f'{comm.intra_size} processes on this node but only {count} GPUs: '
                          f'start at most {count} processes per node')
+    from chainermn import nccl
+    if not nccl._available:
+        major = _cupy_cuda_major()
+        package = f'nvidia-nccl-cu{major}' if major else 'the nvidia-nccl-cuNN of your CUDA'
+        raise UsageError(f'--gpu needs NCCL, which CuPy cannot load: pip install {package} '
+                         f'{_WITHOUT}')
+
+
+def _unusable_cupy(error: Exception) -> str:
+    """The one line for a CuPy that imports but that Chainer cannot use."""
+    wheel = _cupy_wheel()
+    found = re.search(r'lib(\w+?)\.so\.(\d+)', str(error))
+    if found and found.group(1) in _CUDA_LIBRARY_PACKAGES:
+        library, major = found.group(0), int(found.group(2))
+        name = _CUDA_LIBRARY_PACKAGES[found.group(1)]
+        package = f'nvidia-{name}' if major >= 13 else f'nvidia-{name}-cu{major}'
+        return (f'--gpu: CuPy ({wheel}) cannot load {library}, a library of CUDA {major}: '
+                f'pip install {package}, or install CUDA {major} {_WITHOUT}')
+    first_line = ' '.join(str(error).split('\n')[0].split())
+    return (f'--gpu: CuPy ({wheel}) is installed but cannot be used ({type(error).__name__}: '
+            f'{first_line}): see requirements-gpu.txt for the CuPy that fits your CUDA and '
+            f'numpy {_WITHOUT}')
+
+
+def _cupy_wheel() -> str:
+    """'cupy-cuda13x 14.2.0', or whatever CuPy distribution is installed."""
+    for name in _CUPY_WHEELS + ('cupy',):
+        try:
+            return f'{name} {importlib.metadata.version(name)}'
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return 'cupy'
+
+
+def _cupy_cuda_major() -> int | None:
+    found = re.match(r'cupy-cuda(\d+)x', _cupy_wheel())
+    return int(found.group(1)) if found else None
+
+
+def gpu_device(comm) -> chainer.backend.Device:
+    """This process's GPU: the rank within its node picks the device."""
+    check_gpu_stack(comm)
     return chainer.get_device(f'@cupy:{comm.intra_rank}')
 
 

@@ -195,7 +195,10 @@ def print_header(args: argparse.Namespace, grid: ProcessGrid, n_processes: int, 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    comm = chainermn.create_communicator('pure_nccl' if args.gpu and gpu.has_cupy() else 'naive')
+    # Every exchange goes through comm.mpi_comm (models/communication.py),
+    # so the naive communicator serves CPU and GPU alike; it is also made
+    # without NCCL, whose absence --gpu then reports in one line.
+    comm = chainermn.create_communicator('naive')
     run_or_abort(comm, evaluate if args.evaluate else train, args, comm)
 
 

@@ -1,4 +1,4 @@
-"""The channel-parallel VGG16 and its parts (see DESIGN in the README)."""
+"""The channel-parallel VGG16 and its parts (see docs/design.md)."""
 from models.grouped import GroupedVGG16
 from models.vgg import VGG16
 

@@ -13,7 +13,7 @@ Only the architecture is the original's. The gathers are this project's
 itself: rank p's gradient of a gathered tensor is nonzero only on p's input
 channels, and the reduce-scatter of the next gather's backward adds these up
 into each channel's true gradient. The original's gradients were N times too
-large (see the README).
+large (see docs/original.md).
 """
 import chainer
 import chainer.functions as F

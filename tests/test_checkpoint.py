@@ -59,12 +59,12 @@ def test_resume_on_another_process_count_continues_the_run(tmp_path):
     for two, three in zip(log_without_time(tmp_path / 'two'),
                           log_without_time(tmp_path / 'three')):
         for key, value in two.items():
-            assert three[key] == pytest.approx(value, rel=1e-3), key
+            assert three[key] == pytest.approx(value, rel=1e-8), key
     with numpy.load(tmp_path / 'two' / 'model.npz') as two, \
             numpy.load(tmp_path / 'three' / 'model.npz') as three:
         for name in two.files:
             if two[name].ndim:
-                assert relative_error(three[name], two[name]) <= 1e-3, name
+                assert relative_error(three[name], two[name]) <= 1e-8, name
 
 
 @pytest.mark.parametrize('processes, model_parallel', [(4, 1), (1, 1)])

@@ -16,7 +16,6 @@ QUICK = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
     (['--frequency', '0'], ['--frequency']),
     (['--frequency', '-2'], ['--frequency']),
     (['--train-size', '8'], ['--train-size', 'batch']),
-    (['--gpu'], ['--gpu']),
     (['--evaluate', 'model.npz', '--resume', 'snapshot_epoch_1'], ['--evaluate', '--resume']),
     # Replicas of channel groups: K must divide the 2 processes, be at most
     # the narrowest layer's 64 channels, and leave a batch that the
