@@ -73,7 +73,7 @@ CONFIGURATIONS = {c.name: c for c in (
     Configuration('b2', 'ours, 1 process, all cores', 'exact', 1, CORES),
     Configuration('c', 'ours, 2 processes, 1 thread each', 'exact', 2, 1),
     Configuration('d', 'grouped (original), 2 processes, 1 thread each', 'grouped', 2, 1),
-    Configuration('e', 'ours, 2 replicas x 1 channel rank, 1 thread each', 'exact', 2, 1,
+    Configuration('e', 'ours, 2 replicas x 1 process, 1 thread each', 'exact', 2, 1,
                   model_parallel=1),
 )}
 
