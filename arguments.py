@@ -23,7 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--dataset', '-d', default='cifar10',
                         help=f'one of {", ".join(DATASETS)} (default cifar10)')
     parser.add_argument('--batchsize', '-b', type=int, default=64,
-                        help='mini-batch size, the same on every process (default 64)')
+                        help='mini-batch size, that of the single-process run whatever the '
+                             'processes (default 64)')
     parser.add_argument('--epoch', '-e', type=int, default=20,
                         help='number of epochs to train (default 20)')
     parser.add_argument('--learnrate', '-l', type=float, default=0.05,
@@ -55,7 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='use only the first N training examples')
     parser.add_argument('--test-size', type=int, metavar='N',
                         help='use only the first N test examples')
+    parser.add_argument('--model-parallel', type=int, metavar='K',
+                        help='K processes per channel group, which split every convolution; '
+                             'the N / K groups are replicas, each on its share of every '
+                             'batch (default: all N processes, one group)')
     return parser.parse_args(argv)
+
+
+def channel_group_size(args: argparse.Namespace, n_processes: int) -> int:
+    """K, the processes per channel group: --model-parallel, or all of them."""
+    return n_processes if args.model_parallel is None else args.model_parallel
 
 
 def check_args(args: argparse.Namespace, n_processes: int) -> None:
@@ -69,24 +79,55 @@ def check_args(args: argparse.Namespace, n_processes: int) -> None:
     if args.frequency == 0 or args.frequency < -1:
         raise UsageError(f'--frequency must be a number of epochs (1 or more) or -1, '
                          f'got {args.frequency}')
-    for flag, value in (('--train-size', args.train_size), ('--test-size', args.test_size)):
+    for flag, value in (('--train-size', args.train_size), ('--test-size', args.test_size),
+                        ('--model-parallel', args.model_parallel)):
         if value is not None and value <= 0:
             raise UsageError(f'{flag} must be greater than 0, got {value}')
     if args.train_size is not None and args.train_size < args.batchsize:
         raise UsageError(f'--train-size {args.train_size} is smaller than one batch '
                          f'(--batchsize {args.batchsize})')
-    if n_processes > NARROWEST_LAYER:
-        raise UsageError(f'{n_processes} processes, but the narrowest layer has only '
-                         f'{NARROWEST_LAYER} channels to split: run at most '
-                         f'{NARROWEST_LAYER} processes')
     if args.evaluate and args.resume:
         raise UsageError('--evaluate and --resume exclude each other: give one of them')
-    if args.conv == 'grouped' and any(c % n_processes for c in GROUPED_INPUT_CHANNELS):
+    check_grid(args, n_processes)
+
+
+def check_grid(args: argparse.Namespace, n_processes: int) -> None:
+    """The processes must form replicas of equal channel groups that can run the network."""
+    k = channel_group_size(args, n_processes)
+    # What fixed K, in the messages.
+    chosen = f'{n_processes} processes' if args.model_parallel is None else f'--model-parallel {k}'
+    if k > NARROWEST_LAYER:
+        advice = (f'run at most {NARROWEST_LAYER} processes, or replicas of smaller channel '
+                  'groups (--model-parallel)' if args.model_parallel is None
+                  else f'give at most {NARROWEST_LAYER}')
+        raise UsageError(f'{chosen}, but the narrowest layer has only {NARROWEST_LAYER} '
+                         f'channels to split: {advice}')
+    if n_processes % k:
+        divisors = [d for d in range(1, min(n_processes, NARROWEST_LAYER) + 1)
+                    if n_processes % d == 0]
+        raise UsageError(f'--model-parallel {k} does not divide the {n_processes} processes '
+                         f'into channel groups: give {_one_of(divisors)}')
+    replicas = n_processes // k
+    # An evaluation splits its batches however they come (models/classifier.py).
+    if not args.evaluate and args.batchsize % replicas:
+        raise UsageError(f'--batchsize {args.batchsize} does not split evenly over the '
+                         f'{replicas} replicas of --model-parallel {k} on {n_processes} '
+                         f'processes: give a multiple of {replicas}')
+    if args.gpu and replicas > 1:
+        raise UsageError(f'--gpu with {replicas} replicas: batch normalization over replicas '
+                         f'runs on CPU only; run without --gpu, or one replica '
+                         f'(--model-parallel {n_processes})')
+    if args.conv == 'grouped' and any(c % k for c in GROUPED_INPUT_CHANNELS):
         divisor = math.gcd(*GROUPED_INPUT_CHANNELS)
         counts = [n for n in range(1, divisor + 1) if divisor % n == 0]
         raise UsageError(f'--conv grouped splits every layer\'s input channels into equal '
-                         f'groups, one per process, so {n_processes} processes cannot run it: '
-                         f'run {", ".join(map(str, counts[:-1]))} or {counts[-1]}')
+                         f'groups, one per process of a channel group, so {chosen} cannot '
+                         f'run it: run {_one_of(counts)} processes per channel group')
+
+
+def _one_of(numbers: list[int]) -> str:
+    """'1, 2 or 4'."""
+    return ' or '.join(filter(None, (', '.join(map(str, numbers[:-1])), str(numbers[-1]))))
 
 
 def check_out_dir(out: str) -> None:

@@ -3,9 +3,12 @@
 Every file holds full tensors, as one process would (see
 models/serialization.py): a run on N processes resumes on M, and its
 model.npz loads into a plain single-process VGG16. Gathering is collective,
-so every rank calls these functions; rank 0 alone touches the file system,
-and a file is written under a temporary name and renamed into place, so that
-a crash never leaves a half-written file under the real name.
+so every rank calls these functions, each over its channel group (with
+replicas, models/grid.py, every replica holds the same model and gathers its
+own copy); rank 0 of the job alone touches the file system, and a file is
+written under a temporary name and renamed into place, so that a crash never
+leaves a half-written file under the real name. A file loads into any grid:
+each rank keeps the slices of its channel rank.
 
 A file given to --resume or --evaluate is checked before it is used: one
 that is unreadable, or holds another network or class count, is a user
@@ -18,6 +21,7 @@ import chainer.training
 import numpy
 
 from errors import UsageError
+from models.grid import ProcessGrid
 from models.serialization import full_state, load_full_state
 from models.vgg import VGG16_BLOCKS
 
@@ -41,35 +45,35 @@ def write_npz_atomically(path: str, arrays: dict) -> None:
             os.remove(temporary)
 
 
-def save_model(model, comm, path: str) -> None:
+def save_model(model, grid: ProcessGrid, path: str) -> None:
     """``model.npz``: the full parameters and batch-norm statistics."""
-    state = full_state(model, comm, model.sliced_channels())
-    if comm.rank == 0:
+    state = full_state(model, grid.channels, model.sliced_channels())
+    if grid.rank == 0:
         write_npz_atomically(path, state)
 
 
-def save_snapshot(trainer, model, shuffle_rng, comm, path: str) -> None:
+def save_snapshot(trainer, model, shuffle_rng, grid: ProcessGrid, path: str) -> None:
     """Everything a resumed run needs: model, optimizer, iterators, log, RNG."""
-    state = full_state(trainer, comm, model.sliced_channels())
-    if comm.rank == 0:
+    state = full_state(trainer, grid.channels, model.sliced_channels())
+    if grid.rank == 0:
         state.update(_rng_state(shuffle_rng))
         write_npz_atomically(path, state)
 
 
-def snapshot_extension(model, shuffle_rng, comm, out: str, every: int):
+def snapshot_extension(model, shuffle_rng, grid: ProcessGrid, out: str, every: int):
     """A trainer extension that writes ``out``/snapshot_epoch_E every ``every`` epochs."""
     # Priority -100, as Chainer's own snapshot: after the log is updated.
     @chainer.training.make_extension(trigger=(every, 'epoch'), priority=-100)
     def snapshot(trainer):
         path = os.path.join(out, f'snapshot_epoch_{trainer.updater.epoch}')
-        save_snapshot(trainer, model, shuffle_rng, comm, path)
+        save_snapshot(trainer, model, shuffle_rng, grid, path)
 
     return snapshot
 
 
-def load_snapshot(trainer, model, shuffle_rng, comm, state: dict) -> None:
+def load_snapshot(trainer, model, shuffle_rng, grid: ProcessGrid, state: dict) -> None:
     """Restore a snapshot's ``state`` (read by rank 0, given to every rank)."""
-    load_full_state(trainer, comm, model.sliced_channels(), state)
+    load_full_state(trainer, grid.channels, model.sliced_channels(), state)
     if shuffle_rng is not None:
         shuffle_rng.set_state(('MT19937', state['shuffle_rng/keys'],
                                int(state['shuffle_rng/pos']),
@@ -97,19 +101,20 @@ def read_npz(path: str, flag: str) -> dict:
 
 
 def read_snapshot(path: str, args: argparse.Namespace, n_classes: int,
-                  n_processes: int) -> dict:
+                  channel_ranks: int) -> dict:
     """The state in the --resume file, checked to fit this run."""
     snapshot = read_npz(path, '--resume')
-    check_model_fits('--resume', path, model_arrays(snapshot), args, n_classes, n_processes)
+    check_model_fits('--resume', path, model_arrays(snapshot), args, n_classes, channel_ranks)
     return snapshot
 
 
-def read_model(path: str, args: argparse.Namespace, n_classes: int, n_processes: int) -> dict:
+def read_model(path: str, args: argparse.Namespace, n_classes: int,
+               channel_ranks: int) -> dict:
     """The model's arrays in a model.npz, or in a snapshot under the same names."""
     state = read_npz(path, '--evaluate')
     if SNAPSHOT_MODEL + 'fc2/W' in state:
         state = model_arrays(state)
-    check_model_fits('--evaluate', path, state, args, n_classes, n_processes)
+    check_model_fits('--evaluate', path, state, args, n_classes, channel_ranks)
     return state
 
 
@@ -120,8 +125,12 @@ def model_arrays(state: dict) -> dict:
 
 
 def check_model_fits(flag: str, path: str, arrays: dict, args: argparse.Namespace,
-                     n_classes: int, n_processes: int) -> None:
-    """The file's model must be this run's: the same classes and network."""
+                     n_classes: int, channel_ranks: int) -> None:
+    """The file's model must be this run's: the same classes and network.
+
+    ``channel_ranks``: the processes per channel group, K, which is the
+    grouped network's number of groups.
+    """
     last_weights, grouped_weights = arrays.get('fc2/W'), arrays.get('conv2_1/conv/W')
     if getattr(last_weights, 'ndim', 0) != 2 or getattr(grouped_weights, 'ndim', 0) != 4:
         raise UsageError(f'{flag} {path} holds no VGG16 of train.py: '
@@ -130,17 +139,17 @@ def check_model_fits(flag: str, path: str, arrays: dict, args: argparse.Namespac
         raise UsageError(f'{flag} {path} was written for {last_weights.shape[0]} classes, '
                          f'this dataset has {n_classes}: use the --dataset it was trained on')
     # conv2_1 is the first layer whose filters the grouped network narrows.
-    inputs = VGG16_BLOCKS[0][1] // (n_processes if args.conv == 'grouped' else 1)
+    inputs = VGG16_BLOCKS[0][1] // (channel_ranks if args.conv == 'grouped' else 1)
     if grouped_weights.shape[1] != inputs:
         raise UsageError(f'{flag} {path} holds another network ({grouped_weights.shape[1]} '
                          f'input channels per conv2_1 filter, this one has {inputs}): use its '
-                         '--conv and, for grouped, its process count')
+                         '--conv and, for grouped, its processes per channel group')
 
 
-def load_model(model, comm, weights: dict, path: str) -> None:
+def load_model(model, grid: ProcessGrid, weights: dict, path: str) -> None:
     """Load the --evaluate file's full ``weights`` into ``model``, each rank its slice."""
     try:
-        load_full_state(model, comm, model.sliced_channels(), weights)
+        load_full_state(model, grid.channels, model.sliced_channels(), weights)
     except (KeyError, ValueError) as e:  # an array missing or of the wrong shape
         raise UsageError(f'--evaluate {path} does not fit VGG16 ({type(e).__name__}: {e}): '
                          f'pass {FILES_EXPECTED["--evaluate"]} written by train.py')

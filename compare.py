@@ -77,8 +77,14 @@ def load_run(path: str) -> dict:
 
 
 def run_label(info: dict) -> str:
-    """E.g. '2 proc, exact, synthetic, b64'."""
-    return (f"{info.get('processes', '?')} proc, {info.get('scheme', '?')}, "
+    """E.g. '2 proc, exact, synthetic, b64'; with replicas '4 proc (2x2), exact, ...'.
+
+    (2x2): 2 replicas x 2 processes per channel group (--model-parallel);
+    runs of one replica, and run.json files older than replicas, say neither.
+    """
+    grid = (f" ({info['replicas']}x{info.get('model_parallel', '?')})"
+            if info.get('replicas', 1) > 1 else "")
+    return (f"{info.get('processes', '?')} proc{grid}, {info.get('scheme', '?')}, "
             f"{info.get('dataset', '?')}, b{info.get('batchsize', '?')}")
 
 

@@ -14,13 +14,21 @@ RUN_INFO_NAME = "run.json"
 SCHEMES = ("exact", "grouped", "plain")
 
 
-def collect_run_info(args: argparse.Namespace, n_processes: int, scheme: str) -> dict:
-    """Settings of this run from train.py's arguments, plus versions and machine."""
+def collect_run_info(args: argparse.Namespace, n_processes: int, scheme: str,
+                     model_parallel: int | None = None) -> dict:
+    """Settings of this run from train.py's arguments, plus versions and machine.
+
+    ``model_parallel``: the processes per channel group, K (default: all);
+    the run has N / K replicas of it.
+    """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     gpu = bool(args.gpu)
+    model_parallel = n_processes if model_parallel is None else model_parallel
     return {
         "processes": n_processes,
+        "replicas": n_processes // model_parallel,
+        "model_parallel": model_parallel,
         "scheme": scheme,
         "dataset": args.dataset,
         "train_size": args.train_size,

@@ -5,8 +5,10 @@
 
 Each process holds the filters of its share of every convolution's output
 channels; all processes see the same mini-batches (rank 0 reads the data)
-and compute exactly what one process would. Rank 0 prints the log and writes
-the files in --out.
+and compute exactly what one process would. With --model-parallel K, the
+processes form N / K replicas of a channel group of K, each computing on its
+share of every batch, still exactly the single-process run (models/grid.py).
+Rank 0 prints the log and writes the files in --out.
 """
 # First, in this order: the BLAS thread count must be set before numpy loads,
 # and compat.py must patch numpy before chainer is imported.
@@ -18,7 +20,6 @@ import os
 import warnings
 
 import chainer
-import chainer.links as L
 import chainermn
 import matplotlib
 import numpy
@@ -28,10 +29,13 @@ from chainer.training import extensions
 import checkpoint
 import faults
 import gpu
-from arguments import check_args, check_out_dir, parse_args
+from arguments import channel_group_size, check_args, check_out_dir, parse_args
 from data import load_dataset
 from errors import process_ids, run_checked, run_or_abort
 from models import NETWORKS
+from models.classifier import classifier
+from models.gradients import MeanOverReplicas
+from models.grid import ProcessGrid, process_grid
 from run_info import collect_run_info, write_run_info
 
 matplotlib.use('Agg')
@@ -43,57 +47,63 @@ def train(args: argparse.Namespace, comm) -> None:
     """The recipe: check, data, model, optimizer, iterators, trainer, extensions, run."""
     run_checked(comm, check_args, args, comm.size)
     run_checked(comm, check_out_dir, args.out, only_rank0=True)
+    grid = process_grid(comm, channel_group_size(args, comm.size))
     device = gpu.use_device(args, comm)
     train_set, test_set, n_classes = read_data(args, comm, args.train_size)
     fault = run_checked(comm, faults.fault_injection, comm)
     snapshot = (comm.bcast_obj(run_checked(comm, checkpoint.read_snapshot, args.resume, args,
-                                           n_classes, comm.size, only_rank0=True))
+                                           n_classes, grid.channels.size, only_rank0=True))
                 if args.resume else None)
 
-    vgg, model = build_model(args, comm, n_classes, device)
+    vgg, model = build_model(args, grid, n_classes, device)
     optimizer = chainer.optimizers.MomentumSGD(args.learnrate)
     optimizer.setup(model)
+    # Before the weight decay, so that it is added to the averaged gradient.
+    if grid.replicas is not None:
+        optimizer.add_hook(MeanOverReplicas(grid.replicas))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
 
     shuffle_rng = numpy.random.RandomState(args.seed) if comm.rank == 0 else None
     train_iter, test_iter = make_iterators(comm, train_set, test_set, args.batchsize, shuffle_rng)
-    updater = training.StandardUpdater(train_iter, optimizer, converter=to_model_dtype,
+    converter = my_rows_in_model_dtype(grid)
+    updater = training.StandardUpdater(train_iter, optimizer, converter=converter,
                                        device=device)
     trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=args.out)
     # Every rank evaluates (each holds part of the model); rank 0 reports.
-    trainer.extend(extensions.Evaluator(test_iter, model, converter=to_model_dtype,
-                                        device=device))
+    trainer.extend(extensions.Evaluator(test_iter, model, converter=converter, device=device))
     frequency = args.epoch if args.frequency == -1 else args.frequency
-    trainer.extend(checkpoint.snapshot_extension(vgg, shuffle_rng, comm, args.out, frequency),
+    trainer.extend(checkpoint.snapshot_extension(vgg, shuffle_rng, grid, args.out, frequency),
                    name='snapshot')
     if fault is not None:
         trainer.extend(fault)
     ids = process_ids(comm)
     if comm.rank == 0:
         add_reports(trainer, args)
-        print_header(args, comm, n_classes, len(train_set), len(test_set))
+        print_header(args, comm, grid, n_classes, len(train_set), len(test_set))
         print(f'Process ids by rank: {ids}', flush=True)
-        write_run_info(args.out, collect_run_info(args, comm.size, args.conv))
+        write_run_info(args.out, collect_run_info(args, comm.size, args.conv,
+                                                  grid.channels.size))
     if snapshot is not None:
-        checkpoint.load_snapshot(trainer, vgg, shuffle_rng, comm, snapshot)
+        checkpoint.load_snapshot(trainer, vgg, shuffle_rng, grid, snapshot)
 
     trainer.run()
-    checkpoint.save_model(vgg, comm, os.path.join(args.out, 'model.npz'))
+    checkpoint.save_model(vgg, grid, os.path.join(args.out, 'model.npz'))
 
 
 def evaluate(args: argparse.Namespace, comm) -> None:
     """--evaluate: print the test loss and accuracy of a saved model; write nothing."""
     run_checked(comm, check_args, args, comm.size)
+    grid = process_grid(comm, channel_group_size(args, comm.size))
     device = gpu.use_device(args, comm)
     # The test set is all it needs: one training example spares reading in the rest.
     _, test_set, n_classes = read_data(args, comm, 1)
     weights = comm.bcast_obj(run_checked(comm, checkpoint.read_model, args.evaluate, args,
-                                         n_classes, comm.size, only_rank0=True))
-    vgg, model = build_model(args, comm, n_classes, device)
-    run_checked(comm, checkpoint.load_model, vgg, comm, weights, args.evaluate)
+                                         n_classes, grid.channels.size, only_rank0=True))
+    vgg, model = build_model(args, grid, n_classes, device)
+    run_checked(comm, checkpoint.load_model, vgg, grid, weights, args.evaluate)
     # The Evaluator the training runs, on the same batches: the same means.
     result = extensions.Evaluator(make_test_iterator(comm, test_set, args.batchsize), model,
-                                  converter=to_model_dtype, device=device)()
+                                  converter=my_rows_in_model_dtype(grid), device=device)()
     if comm.rank == 0:
         print(f'test loss {float(result["main/loss"]):.7g}, accuracy '
               f'{float(result["main/accuracy"]):.6f} ({len(test_set)} {args.dataset} test '
@@ -108,11 +118,14 @@ def read_data(args: argparse.Namespace, comm, train_size: int | None):
     return train_set, test_set, comm.bcast_obj(n_classes)
 
 
-def build_model(args: argparse.Namespace, comm, n_classes: int, device):
-    """The network --conv names, in --dtype, and the classifier around it, on ``device``."""
+def build_model(args: argparse.Namespace, grid: ProcessGrid, n_classes: int, device):
+    """The network --conv names, in --dtype, and the classifier around it, on ``device``.
+
+    Split over the channel group; with replicas, this replica's copy.
+    """
     chainer.global_config.dtype = numpy.dtype(args.dtype)
-    vgg = NETWORKS[args.conv](comm, n_classes, seed=args.seed)
-    model = L.Classifier(vgg)
+    vgg = NETWORKS[args.conv](grid.channels, n_classes, seed=args.seed, replicas=grid.replicas)
+    model = classifier(vgg, grid.replicas)
     model.to_device(device)
     return vgg, model
 
@@ -136,11 +149,20 @@ def make_test_iterator(comm, test, batchsize: int):
     return chainermn.iterators.create_multi_node_iterator(test_iter, comm)
 
 
-@chainer.dataset.converter()
-def to_model_dtype(batch, device):
-    """A mini-batch as arrays on ``device``, images in the model's dtype."""
-    images, labels = chainer.dataset.concat_examples(batch, device)
-    return images.astype(chainer.get_dtype(), copy=False), labels
+def my_rows_in_model_dtype(grid: ProcessGrid):
+    """The converter: this replica's rows of a mini-batch, images in the model's dtype.
+
+    Every rank receives the whole batch (the multi-node iterator); with one
+    replica its rows are all of it. In an evaluation's last, smaller batch a
+    replica may have none: an empty array, which the classifier skips.
+    """
+    @chainer.dataset.converter()
+    def convert(batch, device):
+        images, labels = chainer.dataset.concat_examples(batch, device)
+        mine = slice(*grid.rows(len(labels)))
+        return images[mine].astype(chainer.get_dtype(), copy=False), labels[mine]
+
+    return convert
 
 
 def add_reports(trainer, args: argparse.Namespace) -> None:
@@ -157,16 +179,18 @@ def add_reports(trainer, args: argparse.Namespace) -> None:
     trainer.extend(extensions.ProgressBar(update_interval=1))
 
 
-def print_header(args: argparse.Namespace, comm, n_classes: int, train_size: int,
-                 test_size: int) -> None:
+def print_header(args: argparse.Namespace, comm, grid: ProcessGrid, n_classes: int,
+                 train_size: int, test_size: int) -> None:
     device = 'GPU' if args.gpu else 'CPU'
     network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
     print(f'{network} on {args.dataset} ({n_classes} classes, '
           f'{train_size} train / {test_size} test images)')
+    layout = (f' ({grid.n_replicas} replicas x {grid.channels.size} channel ranks)'
+              if grid.n_replicas > 1 else '')
     # With --gpu, how many of rank 0's node's processes share each of its GPUs.
     shared = f', {gpu.sharing(comm.intra_size, gpu.gpu_count())}' if args.gpu else ''
-    print(f'{device}, {comm.size} processes{shared}, {blas_threads.threads_per_process()} '
-          'BLAS threads per process')
+    print(f'{device}, {comm.size} processes{layout}{shared}, '
+          f'{blas_threads.threads_per_process()} BLAS threads per process')
     print(f'Minibatch size: {args.batchsize}, epochs: {args.epoch}, learning rate: '
           f'{args.learnrate}, seed: {args.seed}', flush=True)
 

@@ -1,4 +1,4 @@
-"""Time a VGG16 training step in five configurations, each in fresh processes.
+"""Time a VGG16 training step in six configurations, each in fresh processes.
 
     python benchmarks/step_time.py            # batch 64, 2 warm-up + 5 timed steps, 3 rounds
     python benchmarks/step_time.py --profile c
@@ -11,8 +11,10 @@ configurations (issue 3), with "all cores" the cores this process may use:
   a   plain single-process Chainer VGG16 built from chainer.links, all cores
   b1  ours (models.VGG16), 1 process, 1 thread
   b2  ours, 1 process, all cores
-  c   ours, 2 processes (mpiexec), 1 thread each
+  c   ours, 2 processes (mpiexec), 1 thread each: 1 replica x 2 channel ranks
   d   the original's grouped network (--conv grouped), 2 processes, 1 thread each
+  e   ours, 2 replicas x 1 channel rank (--model-parallel 1: pure data
+      parallelism), 1 thread each
 
 and, only with --gpu (or named in --configs), on GPU 0, CuPy arrays:
 
@@ -25,15 +27,16 @@ the reason, and the benchmark still exits 0.
 
 Every run of a configuration is a fresh process (or mpiexec), with
 OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS set for it, and the
-configurations take turns, round after round (a, b1, b2, c, d, a, b1, ...),
+configurations take turns, round after round (a, b1, b2, c, d, e, a, ...),
 so that load from other programs on a shared machine falls on all of them.
 
 Reported per configuration, over all timed steps of all rounds: the median
 step time and its spread; on several processes a step's time is the slowest
-rank's. "comm": the share of the step spent inside
-models.communication.allgather_channels and reduce_scatter_channels (timed
-by wrapping them in the worker process), waiting for the other rank
-included; the largest share over ranks. "floor": one float32 matrix
+rank's. "comm": the share of the step spent in the exchanges of
+models.communication (the channel gathers and reduce-scatters, the sums over
+replicas) and in the gradient all-reduce over replicas (timed by wrapping
+them in the worker process), waiting for the other rank included; the
+largest share over ranks. "floor": one float32 matrix
 product with as many multiply-adds as the rank's step (counted from the
 layer shapes: convolutions and fully connected layers, forward, filter and
 input gradients), timed right after the steps with the same processes and
@@ -72,6 +75,7 @@ class Configuration:
     processes: int
     threads: int
     device: str = 'cpu'  # 'cpu', or 'gpu': GPU 0, CuPy arrays
+    model_parallel: int | None = None  # ranks per channel group; None: all
 
 
 CONFIGURATIONS = {c.name: c for c in (
@@ -80,6 +84,8 @@ CONFIGURATIONS = {c.name: c for c in (
     Configuration('b2', 'ours, 1 process, all cores', 'exact', 1, CORES),
     Configuration('c', 'ours, 2 processes, 1 thread each', 'exact', 2, 1),
     Configuration('d', 'grouped (original), 2 processes, 1 thread each', 'grouped', 2, 1),
+    Configuration('e', 'ours, 2 replicas x 1 process, 1 thread each', 'exact', 2, 1,
+                  model_parallel=1),
     Configuration('ga', 'plain Chainer VGG16 (chainer.links), GPU', 'plain', 1, CORES, 'gpu'),
     Configuration('gb', 'ours, 1 process, GPU', 'exact', 1, CORES, 'gpu'),
 )}
@@ -178,7 +184,8 @@ def ratios(summaries: dict) -> list[dict]:
     step of each configuration is the nearest to a quiet machine's.
     """
     found = []
-    untargeted = (('d / c', 'd', 'c', None, None), ('gb / ga', 'gb', 'ga', None, None))
+    untargeted = (('d / c', 'd', 'c', None, None), ('e / c', 'e', 'c', None, None),
+                  ('gb / ga', 'gb', 'ga', None, None))
     for label, top, bottom, target, met in TARGETS + untargeted:
         if top in summaries and bottom in summaries:
             value, of_minima = (summaries[top][stat] / summaries[bottom][stat]
@@ -276,8 +283,10 @@ def benchmark(args: argparse.Namespace) -> None:
 # ---- the worker: one configuration, in its own process(es) ----
 
 def step_multiply_adds(network: str, batch: int, processes: int, rank: int) -> int:
-    """Multiply-adds of rank ``rank``'s training step, from the layer shapes.
+    """Multiply-adds of a rank's training step, from the layer shapes.
 
+    ``batch``: the rows the rank computes on (its replica's); ``processes``
+    and ``rank``: the size of its channel group and its rank there.
     Per layer: forward, filter gradient and input gradient cost the same
     (none for the image's input gradient). The convolutions count every
     3x3 tap, padding included, as chainer.links and the floor's product do.
@@ -295,25 +304,36 @@ def step_multiply_adds(network: str, batch: int, processes: int, rank: int) -> i
     return total + 3 * batch * HEAD_WIDTH * (in_channels + 10)
 
 
-def build_model(config: Configuration, comm):
+def build_model(config: Configuration, grid):
     import chainer
 
     from benchmarks.plain_vgg import PlainVGG16
     from models import NETWORKS
+    from models.classifier import classifier
+    from models.gradients import MeanOverReplicas
     network = (PlainVGG16(10) if config.network == 'plain'
-               else NETWORKS[config.network](comm, 10))
-    model = chainer.links.Classifier(network)
+               else NETWORKS[config.network](grid.channels, 10, replicas=grid.replicas))
+    model = classifier(network, grid.replicas)
     optimizer = chainer.optimizers.MomentumSGD(0.05)
     optimizer.setup(model)
+    if grid.replicas is not None:
+        optimizer.add_hook(MeanOverReplicas(grid.replicas))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
     return model, optimizer
 
 
-def time_communication():
-    """Wrap the two exchanges of models.communication; returns their running total.
+# The exchanges of models.communication that a step makes.
+EXCHANGES = ('allgather_channels', 'reduce_scatter_channels', 'allreduce_sum', 'replica_rows')
 
-    The autograd functions look the names up in the module when they run,
-    so replacing the module's attributes reaches every call.
+
+def time_communication(replicas):
+    """Wrap every exchange a step makes; returns their running total.
+
+    The modules of ``models`` that call an exchange by a name of their own
+    (imported from models.communication, or the module's own for its
+    autograd functions) look it up when they run, so replacing each such
+    name reaches every call; the gradient all-reduce is the replica
+    communicator's method.
     """
     from models import communication
     spent = [0.0]
@@ -327,8 +347,14 @@ def time_communication():
                 spent[0] += time.perf_counter() - start
         return wrapper
 
-    for name in ('allgather_channels', 'reduce_scatter_channels'):
-        setattr(communication, name, timed(getattr(communication, name)))
+    originals = [getattr(communication, name) for name in EXCHANGES]
+    for module_name, module in list(sys.modules.items()):
+        if module_name.split('.')[0] == 'models':
+            for attribute, value in list(vars(module).items()):
+                if any(value is original for original in originals):
+                    setattr(module, attribute, timed(value))
+    if replicas is not None:
+        replicas.multi_node_mean_grad = timed(replicas.multi_node_mean_grad)
     return spent
 
 
@@ -381,6 +407,7 @@ def worker(args: argparse.Namespace) -> None:
     import chainermn
     import numpy
     warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)
+    from models.grid import process_grid
     config = CONFIGURATIONS[args.worker]
     comm = chainermn.create_communicator('naive')
     device, synchronize = use_device(config)
@@ -388,12 +415,15 @@ def worker(args: argparse.Namespace) -> None:
         if comm.rank == 0:
             print(RESULT_MARK + json.dumps({'unavailable': synchronize}), flush=True)
         return
-    comm_spent = time_communication()
-    model, optimizer = build_model(config, comm)
+    grid = process_grid(comm, config.model_parallel)
+    model, optimizer = build_model(config, grid)
     model.to_device(device)
+    comm_spent = time_communication(grid.replicas)
     data = numpy.random.RandomState(0)
-    x = device.send((data.rand(args.batchsize, 3, 32, 32) - 0.5).astype(numpy.float32))
-    t = device.send(data.randint(0, 10, args.batchsize).astype(numpy.int32))
+    # The global batch; each replica computes on its rows.
+    mine = slice(*grid.rows(args.batchsize))
+    x = device.send((data.rand(args.batchsize, 3, 32, 32) - 0.5).astype(numpy.float32)[mine])
+    t = device.send(data.randint(0, 10, args.batchsize).astype(numpy.int32)[mine])
     profiler = None
     if args.profile and comm.rank == 0:
         import cProfile
@@ -413,7 +443,8 @@ def worker(args: argparse.Namespace) -> None:
     if profiler:
         profiler.disable()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    multiply_adds = step_multiply_adds(config.network, args.batchsize, comm.size, comm.rank)
+    multiply_adds = step_multiply_adds(config.network, len(t), grid.channels.size,
+                                       grid.channels.rank)
     comm.mpi_comm.Barrier()
     floor = time_floor(multiply_adds, config.device)
     report(comm, args, step_seconds[args.warmup:], comm_seconds[args.warmup:], peak_mb,

@@ -28,11 +28,23 @@ is large against the spread), sums in the input's dtype, and the same
 running statistics. Each channel's sums run over the batch, then over its
 pixels, whatever the other channels: a channel's result does not depend on
 how the channels are split over processes.
+
+With replicas (models/grid.py) each process holds some rows of the global
+batch, and the statistics must be the global batch's: the per-channel sums
+of the forward (with the count of values) and its centred squares, and the
+two sums of the backward (of gy and of gy times the normalized input), are
+summed over the replica group, and divided by the global count. The
+gradients of gamma and beta are returned as this replica's own sums: the
+gradient all-reduce (models/gradients.py) averages them over the replicas,
+like every other parameter's. Why this is exact, the factor D included:
+docs/design.md. Replicas run on CPU only: there is no GPU path here.
 """
 import chainer
 import chainer.links as L
 import numpy
 from chainer import function_node
+
+from models.communication import allreduce_sum
 
 
 class BatchNormalization(L.BatchNormalization):
@@ -44,10 +56,23 @@ class BatchNormalization(L.BatchNormalization):
     ``batch_normalization`` and updates ``avg_mean`` and ``avg_var`` as the
     parent does. Everything else (test mode, fine-tuning, other devices,
     other dtypes) is the parent's.
+
+    With ``replicas`` (a communicator of size D > 1; None: one replica), the
+    input holds this replica's rows of the batch, and training mode always
+    normalizes over the global batch with ``batch_normalization``, even with
+    one value per channel here; other devices and dtypes are refused there.
     """
+
+    def __init__(self, size: int, replicas=None, **kwargs):
+        super().__init__(size, **kwargs)
+        self.replicas = replicas
 
     def forward(self, x, **kwargs):
         if kwargs or not self._fast_path_applies(x):
+            if self.replicas is not None and chainer.config.train:
+                raise NotImplementedError(
+                    'batch normalization over replicas needs numpy arrays of the '
+                    f'link\'s dtype {self.avg_mean.dtype} in training mode (CPU only)')
             return super().forward(x, **kwargs)
         # Like the parent: no update of the statistics while recomputing a
         # forward pass for the backward.
@@ -55,7 +80,8 @@ class BatchNormalization(L.BatchNormalization):
         return batch_normalization(
             x, self.gamma, self.beta, eps=self.eps,
             running_mean=self.avg_mean if update else None,
-            running_var=self.avg_var if update else None, decay=self.decay)
+            running_var=self.avg_var if update else None, decay=self.decay,
+            replicas=self.replicas)
 
     def _fast_path_applies(self, x) -> bool:
         array = x.array if isinstance(x, chainer.Variable) else x
@@ -66,13 +92,15 @@ class BatchNormalization(L.BatchNormalization):
                 and array.dtype == self.avg_mean.dtype
                 and array.shape[1] == self.avg_mean.size
                 # A single value per channel: the parent warns about it.
-                and array.size > self.avg_mean.size)
+                # With replicas the parent cannot be used whatever the rows
+                # here: the statistics are the global batch's.
+                and (self.replicas is not None or array.size > self.avg_mean.size))
 
 
 def batch_normalization(x, gamma, beta, eps: float = 2e-5,
                         running_mean: numpy.ndarray | None = None,
                         running_var: numpy.ndarray | None = None,
-                        decay: float = 0.9) -> chainer.Variable:
+                        decay: float = 0.9, replicas=None) -> chainer.Variable:
     """chainer.functions.batch_normalization over all axes but axis 1, on CPU.
 
     x: (N, C, ...) numpy array or Variable; gamma, beta: (C,), of x's dtype.
@@ -80,31 +108,38 @@ def batch_normalization(x, gamma, beta, eps: float = 2e-5,
     Chainer does: decay times the old value plus (1 - decay) times the batch
     mean, and the unbiased batch variance (m / (m - 1) times the biased one,
     m values per channel). Not differentiable twice.
+
+    With ``replicas`` (a communicator; None: one replica), x holds this
+    replica's rows of the batch, and the batch statistics, m included, are
+    those of the rows of all replicas. The gradients of gamma and beta are
+    this replica's own sums.
     """
-    y, = _BatchNormalization(eps, running_mean, running_var, decay).apply((x, gamma, beta))
+    y, = _BatchNormalization(eps, running_mean, running_var, decay, replicas).apply(
+        (x, gamma, beta))
     return y
 
 
 class _BatchNormalization(function_node.FunctionNode):
 
-    def __init__(self, eps, running_mean, running_var, decay):
+    def __init__(self, eps, running_mean, running_var, decay, replicas):
         self.eps = eps
         self.running_mean = running_mean
         self.running_var = running_var
         self.decay = decay
+        self.replicas = replicas
 
     def forward_cpu(self, inputs):
         self.retain_inputs((0,))
         x, gamma, beta = inputs
         rows = x.reshape(len(x), -1)
         pixels = rows.shape[1] // len(gamma)
-        count = len(x) * pixels
+        sums, count = self._sums_and_count(_channel_sums(rows, pixels), len(x) * pixels)
         # In x's dtype: numpy would turn a float32 array divided by a
         # Python int above 65535 into float64.
-        divisor = x.dtype.type(count)
-        self.mean = _channel_sums(rows, pixels) / divisor
+        self.count = x.dtype.type(count)
+        self.mean = sums / self.count
         y = rows - numpy.repeat(self.mean, pixels)
-        var = _channel_dots(y, y, pixels) / divisor
+        var = self._over_replicas(_channel_dots(y, y, pixels)) / self.count
         self.inv_std = numpy.reciprocal(numpy.sqrt(var + self.eps))
         self.scale = gamma * self.inv_std
         y *= numpy.repeat(self.scale, pixels)
@@ -112,6 +147,18 @@ class _BatchNormalization(function_node.FunctionNode):
         if self.running_mean is not None:
             self._update_running_statistics(var, count)
         return y.reshape(x.shape),
+
+    def _sums_and_count(self, sums, count):
+        """The per-channel sums and the count of values per channel, over all replicas."""
+        if self.replicas is None:
+            return sums, count
+        # One message; float64 holds the count exactly, and the float32
+        # sums too.
+        total = allreduce_sum(self.replicas, numpy.append(sums.astype(numpy.float64), count))
+        return total[:-1].astype(sums.dtype), int(total[-1])
+
+    def _over_replicas(self, sums):
+        return sums if self.replicas is None else allreduce_sum(self.replicas, sums)
 
     def _update_running_statistics(self, var, count):
         # Chainer's expressions, in its order.
@@ -123,34 +170,48 @@ class _BatchNormalization(function_node.FunctionNode):
 
     def backward(self, indexes, grad_outputs):
         x, = self.get_retained_inputs()
-        grad = _BatchNormalizationGrad(x.array, self.mean, self.inv_std, self.scale)
+        grad = _BatchNormalizationGrad(x.array, self.mean, self.inv_std, self.scale,
+                                       self.count, self.replicas)
         return grad.apply(grad_outputs)
 
 
 class _BatchNormalizationGrad(function_node.FunctionNode):
-    """Gradients of x, gamma and beta; not differentiable again."""
+    """Gradients of x, gamma and beta; not differentiable again.
 
-    def __init__(self, x, mean, inv_std, scale):
+    ``count`` is the forward's number of values per channel, over all
+    replicas.
+    """
+
+    def __init__(self, x, mean, inv_std, scale, count, replicas):
         self.x = x
         self.mean = mean
         self.inv_std = inv_std
         self.scale = scale
+        self.count = count
+        self.replicas = replicas
 
     def forward_cpu(self, inputs):
         gy, = inputs
         rows = gy.reshape(len(gy), -1)
         pixels = rows.shape[1] // len(self.mean)
-        count = gy.dtype.type(len(gy) * pixels)
         gbeta = _channel_sums(rows, pixels)
         gx = self.x.reshape(rows.shape) - numpy.repeat(self.mean, pixels)
         ggamma = _channel_dots(rows, gx, pixels) * self.inv_std
+        total_ggamma, total_gbeta = self._global_sums(ggamma, gbeta)
         # gx = gamma * inv_std * (gy - mean(gy) - x_hat * ggamma / count),
         # with x_hat = (x - mean) * inv_std, built up in place.
-        gx *= numpy.repeat(self.inv_std * ggamma / count, pixels)
-        gx += numpy.repeat(gbeta / count, pixels)
+        gx *= numpy.repeat(self.inv_std * total_ggamma / self.count, pixels)
+        gx += numpy.repeat(total_gbeta / self.count, pixels)
         numpy.subtract(rows, gx, out=gx)
         gx *= numpy.repeat(self.scale, pixels)
         return gx.reshape(gy.shape), ggamma, gbeta
+
+    def _global_sums(self, ggamma, gbeta):
+        """Both sums over the whole batch, which the input gradient needs: one message."""
+        if self.replicas is None:
+            return ggamma, gbeta
+        total = allreduce_sum(self.replicas, numpy.concatenate((ggamma, gbeta)))
+        return total[:len(ggamma)], total[len(ggamma):]
 
     def backward(self, indexes, grad_outputs):
         raise NotImplementedError(

@@ -2,7 +2,14 @@
 
 Each step that autograd must see is one small Chainer function whose
 docstring states its forward and backward; the parallel layers are built from
-these and nothing else in ``models`` talks to MPI.
+these and nothing else in ``models`` exchanges data over MPI (models/grid.py
+only makes the communicators, and the optimizer hook of models/gradients.py
+calls ChainerMN's gradient all-reduce).
+
+Two kinds of communicator come here (see models/grid.py): a channel group,
+whose ranks hold the channel slices that the gathers join, and a replica
+group, whose ranks hold the same channels for different rows of the batch
+and sum over them (``allreduce_sum``, ``replica_rows``).
 
 We call mpi4py directly instead of ``chainermn.functions.allgather``. That
 function is exact for a gather that feeds another parallel layer (its
@@ -122,3 +129,26 @@ def gather_into_parallel(comm, x, channels: int) -> chainer.Variable:
 def gather_into_replicated(comm, x, channels: int) -> chainer.Variable:
     """Full tensor from channel slices, to feed the replicated head."""
     return GatherIntoReplicated(comm, channels).apply((x,))[0]
+
+
+def allreduce_sum(comm, x):
+    """The sum over the ranks of ``comm`` of the arrays ``x`` (same shape on each), on every rank.
+
+    A new array; not differentiable (batch normalization calls it in the
+    forward of its function and of its gradient, models/batch_norm.py).
+    """
+    device = chainer.backend.get_device_from_array(x)
+    x = numpy.ascontiguousarray(_host(x))
+    total = numpy.empty_like(x)
+    comm.mpi_comm.Allreduce(x, total, op=MPI.SUM)
+    return device.send(total)
+
+
+def replica_rows(comm, rows: int) -> tuple[int, int]:
+    """(my first row, rows of all ranks): where my ``rows`` lie in the batch of ``comm``.
+
+    Rank r's rows follow those of ranks 0 to r - 1, as the converter cuts the
+    global batch (models/grid.py).
+    """
+    counts = comm.mpi_comm.allgather(rows)
+    return sum(counts[:comm.rank]), sum(counts)

@@ -59,10 +59,13 @@ class Block(chainer.Chain):
     ``out_channels``: the channels ``conv.channels``. All that follows it
     acts on each channel separately, so each rank runs it on its own
     channels only; every array this block holds is therefore a slice along
-    axis 0 of the single-process block's array.
+    axis 0 of the single-process block's array. With ``replicas`` (see
+    models/grid.py), batch normalization takes its statistics over the rows
+    of all replicas.
     """
 
-    def __init__(self, conv: chainer.Link, out_channels: int, dropout: float, pool: bool):
+    def __init__(self, conv: chainer.Link, out_channels: int, dropout: float, pool: bool,
+                 replicas=None):
         super().__init__()
         self.out_channels = out_channels
         self.dropout = dropout
@@ -70,11 +73,14 @@ class Block(chainer.Chain):
         with self.init_scope():
             self.conv = conv
             start, stop = conv.channels
-            self.bn = BatchNormalization(stop - start)
+            self.bn = BatchNormalization(stop - start, replicas=replicas)
 
-    def forward(self, x, dropout_key: list[int]):
+    def forward(self, x, dropout_key: list[int], first_row: int = 0,
+                batch: int | None = None):
+        """``x``: the rows [first_row, first_row + len(x)) of a batch of ``batch`` (default all)."""
         h = F.relu(self.bn(self.conv(x)))
-        h = channel_slice_dropout(h, self.dropout, *self.conv.channels, dropout_key)
+        h = channel_slice_dropout(h, self.dropout, *self.conv.channels, dropout_key,
+                                  first_row, batch)
         if self.pool:
             h = max_pooling_2x2(h)
         return h

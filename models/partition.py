@@ -2,7 +2,9 @@
 
 Rank r owns ``C // N + (1 if r < C % N else 0)`` channels, starting where
 rank r - 1's end. Every module that needs to know who owns which channel asks
-here, so the rule lives in one place.
+here, so the rule lives in one place. The same rule splits a global batch
+over the replicas of the hybrid scheme (rows instead of channels,
+models/grid.py).
 """
 
 

@@ -5,7 +5,7 @@ import chainer.links as L
 import numpy
 
 from models.batch_norm import BatchNormalization
-from models.communication import gather_into_parallel, gather_into_replicated
+from models.communication import gather_into_parallel, gather_into_replicated, replica_rows
 from models.dropout import channel_slice_dropout, dropout_key
 from models.parallel_convolution import Block, ParallelConvolution2D, lecun_normal
 
@@ -36,11 +36,19 @@ class VGG16(chainer.Chain):
     weights; ``seed`` fixes those weights and the dropout masks.
     ``dropout=False`` turns every dropout off (to compare with a model that
     has none).
+
+    ``replicas``: with several replicas of the model (models/grid.py), the
+    replica communicator of this rank (size D > 1), and ``comm`` is its
+    channel group. The input is then this replica's rows of the global
+    batch, and batch normalization and dropout act as on the global batch.
+    None (the default): one replica, the input is the whole batch.
     """
 
-    def __init__(self, comm, n_classes: int = 10, seed: int = 0, dropout: bool = True):
+    def __init__(self, comm, n_classes: int = 10, seed: int = 0, dropout: bool = True,
+                 replicas=None):
         super().__init__()
         self.comm = comm
+        self.replicas = replicas
         self.seed = seed
         self.head_dropout = HEAD_DROPOUT if dropout else 0.0
         # Training steps so far: with the seed, it keys the dropout masks,
@@ -52,12 +60,14 @@ class VGG16(chainer.Chain):
                 rng = numpy.random.default_rng([seed, index])
                 ratio = ratio if dropout else 0.0
                 conv = self.make_convolution(comm, index, in_channels, channels, rng)
-                setattr(self, name, Block(conv, channels, ratio, pool))
+                setattr(self, name, Block(conv, channels, ratio, pool, replicas))
                 in_channels = channels
             rng = numpy.random.default_rng([seed, len(VGG16_BLOCKS)])
             self.fc1 = L.Linear(in_channels, HEAD_WIDTH, nobias=True,
                                 initialW=lecun_normal((HEAD_WIDTH, in_channels), rng))
-            self.bn_fc1 = BatchNormalization(HEAD_WIDTH)
+            # The head is replicated within a channel group but holds this
+            # replica's rows only: its statistics too are the global batch's.
+            self.bn_fc1 = BatchNormalization(HEAD_WIDTH, replicas=replicas)
             self.fc2 = L.Linear(HEAD_WIDTH, n_classes, nobias=True,
                                 initialW=lecun_normal((n_classes, HEAD_WIDTH), rng))
 
@@ -75,10 +85,11 @@ class VGG16(chainer.Chain):
 
     def forward(self, x):
         step = int(self.train_steps)
+        rows = self._rows_in_batch(len(x))
         blocks = self.blocks()
         h = x
         for site, block in enumerate(blocks):
-            h = block(h, dropout_key(self.seed, step, site))
+            h = block(h, dropout_key(self.seed, step, site), *rows)
             # The last block feeds the replicated head, the others feed
             # another parallel convolution: their gradients differ (see
             # models.communication).
@@ -87,10 +98,20 @@ class VGG16(chainer.Chain):
         site = len(blocks)
         h = F.reshape(h, (h.shape[0], -1))
         h = channel_slice_dropout(h, self.head_dropout, 0, h.shape[1],
-                                  dropout_key(self.seed, step, site))
+                                  dropout_key(self.seed, step, site), *rows)
         h = F.relu(self.bn_fc1(self.fc1(h)))
         h = channel_slice_dropout(h, self.head_dropout, 0, HEAD_WIDTH,
-                                  dropout_key(self.seed, step, site + 1))
+                                  dropout_key(self.seed, step, site + 1), *rows)
         if chainer.config.train:
             self.train_steps += 1
         return self.fc2(h)
+
+    def _rows_in_batch(self, rows: int) -> tuple[int, int]:
+        """(first row, rows of the global batch) of an input of ``rows`` rows.
+
+        Only dropout asks, in training mode; with one replica, or in test
+        mode, the input is taken for the whole batch, with no communication.
+        """
+        if self.replicas is None or not chainer.config.train:
+            return 0, rows
+        return replica_rows(self.replicas, rows)

@@ -6,14 +6,18 @@ running statistics with chainer.functions.batch_normalization and
 chainer.links.BatchNormalization: tightly in float64, loosely in float32
 (where both sum in float32, in different orders).
 """
+import pickle
+
 import chainer
 import chainer.functions as F
 import chainer.links as L
 import numpy
 import pytest
 
+from conftest import run_mpi
 from models.batch_norm import BatchNormalization, batch_normalization
 from models.partition import channel_range
+from workers import batch_norm_worker
 
 # (N, C, ...): odd sizes, a 2-D (batch, channels) input, a 3-D one, and one
 # with more than 65535 values per channel (where a float32 array divided by
@@ -157,3 +161,38 @@ def test_saved_like_chainers_link(tmp_path):
     for name in saved[0].files:
         assert saved[1][name].shape == saved[0][name].shape, name
         assert saved[1][name].dtype == saved[0][name].dtype, name
+
+
+def test_replicas_normalize_with_the_statistics_of_the_whole_batch(tmp_path):
+    # Three replicas of one rank each, on rows 2, 2 and 1 of a batch of 5
+    # (the last with one value per channel in 2-D) and 3, 2 and 2 of 7:
+    # their rows of the output and of the input gradient, the running
+    # statistics, and the sums over replicas of the gamma and beta
+    # gradients are those of one process on the whole batch.
+    out = tmp_path / 'replicas.pickle'
+    run_mpi(3, 'tests/workers/batch_norm_worker.py', str(out))
+    ranks = pickle.loads(out.read_bytes())
+    for index, shape in enumerate(batch_norm_worker.SHAPES):
+        x, gy = batch_norm_worker.inputs(shape)
+        with chainer.using_config('dtype', numpy.float64):
+            link = L.BatchNormalization(shape[1])
+        link.gamma.array[...] = numpy.linspace(0.5, 2, shape[1])
+        link.beta.array[...] = numpy.linspace(-1, 1, shape[1])
+        link.cleargrads()  # Chainer fills fresh gradients with NaN
+        whole = chainer.Variable(x)
+        with chainer.using_config('train', True):
+            y = link(whole)
+        y.grad = gy
+        y.backward()
+        pieces = [rank[index] for rank in ranks]
+        assert [len(piece['y']) for piece in pieces] == [
+            stop - start for start, stop in (channel_range(shape[0], 3, r) for r in range(3))]
+        for name, expected in (('y', y.array), ('gx', whole.grad)):
+            assert_close(numpy.concatenate([piece[name] for piece in pieces]), expected,
+                         numpy.float64, name)
+        for name, expected in (('ggamma', link.gamma.grad), ('gbeta', link.beta.grad)):
+            assert numpy.isfinite(expected).all(), name
+            assert_close(sum(piece[name] for piece in pieces), expected, numpy.float64, name)
+        for name, expected in (('avg_mean', link.avg_mean), ('avg_var', link.avg_var)):
+            for piece in pieces:
+                assert_close(piece[name], expected, numpy.float64, name)

@@ -1,10 +1,15 @@
 """Snapshots and resume, through train.py on real mpiexec processes."""
-import json
-
 import numpy
 import pytest
 
-from conftest import relative_error, run_mpi
+from conftest import (
+    HYBRID_RUN,
+    HYBRID_TOLERANCE,
+    check_same_run,
+    log_without_time,
+    relative_error,
+    run_mpi,
+)
 
 RUN = ['--dataset', 'synthetic', '--train-size', '48', '--test-size', '16',
        '--batchsize', '16', '--epoch', '2', '--frequency', '1']
@@ -12,11 +17,6 @@ RUN = ['--dataset', 'synthetic', '--train-size', '48', '--test-size', '16',
 
 def train(n, out, *flags):
     return run_mpi(n, 'train.py', '--out', str(out), *RUN, *flags)
-
-
-def log_without_time(out):
-    return [{k: v for k, v in entry.items() if k != 'elapsed_time'}
-            for entry in json.loads((out / 'log').read_text())]
 
 
 @pytest.fixture(scope='module')
@@ -65,3 +65,14 @@ def test_resume_on_another_process_count_continues_the_run(tmp_path):
         for name in two.files:
             if two[name].ndim:
                 assert relative_error(three[name], two[name]) <= 1e-8, name
+
+
+@pytest.mark.parametrize('processes, model_parallel', [(4, 1), (1, 1)])
+def test_resume_of_replicas_on_another_grid_continues_the_run(hybrid_run, processes,
+                                                              model_parallel, tmp_path):
+    # The 2 x 2 run's epoch-1 snapshot resumed as 4 replicas of 1 process and
+    # as 1 process: the same second epoch, log and model.npz.
+    out, _ = hybrid_run
+    run_mpi(processes, 'train.py', '--out', str(tmp_path), *HYBRID_RUN,
+            '--model-parallel', str(model_parallel), '--resume', str(out / 'snapshot_epoch_1'))
+    check_same_run(tmp_path, out, HYBRID_TOLERANCE)

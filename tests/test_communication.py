@@ -29,3 +29,6 @@ def test_gathers_and_their_gradients(n, tmp_path):
         numpy.testing.assert_array_equal(result['replicated'][1],
                                          full_tensor(100 + rank)[:, start:stop])
         numpy.testing.assert_array_equal(result['rows'], full.reshape(CHANNELS, -1))
+        numpy.testing.assert_allclose(result['sum'], summed_upstream, rtol=1e-6)
+        assert result['replica_rows'] == (sum(r + 2 for r in range(rank)),
+                                          sum(r + 2 for r in range(n)))

@@ -259,6 +259,20 @@ def test_label_from_run_json(runs, tmp_path):
                       "C": "short"}
 
 
+def test_label_names_replicas_and_channel_group_size(runs, tmp_path):
+    # Replicas of channel groups (train.py --model-parallel) are named; one
+    # replica is labelled as before the option existed.
+    grids = {"hybrid": {"replicas": 2, "model_parallel": 2},
+             "one_replica": {"replicas": 1, "model_parallel": 4}}
+    for name, grid in grids.items():
+        shutil.copytree(runs["long"], tmp_path / name)
+        write_run_info(str(tmp_path / name), {"processes": 4, "scheme": "exact",
+                                               "dataset": "synthetic", "batchsize": 16, **grid})
+    legend, _ = parse_text(compare_ok(tmp_path / "hybrid", tmp_path / "one_replica"))
+    assert legend == {"A": "4 proc (2x2), exact, synthetic, b16",
+                      "B": "4 proc, exact, synthetic, b16"}
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -76,3 +76,34 @@ def test_off_outside_training_and_at_ratio_zero():
         y = channel_slice_dropout(chainer.Variable(x), 0.5, 0, 3, dropout_key(0, 0, 0))
     numpy.testing.assert_array_equal(y.array, x)
     numpy.testing.assert_array_equal(_masked(x, 0.0, 0, 3, dropout_key(0, 0, 0)), x)
+
+
+# Forces each way of drawing a replica's runs: skipping every gap that can be
+# skipped (a counter step or longer), drawing through every gap.
+SKIP_EVERY_GAP, DRAW_THROUGH_EVERY_GAP = -1, 10 ** 9
+
+
+@pytest.mark.parametrize('draw_through', [SKIP_EVERY_GAP, DRAW_THROUGH_EVERY_GAP])
+@pytest.mark.parametrize('shape', [(6, 5, 3, 2), (7, 4, 8, 8), (40, 7)])
+def test_replica_rows_are_the_rows_of_the_single_process_mask(shape, draw_through,
+                                                              monkeypatch):
+    # A replica holding rows [first, first + n) of the batch, and channels
+    # [start, stop) of its channel group's split, applies exactly those rows
+    # and channels of the mask one process draws for the whole tensor.
+    batch, channels = shape[:2]
+    x = numpy.ones(shape, dtype=numpy.float64)
+    key = dropout_key(seed=2, step=7, site=4)
+    full = _masked(x, 0.5, 0, channels, key)
+    monkeypatch.setattr('models.dropout._DRAW_THROUGH', draw_through)
+    for replicas in (1, 2, 3, 4):
+        for replica in range(replicas):
+            first, stop_row = channel_range(batch, replicas, replica)
+            for size in (1, 2, 3):
+                for rank in range(size):
+                    start, stop = channel_range(channels, size, rank)
+                    with chainer.using_config('train', True):
+                        mine = channel_slice_dropout(
+                            chainer.Variable(x[first:stop_row, start:stop]), 0.5,
+                            start, stop, key, first_row=first, batch=batch).array
+                    numpy.testing.assert_array_equal(mine, full[first:stop_row, start:stop])
+

@@ -82,12 +82,16 @@ def grouped_parameter_count(groups):
     return VGG16_PARAMETERS_10_CLASSES - grouped_weights + grouped_weights // groups
 
 
-@pytest.mark.parametrize('n', [2, 4])
-def test_grouped_vgg16_output_and_gradients_match_a_grouped_reference(n, tmp_path):
-    result = run_worker(n, tmp_path, 'compare', 'float64', 'grouped')
+@pytest.mark.parametrize('replicas, channel_ranks', [(1, 2), (1, 4), (2, 2)])
+def test_grouped_vgg16_output_and_gradients_match_a_grouped_reference(replicas, channel_ranks,
+                                                                      tmp_path):
+    # One group per process of a channel group: replicas do not change the
+    # network.
+    result = run_worker(replicas * channel_ranks, tmp_path, 'compare', 'float64', 'grouped',
+                        str(channel_ranks))
     for mode in ('train', 'test'):
         check_against_reference(result, mode, 'float64', TOLERANCE,
-                                reference_model=lambda: reference_grouped_vgg16(n))
+                                reference_model=lambda: reference_grouped_vgg16(channel_ranks))
 
 
 @pytest.fixture(scope='module')

@@ -48,11 +48,13 @@ def files_in(directory) -> dict:
     return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()}
 
 
-@pytest.mark.parametrize('n, saved', [(1, 'model.npz'), (3, 'model.npz'),
-                                      (1, 'snapshot_epoch_1')])
-def test_evaluate_reproduces_the_last_validation(trained, n, saved):
+@pytest.mark.parametrize('n, saved, grid', [
+    (1, 'model.npz', []), (3, 'model.npz', []), (1, 'snapshot_epoch_1', []),
+    (2, 'model.npz', ['--model-parallel', '1']),  # 2 replicas, each on half of every batch
+], ids=['1-model.npz', '3-model.npz', '1-snapshot_epoch_1', '2-replicas-model.npz'])
+def test_evaluate_reproduces_the_last_validation(trained, n, saved, grid):
     before = files_in(trained)
-    result = run_mpi(n, 'train.py', '--out', str(trained), *RUN,
+    result = run_mpi(n, 'train.py', '--out', str(trained), *RUN, *grid,
                      '--evaluate', str(trained / saved), timeout=JOB_TIMEOUT_S)
     found = re.findall(r'^test loss (\S+), accuracy (\S+) ', result.stdout, re.MULTILINE)
     assert len(found) == 1, result.stdout
@@ -143,12 +145,15 @@ def check_all_gone_by(out, deadline: float) -> None:
     assert not train_processes(out), 'processes left running'
 
 
-@pytest.mark.parametrize('n, action', [(2, 'raise'), (2, 'exit'), (3, 'kill')])
-def test_a_failing_rank_ends_the_job(n, action, tmp_path):
+@pytest.mark.parametrize('n, action, grid', [
+    (2, 'raise', []), (2, 'exit', []), (3, 'kill', []),
+    (2, 'kill', ['--model-parallel', '1']),  # replica 1 killed: replica 0 must not wait
+], ids=['2-raise', '2-exit', '3-kill', '2-replicas-kill'])
+def test_a_failing_rank_ends_the_job(n, action, grid, tmp_path):
     out = tmp_path / 'out'
     # mpiexec's list of exit codes by rank is how a rank that exits outright,
     # or is killed, is found: hydra's banner sometimes names a survivor.
-    job = start_job(n, out, *LONGER_RUN, '--epoch', '1',
+    job = start_job(n, out, *LONGER_RUN, *grid, '--epoch', '1',
                     env=mpi_env(PARALLEL_CONV_FAULT=f'1:2:{action}'),
                     mpiexec_options=('-print-all-exitcodes',) if action != 'raise' else ())
     stdout, stderr = finish(job, out, JOB_TIMEOUT_S)

@@ -26,7 +26,8 @@ def train_args(**overrides) -> argparse.Namespace:
 def test_records_settings_versions_and_machine():
     info = collect_run_info(train_args(), n_processes=2, scheme="exact")
     assert {k: v for k, v in info.items() if k not in ("versions", "machine")} == {
-        "processes": 2, "scheme": "exact", "dataset": "synthetic", "train_size": 256,
+        "processes": 2, "replicas": 1, "model_parallel": 2,
+        "scheme": "exact", "dataset": "synthetic", "train_size": 256,
         "test_size": None, "batchsize": 64, "learnrate": 0.05, "epoch": 3, "seed": 7,
         "gpu": False}
     assert info["versions"] == {
@@ -43,6 +44,11 @@ def test_records_settings_versions_and_machine():
     assert machine["logical_cores"] == os.cpu_count()
     assert machine["hostname"] == socket.gethostname()
     assert machine["gpu_name"] is None  # no GPU used
+
+
+def test_records_replicas_of_channel_groups():
+    info = collect_run_info(train_args(), n_processes=6, scheme="exact", model_parallel=2)
+    assert (info["processes"], info["replicas"], info["model_parallel"]) == (6, 3, 2)
 
 
 def test_cpu_model_is_the_one_linux_reports():

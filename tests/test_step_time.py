@@ -42,7 +42,7 @@ def tiny_run(tmp_path_factory):
 def test_every_configuration_reports_its_numbers(tiny_run):
     report, stdout = tiny_run
     configurations = report['configurations']
-    assert list(configurations) == ['a', 'b1', 'b2', 'c', 'd']
+    assert list(configurations) == ['a', 'b1', 'b2', 'c', 'd', 'e']
     for name, result in configurations.items():
         assert len(result['steps']) == 1, name
         assert 0 < result['min'] <= result['median'] <= result['max'], name
@@ -50,12 +50,13 @@ def test_every_configuration_reports_its_numbers(tiny_run):
         assert len(result['runs'][0]['peak_mb']) == result['processes'], name
         assert f'\n{name} ' in stdout, name
     cores = len(os.sched_getaffinity(0))
-    assert [c['threads'] for c in configurations.values()] == [cores, 1, cores, 1, 1]
+    assert [c['threads'] for c in configurations.values()] == [cores, 1, cores, 1, 1, 1]
 
 
 def test_communication_is_timed_only_where_there_is_some(tiny_run):
     configurations = tiny_run[0]['configurations']
-    for name in ('c', 'd'):
+    # e: the sums over replicas and the gradient all-reduce.
+    for name in ('c', 'd', 'e'):
         assert 0 < configurations[name]['comm_share'] < 1, name
     # One process: the gathers return their input, no time worth a percent.
     assert configurations['b1']['comm_share'] < 0.01
@@ -64,7 +65,7 @@ def test_communication_is_timed_only_where_there_is_some(tiny_run):
 def test_ratios_and_targets_are_reported(tiny_run):
     report, stdout = tiny_run
     ratios = {r['ratio']: r for r in report['ratios']}
-    assert set(ratios) == {'c / a', 'b1 / c', 'b2 / a', 'comm share of c', 'd / c'}
+    assert set(ratios) == {'c / a', 'b1 / c', 'b2 / a', 'comm share of c', 'd / c', 'e / c'}
     medians = {name: c['median'] for name, c in report['configurations'].items()}
     assert ratios['c / a']['value'] == pytest.approx(medians['c'] / medians['a'])
     assert ratios['c / a']['met'] == (ratios['c / a']['value'] <= 0.35)
@@ -86,11 +87,13 @@ def test_multiply_adds_are_counted_from_the_layer_shapes(tiny_run):
     head = BATCH * 3 * (512 * 512 + 512 * 10)
     assert configurations['c']['multiply_adds_per_rank'] == (training - head) // 2 + head
     assert configurations['d']['multiply_adds_per_rank'] < training // 3
+    # Two replicas: the whole network each, on half the batch.
+    assert configurations['e']['multiply_adds_per_rank'] == training // 2
 
 
 def test_gpu_option_selects_the_gpu_configurations():
     from benchmarks import step_time
-    assert step_time.parse_args([]).configs == ['a', 'b1', 'b2', 'c', 'd']
+    assert step_time.parse_args([]).configs == ['a', 'b1', 'b2', 'c', 'd', 'e']
     assert step_time.parse_args(['--gpu']).configs == ['ga', 'gb']
     assert step_time.parse_args(['--configs', 'gb,a']).configs == ['gb', 'a']
     assert [step_time.CONFIGURATIONS[name].device for name in ('ga', 'gb')] == ['gpu', 'gpu']

@@ -6,7 +6,7 @@ import numpy
 import pytest
 
 from cifar_files import Cifar
-from conftest import relative_error, run_mpi
+from conftest import HYBRID_RUN, HYBRID_TOLERANCE, check_same_run, relative_error, run_mpi
 from reference_vgg import ReferenceVGG16
 
 QUICK = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '32',
@@ -109,3 +109,20 @@ def test_compare_reads_a_real_run_and_its_printed_table(quick_run, tmp_path):
     entry = json.loads((out / 'log').read_text())[0]
     assert f"{entry['main/loss']:.4f}"[:5] in compared.stdout
     assert plot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_model_parallel_2_and_4_on_4_processes_are_the_same_run(hybrid_run, tmp_path):
+    out, result = hybrid_run
+    assert 'CPU, 4 processes (2 replicas x 2 channel ranks)' in result.stdout
+    info = json.loads((out / 'run.json').read_text())
+    assert (info['processes'], info['replicas'], info['model_parallel']) == (4, 2, 2)
+    one_group = train(4, tmp_path, *HYBRID_RUN, '--model-parallel', '4')
+    assert 'CPU, 4 processes, ' in one_group.stdout
+    check_same_run(tmp_path, out, HYBRID_TOLERANCE)
+    # The snapshots hold the same arrays whatever the grid, full tensors.
+    with numpy.load(out / 'snapshot_epoch_1') as hybrid, \
+            numpy.load(tmp_path / 'snapshot_epoch_1') as one:
+        assert sorted(hybrid.files) == sorted(one.files)
+        for name in one.files:
+            assert hybrid[name].shape == one[name].shape, name
+    chainer.serializers.load_npz(str(out / 'model.npz'), ReferenceVGG16(n_classes=10))

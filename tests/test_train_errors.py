@@ -17,6 +17,15 @@ QUICK = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
     (['--frequency', '-2'], ['--frequency']),
     (['--train-size', '8'], ['--train-size', 'batch']),
     (['--evaluate', 'model.npz', '--resume', 'snapshot_epoch_1'], ['--evaluate', '--resume']),
+    # Replicas of channel groups: K must divide the 2 processes, be at most
+    # the narrowest layer's 64 channels, and leave a batch that the
+    # replicas share evenly; and replicas run on CPU only.
+    (['--model-parallel', '0'], ['--model-parallel', 'greater than 0']),
+    (['--model-parallel', '3'], ['--model-parallel 3', 'does not divide', '1 or 2']),
+    (['--model-parallel', '65'], ['--model-parallel 65', 'narrowest layer', '64']),
+    (['--model-parallel', '1', '--batchsize', '15'],
+     ['--batchsize 15', '2 replicas', 'multiple of 2']),
+    (['--model-parallel', '1', '--gpu'], ['--gpu', '2 replicas', 'CPU only']),
 ])
 def test_bad_flag_fails_in_one_line(flags, words, earlier_out):
     result = run_mpi(2, 'train.py', '--out', str(earlier_out), *QUICK, *flags, check=False,
@@ -35,6 +44,8 @@ def test_more_processes_than_channels_are_refused():
     with pytest.raises(UsageError,
                        match='^65 processes, but the narrowest layer has only 64 channels'):
         arguments.check_args(args, 65)
+    # Replicas of groups of at most 64 run on more.
+    arguments.check_args(arguments.parse_args(QUICK + ['--model-parallel', '64']), 128)
 
 
 def test_missing_dataset_root_names_the_file(tmp_path, earlier_out):

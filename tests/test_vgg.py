@@ -2,7 +2,9 @@
 
 Each case runs the model on N real MPI processes (tests/workers/vgg_worker.py)
 and compares with ``ReferenceVGG16``, built from chainer.links alone and
-loaded with the same full weights.
+loaded with the same full weights. A case (D, K) is D replicas of a channel
+group of K processes, N = D x K (models/grid.py); (1, N) is the model split
+over all N processes.
 
 Exactness is checked in float64, where rounding cannot hide a mistake. In
 float32 the model and the reference sum in different orders (the model has
@@ -24,7 +26,10 @@ from workers.vgg_worker import batch
 
 TOLERANCE = {'float64': 1e-10, 'float32': 1e-5}
 FLOAT32_TRAINING_OUTPUT_TOLERANCE = 1e-4
-TRAINING_TOLERANCE = 1e-8  # five steps of training in float64, compared across N
+TRAINING_TOLERANCE = 1e-8  # five steps of training in float64, compared across (D, K)
+# (D, K) of the float64 comparisons: every process count up to 4 split over
+# one channel group, and replicas of groups of 1 and 2 processes.
+GRIDS = [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1)]
 
 
 def run_worker(n, tmp_path, *args):
@@ -64,9 +69,14 @@ def check_against_reference(result, mode, dtype, tolerance, gradients=True,
         assert error <= tolerance, f'{mode} {name}: relative error {error:.2e}'
 
 
-@pytest.mark.parametrize('n', [1, 2, 3, 4])
-def test_output_and_gradients_match_single_process_vgg16_in_float64(n, tmp_path):
-    result = run_worker(n, tmp_path, 'compare', 'float64')
+@pytest.mark.parametrize('replicas, channel_ranks', GRIDS)
+def test_output_and_gradients_match_single_process_vgg16_in_float64(replicas, channel_ranks,
+                                                                    tmp_path):
+    # With replicas each takes its rows of the batch (6, 5 and 5 of 16 for
+    # three) and of the upstream gradient; the whole batch's output is theirs
+    # one after the other, and each gradient the sum of theirs.
+    result = run_worker(replicas * channel_ranks, tmp_path, 'compare', 'float64', 'exact',
+                        str(channel_ranks))
     for mode in ('train', 'test'):
         check_against_reference(result, mode, 'float64', TOLERANCE['float64'])
 
@@ -91,12 +101,17 @@ def test_float32_matches_single_process_vgg16_within_rounding(n, tmp_path):
 @pytest.fixture(scope='module')
 def training_runs(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp('training')
-    return {n: run_worker(n, tmp_path, 'train') for n in (1, 2, 3, 4)}
+    return {(replicas, channel_ranks): run_worker(replicas * channel_ranks, tmp_path, 'train',
+                                                  str(channel_ranks))
+            for replicas, channel_ranks in GRIDS}
 
 
-@pytest.mark.parametrize('n', [2, 3, 4])
-def test_training_steps_match_across_process_counts(training_runs, n):
-    one, many = training_runs[1], training_runs[n]
+@pytest.mark.parametrize('grid', GRIDS[1:])
+def test_training_steps_match_one_process(training_runs, grid):
+    # Dropout, batch normalization's running statistics, momentum and weight
+    # decay included; with replicas the loss is the one reported, the whole
+    # batch's mean.
+    one, many = training_runs[(1, 1)], training_runs[grid]
     numpy.testing.assert_allclose(many['losses'], one['losses'], rtol=TRAINING_TOLERANCE)
     assert sorted(many['state']) == sorted(one['state'])
     for name, expected in one['state'].items():
@@ -106,21 +121,35 @@ def test_training_steps_match_across_process_counts(training_runs, n):
 
 def test_training_moves_the_parameters(training_runs):
     # Guards the comparison above against a run in which nothing trained.
-    losses = training_runs[1]['losses']
+    losses = training_runs[(1, 1)]['losses']
     assert len(set(losses)) == len(losses)
     initial = VGG16_initial_state()
-    moved = [name for name, value in training_runs[1]['state'].items()
+    moved = [name for name, value in training_runs[(1, 1)]['state'].items()
              if name.endswith('/W') and not numpy.array_equal(value, initial[name])]
     assert len(moved) == 15
+    assert not numpy.array_equal(training_runs[(1, 1)]['state']['conv1_1/bn/avg_var'],
+                                 initial['conv1_1/bn/avg_var'])
 
 
-@pytest.mark.parametrize('n', [2, 3, 4])
-def test_replicated_head_is_bit_identical_on_every_rank(training_runs, n):
-    heads = training_runs[n]['heads']
-    assert len(heads) == n
+@pytest.mark.parametrize('grid', GRIDS[1:])
+def test_replicated_head_is_bit_identical_on_every_rank(training_runs, grid):
+    heads = training_runs[grid]['heads']
+    assert len(heads) == grid[0] * grid[1]
     for rank_head in heads[1:]:
         for name, value in heads[0].items():
             numpy.testing.assert_array_equal(rank_head[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize('grid', GRIDS[1:])
+def test_every_rank_holds_the_same_model_and_optimizer_state(training_runs, grid):
+    # Each rank's full state (its channel group's slices gathered, its own
+    # copy of the head), parameters, batch-norm statistics and momenta,
+    # bit for bit: within a channel group and across replicas.
+    digests = training_runs[grid]['digests']
+    assert len(digests) == grid[0] * grid[1]
+    assert any('/v' in key for key in digests[0])  # the momenta are there
+    for rank, rank_digests in enumerate(digests[1:], 1):
+        assert rank_digests == digests[0], f'rank {rank}'
 
 
 def test_initial_weights_are_drawn_as_chainers_default_initializer():

@@ -11,7 +11,13 @@ import chainer
 import chainermn
 import numpy
 
-from models.communication import allgather_channels, gather_into_parallel, gather_into_replicated
+from models.communication import (
+    allgather_channels,
+    allreduce_sum,
+    gather_into_parallel,
+    gather_into_replicated,
+    replica_rows,
+)
 from models.partition import channel_range
 
 CHANNELS = 7
@@ -36,6 +42,10 @@ def main(out_path: str) -> None:
         result[name] = (y.array, x.grad)
     weights = full_tensor(0).reshape(CHANNELS, -1)[start:stop]
     result['rows'] = allgather_channels(comm, weights, CHANNELS, axis=0)
+    # As over a replica group: a sum of arrays, and where my rows lie when
+    # rank r holds r + 2 rows.
+    result['sum'] = allreduce_sum(comm, full_tensor(100 + comm.rank))
+    result['replica_rows'] = replica_rows(comm, comm.rank + 2)
     gathered = comm.gather_obj(result)
     if comm.rank == 0:
         with open(out_path, 'wb') as f:

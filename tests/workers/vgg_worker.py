@@ -1,18 +1,22 @@
 """Runs the channel-parallel VGG16 on every rank; rank 0 saves what it saw.
 
-Usage: mpiexec -n N python tests/workers/vgg_worker.py MODE OUT.pickle [DTYPE]
-MODE compare [DTYPE [NETWORK [DEVICE]]]: one forward and backward in training
+Usage: mpiexec -n N python tests/workers/vgg_worker.py MODE OUT.pickle [OPTIONS]
+MODE compare [DTYPE [NETWORK [K]]] [DEVICE]: one forward and backward in training
   mode, then one in test mode, dropout off, in DTYPE (default float32), of
   NETWORK (a key of models.NETWORKS, default exact); saves the full state
-  before each and the output and full gradients of each.
-MODE train [DEVICE]: five MomentumSGD steps with weight decay and dropout on, in
-  float64; saves the losses, the final full state, and every rank's copy of the head.
+  before each and the full output and full gradients of each.
+MODE train [K] [DEVICE]: five MomentumSGD steps with weight decay and dropout on, in
+  float64; saves the losses as reported, the final full state, every rank's
+  copy of the head and digests of every rank's full state.
+K: ranks per channel group (default all: one replica); the N / K replicas
+  each take their rows of every batch (models/grid.py).
 DEVICE: cpu (the default), or gpu: each rank's GPU as train.py --gpu picks it
   (gpu.device_of; ranks may share one). Whatever the device, the arrays saved
   are host copies.
 """
 import compat  # noqa: F401  (before chainer: see compat.py)
 
+import hashlib
 import pickle
 import sys
 
@@ -21,10 +25,33 @@ import chainermn
 import numpy
 
 from models import NETWORKS, VGG16
-from models.communication import allgather_channels
+from models.classifier import classifier
+from models.communication import allgather_channels, allreduce_sum
+from models.gradients import MeanOverReplicas
+from models.grid import process_grid
 from models.serialization import full_state
 
 BATCH = 16
+DEVICES = ('cpu', 'gpu')
+# Training needs a batch that every replica count tested divides (2 and 3).
+TRAIN_BATCH = 12
+
+
+def batch(step: int, size: int = BATCH):
+    """A learnable batch: each class has its own colour, plus noise.
+
+    Plain noise with random labels would do for one step, but not for five:
+    every noise image looks alike to the deep layers, their batch variance
+    nearly vanishes, and batch normalization amplifies rounding differences.
+    Centred on zero: a convolution of all-positive images has a mean far
+    above its spread, and batch normalization's subtraction of that mean
+    turns float32 rounding of 1e-7 into 1e-6 at the first layer (measured).
+    """
+    rng = numpy.random.RandomState(step)
+    labels = rng.randint(0, 10, size).astype(numpy.int32)
+    colours = numpy.random.RandomState(1000).rand(10, 3, 1, 1) - 0.5
+    images = colours[labels] + 0.3 * rng.randn(size, 3, 32, 32)
+    return images.astype(numpy.float32), labels
 
 
 def use_device(comm, name: str) -> chainer.backend.Device:
@@ -41,85 +68,106 @@ def host(array):
     return chainer.backend.CpuDevice().send(array)
 
 
-def batch(step: int):
-    """A learnable batch: each class has its own colour, plus noise.
+def grid_from(comm, model_parallel: str | None):
+    return process_grid(comm, None if model_parallel is None else int(model_parallel))
 
-    Plain noise with random labels would do for one step, but not for five:
-    every noise image looks alike to the deep layers, their batch variance
-    nearly vanishes, and batch normalization amplifies rounding differences.
-    Centred on zero: a convolution of all-positive images has a mean far
-    above its spread, and batch normalization's subtraction of that mean
-    turns float32 rounding of 1e-7 into 1e-6 at the first layer (measured).
+
+def full_grads(model, grid) -> dict:
+    """Every parameter's gradient for the whole batch, as full tensors.
+
+    With replicas, each holds the gradient of its rows' part of the output
+    (the upstream gradient is not divided by anything), so the whole batch's
+    is their sum.
     """
-    rng = numpy.random.RandomState(step)
-    labels = rng.randint(0, 10, BATCH).astype(numpy.int32)
-    colours = numpy.random.RandomState(1000).rand(10, 3, 1, 1) - 0.5
-    images = colours[labels] + 0.3 * rng.randn(BATCH, 3, 32, 32)
-    return images.astype(numpy.float32), labels
-
-
-def full_grads(model, comm) -> dict:
     sliced = model.sliced_channels()
     grads = {}
     # Sorted: every rank must gather the same array at the same time.
     for name, param in sorted(model.namedparams()):
+        grad = param.grad
+        if grid.replicas is not None:
+            grad = allreduce_sum(grid.replicas, grad)
         block = name.split('/')[1]
-        grads[name] = host(allgather_channels(comm, param.grad, sliced[block], axis=0)
-                           if block in sliced else param.grad).copy()
+        grads[name] = host(allgather_channels(grid.channels, grad, sliced[block], axis=0)
+                           if block in sliced else grad).copy()
     return grads
 
 
-def compare(comm, out, dtype='float32', network='exact', device='cpu'):
+def whole_batch(grid, rows: numpy.ndarray) -> numpy.ndarray:
+    """The replicas' rows, in order: what one process computes for the batch."""
+    if grid.replicas is None:
+        return rows
+    return numpy.concatenate(grid.replicas.mpi_comm.allgather(rows))
+
+
+def compare(comm, out, dtype='float32', network='exact', model_parallel=None, device='cpu'):
+    grid = grid_from(comm, model_parallel)
     device = use_device(comm, device)
     with chainer.using_config('dtype', numpy.dtype(dtype)):
-        model = NETWORKS[network](comm, seed=0, dropout=False)
+        model = NETWORKS[network](grid.channels, seed=0, dropout=False, replicas=grid.replicas)
     model.to_device(device)
+    start, stop = grid.rows(BATCH)
     x, _ = batch(0)
-    x = device.send(x.astype(dtype))
-    upstream = device.send(numpy.random.RandomState(1).randn(BATCH, 10).astype(dtype))
+    x = device.send(x[start:stop].astype(dtype))
+    upstream = device.send(
+        numpy.random.RandomState(1).randn(BATCH, 10).astype(dtype)[start:stop])
     for mode, train in (('train', True), ('test', False)):
-        out[f'{mode}/state'] = full_state(model, comm, model.sliced_channels())
+        out[f'{mode}/state'] = full_state(model, grid.channels, model.sliced_channels())
         with chainer.using_config('train', train):
             y = model(x)
         model.cleargrads()
         y.grad = upstream
         y.backward()
-        out[f'{mode}/output'] = host(y.array)
-        out[f'{mode}/grads'] = full_grads(model, comm)
+        out[f'{mode}/output'] = whole_batch(grid, host(y.array))
+        out[f'{mode}/grads'] = full_grads(model, grid)
 
 
-def train(comm, out, device='cpu'):
+def train(comm, out, model_parallel=None, device='cpu'):
+    grid = grid_from(comm, model_parallel)
+    device = use_device(comm, device)
     # In float64. The computation is exact, but ReLU and max pooling make
     # training discontinuous: in float32 a rounding difference of 1e-7 that
     # flips one unit changes the next gradient by ~1e-3 (measured), so
     # float32 runs that differ only in summation order drift apart by chance.
     with chainer.using_config('dtype', numpy.float64):
-        model = VGG16(comm, seed=0)
-    classifier = chainer.links.Classifier(model)
-    device = use_device(comm, device)
-    classifier.to_device(device)
+        model = VGG16(grid.channels, seed=0, replicas=grid.replicas)
+    loss_of = classifier(model, grid.replicas)
+    loss_of.to_device(device)
     optimizer = chainer.optimizers.MomentumSGD(lr=0.01)
-    optimizer.setup(classifier)
+    optimizer.setup(loss_of)
+    if grid.replicas is not None:
+        optimizer.add_hook(MeanOverReplicas(grid.replicas))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
+    reporter = chainer.Reporter()
+    reporter.add_observer('main', loss_of)
+    start, stop = grid.rows(TRAIN_BATCH)
     losses = []
     for step in range(5):
-        x, t = batch(step)
-        loss = classifier(device.send(x.astype(numpy.float64)), device.send(t))
-        classifier.cleargrads()
-        loss.backward()
-        optimizer.update()
-        losses.append(float(loss.array))
+        x, t = batch(step, TRAIN_BATCH)
+        observation = {}
+        with reporter.scope(observation):
+            optimizer.update(loss_of, device.send(x[start:stop].astype(numpy.float64)),
+                             device.send(t[start:stop]))
+        losses.append(float(observation['main/loss'].array))
+    sliced = model.sliced_channels()
     out['losses'] = losses
-    out['state'] = full_state(model, comm, model.sliced_channels())
+    out['state'] = full_state(model, grid.channels, sliced)
     head = {name: host(param.array) for name, param in model.namedparams()
             if name.split('/')[1] in ('fc1', 'bn_fc1', 'fc2')}
     out['heads'] = comm.gather_obj(head)
+    # Every rank's full model and optimizer state, as digests: the full
+    # tensors of every rank would be too much to send.
+    state = {**out['state'], **full_state(optimizer, grid.channels, sliced)}
+    out['digests'] = comm.gather_obj(
+        {key: hashlib.sha256(numpy.ascontiguousarray(value).tobytes()).hexdigest()
+         for key, value in state.items()})
 
 
 def main(mode: str, out_path: str, *options: str) -> None:
     comm = chainermn.create_communicator('naive')
     out = {}
-    {'compare': compare, 'train': train}[mode](comm, out, *options)
+    device = next((option for option in options if option in DEVICES), 'cpu')
+    options = [option for option in options if option not in DEVICES]
+    {'compare': compare, 'train': train}[mode](comm, out, *options, device=device)
     if comm.rank == 0:
         with open(out_path, 'wb') as f:
             pickle.dump(out, f)

@@ -1,0 +1,151 @@
+"""Bytes a VGG16 training step moves, on paper, for D replicas of K channel ranks.
+
+    python benchmarks/traffic.py                       # batch 64, 2 nodes x 8 processes
+    python benchmarks/traffic.py --batchsize 128 --nodes 4 --per-node 8
+
+A model, not a measurement. It counts, from VGG16's layer shapes, the bytes
+each process sends (and as many it receives) per training step, in float32,
+with ring algorithms (an all-gather or a reduce-scatter over K ranks sends
+(K - 1) / K of the full tensor per rank, an all-reduce over D ranks twice
+(D - 1) / D of the array):
+
+- channel exchanges, inside a channel group of K, on the replica's
+  b = B / D rows: every block's output is all-gathered (after pooling where
+  the block pools), and the 12 gathers that feed another convolution
+  reduce-scatter in the backward; the last, into the replicated head, sends
+  nothing back: (K - 1) / K (2 A_1 + ... + 2 A_12 + A_13), A_l the bytes of
+  gathered tensor l for b rows;
+- the gradient all-reduce, inside a replica group of D:
+  2 (D - 1) / D (P_conv / K + P_head), P_conv the convolutions' and their
+  batch normalizations' parameter bytes (split over the channel group),
+  P_head the head's (replicated);
+- small messages: batch normalization's sums over the replicas (3 per
+  layer), the rows and the reported loss; the gathers; ChainerMN's
+  all-reduce of one parameter at a time.
+
+With channel groups inside nodes, only the gradient all-reduce crosses
+between nodes: each of the K replica groups is a ring through every node,
+so each node sends K times a process's gradient bytes to the next node.
+A channel group across nodes (K = N) sends its ring's channel bytes there.
+The times are bytes over the link's rate plus messages times a latency,
+both assumptions stated in the output: predictions, not measurements.
+"""
+import argparse
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from models.vgg import HEAD_WIDTH, KERNEL_SIZE, VGG16_BLOCKS
+
+ITEM_BYTES = 4  # float32
+N_CLASSES = 10
+# The links of the predictions: (name, bytes per second, seconds per message).
+LINKS = (('25 Gb/s Ethernet', 25e9 / 8, 25e-6), ('200 Gb/s InfiniBand', 200e9 / 8, 2e-6))
+
+
+def gathered_values(rows: int) -> list[int]:
+    """Values of each gathered tensor (every block's output, pooled where it pools)."""
+    sizes, side = [], 32
+    for _, channels, _, pool in VGG16_BLOCKS:
+        side //= 2 if pool else 1
+        sizes.append(rows * channels * side * side)
+    return sizes
+
+
+def parameters() -> tuple[int, int]:
+    """(convolutions and their batch normalizations, the head): parameter counts."""
+    conv, in_channels = 0, 3
+    for _, channels, *_ in VGG16_BLOCKS:
+        conv += channels * in_channels * KERNEL_SIZE ** 2 + 2 * channels
+        in_channels = channels
+    head = in_channels * HEAD_WIDTH + 2 * HEAD_WIDTH + HEAD_WIDTH * N_CLASSES
+    return conv, head
+
+
+def channel_bytes(batch: int, replicas: int, channel_ranks: int) -> float:
+    """Bytes a process sends per step in its channel group's exchanges."""
+    rows = batch / replicas
+    values = gathered_values(1)
+    both_ways = 2 * sum(values[:-1]) + values[-1]
+    return (channel_ranks - 1) / channel_ranks * both_ways * rows * ITEM_BYTES
+
+
+def gradient_bytes(replicas: int, channel_ranks: int) -> float:
+    """Bytes a process sends per step in its replica group's gradient all-reduce."""
+    conv, head = parameters()
+    return 2 * (replicas - 1) / replicas * (conv / channel_ranks + head) * ITEM_BYTES
+
+
+def messages(replicas: int, channel_ranks: int) -> tuple[int, int]:
+    """(channel exchanges, replica-group messages) per step of one process."""
+    blocks = len(VGG16_BLOCKS)
+    channel = 2 * blocks - 1 if channel_ranks > 1 else 0
+    if replicas == 1:
+        return channel, 0
+    # Batch normalization: forward sums and squares, backward sums, per
+    # layer; the rows and the reported loss; one all-reduce per parameter
+    # array (13 filters, 14 scales and shifts, fc1 and fc2).
+    return channel, 3 * (blocks + 1) + 2 + (blocks + 2 * (blocks + 1) + 2)
+
+
+def grids(processes: int) -> list[tuple[int, int]]:
+    """Every (D, K) with D x K = ``processes``."""
+    return [(processes // k, k) for k in range(1, processes + 1) if processes % k == 0]
+
+
+def between_nodes(batch: int, replicas: int, channel_ranks: int, per_node: int) -> float:
+    """Bytes a node sends to the next one per step.
+
+    With channel groups inside the nodes, the gradient all-reduce's; with
+    one group over all nodes (K = N), its channel exchanges'.
+    """
+    if channel_ranks <= per_node:
+        return channel_ranks * gradient_bytes(replicas, channel_ranks)
+    return channel_bytes(batch, replicas, channel_ranks)
+
+
+def report(args: argparse.Namespace) -> None:
+    processes = args.nodes * args.per_node
+    values = gathered_values(args.batchsize)
+    conv, head = parameters()
+    print(f'VGG16, batch {args.batchsize}, float32; MB = 1e6 bytes\n')
+    print('gathered tensors A_l for the whole batch (divide by D for a replica):')
+    for (name, *_), count in zip(VGG16_BLOCKS, values):
+        print(f'  {name:8} {count * ITEM_BYTES / 1e6:8.2f} MB')
+    print(f'  sum      {sum(values) * ITEM_BYTES / 1e6:8.2f} MB')
+    print(f'parameters: convolutions and their batch normalizations {conv:,} '
+          f'({conv * ITEM_BYTES / 1e6:.1f} MB), head {head:,} ({head * ITEM_BYTES / 1e6:.2f} MB)\n')
+    print(f'{args.nodes} nodes x {args.per_node} processes; per process and step, sent '
+          '(as many received):')
+    print(f'  {"D x K":8} {"channel MB":>10} {"gradient MB":>11} {"messages":>9} '
+          f'{"node->node MB":>16} ' + ' '.join(f'{name:>22}' for name, *_ in LINKS))
+    for replicas, channel_ranks in grids(processes):
+        if channel_ranks > args.per_node and channel_ranks != processes:
+            continue  # a channel group over some but not all of the nodes
+        channel, gradient = (channel_bytes(args.batchsize, replicas, channel_ranks),
+                             gradient_bytes(replicas, channel_ranks))
+        crossing = between_nodes(args.batchsize, replicas, channel_ranks, args.per_node)
+        channel_messages, replica_messages = messages(replicas, channel_ranks)
+        # Messages that cross: the replica group's, or the channel group's if it spans nodes.
+        crossing_messages = (replica_messages if channel_ranks <= args.per_node
+                             else channel_messages)
+        times = [f'{1e3 * (crossing / rate + crossing_messages * latency):19.1f} ms'
+                 for _, rate, latency in LINKS]
+        print(f'  {f"{replicas} x {channel_ranks}":8} {channel / 1e6:10.1f} {gradient / 1e6:11.1f} '
+              f'{channel_messages + replica_messages:9d} {crossing / 1e6:16.1f} '
+              + ' '.join(f'{t:>22}' for t in times))
+    print('\npredicted time between nodes per step: bytes over the link rate plus crossing '
+          'messages times ' + ', '.join(f'{latency * 1e6:.0f} us ({name})'
+                                         for name, _, latency in LINKS))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--batchsize', type=int, default=64)
+    parser.add_argument('--nodes', type=int, default=2)
+    parser.add_argument('--per-node', type=int, default=8, help='processes per node')
+    report(parser.parse_args(argv))
+
+
+if __name__ == '__main__':
+    main()

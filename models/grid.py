@@ -1,0 +1,53 @@
+"""The process grid of the hybrid scheme: replicas of channel groups.
+
+N = D x K processes. Rank r is channel rank r % K in replica d = r // K, and
+belongs to two groups:
+
+- its channel group, the K ranks of replica d: they split every convolution
+  by output channel, as all N ranks do with one replica (the ``comm`` of
+  models.vgg);
+- its replica group, the D ranks of channel rank r % K, one per replica:
+  they hold the same channels for different rows of the batch, and sum over
+  them what needs the whole batch (batch normalization, the reported loss
+  and accuracy, the gradients).
+
+Every rank receives the global batch that one process would draw; replica d
+computes on its rows ``channel_range(B, D, d)``, the rule that splits
+channels over ranks (models/partition.py): contiguous, as even as possible.
+"""
+from dataclasses import dataclass
+
+from models.partition import channel_range
+
+
+@dataclass(frozen=True)
+class ProcessGrid:
+    """This rank's place in the grid and its two communicators."""
+    rank: int  # in the whole job
+    channels: object  # ChainerMN communicator of the channel group, size K
+    replicas: object | None  # of the replica group, size D; None with one replica
+    replica: int  # d
+    n_replicas: int  # D
+
+    def rows(self, batch: int) -> tuple[int, int]:
+        """(start, stop) of this replica's rows in a global batch of ``batch`` rows."""
+        return channel_range(batch, self.n_replicas, self.replica)
+
+
+def process_grid(comm, model_parallel: int | None = None) -> ProcessGrid:
+    """The grid of ``comm`` with ``model_parallel`` (K) ranks per channel group.
+
+    K defaults to all ranks: one replica, whose channel group is ``comm``
+    itself and which has no replica group, so that nothing changes against
+    a model built on ``comm`` alone. Collective: every rank calls it with the
+    same K, which must divide the number of ranks.
+    """
+    size = comm.size if model_parallel is None else model_parallel
+    if size < 1 or comm.size % size:
+        raise ValueError(f'{size} ranks per channel group do not divide {comm.size} ranks')
+    if size == comm.size:
+        return ProcessGrid(comm.rank, comm, None, 0, 1)
+    return ProcessGrid(rank=comm.rank,
+                       channels=comm.split(color=comm.rank // size, key=comm.rank),
+                       replicas=comm.split(color=comm.rank % size, key=comm.rank),
+                       replica=comm.rank // size, n_replicas=comm.size // size)

@@ -1,0 +1,51 @@
+"""benchmarks/traffic.py: the bytes a step sends, against VGG16's shapes counted here again."""
+import pytest
+
+from benchmarks import traffic
+from reference_vgg import CHANNELS, NAMES, POOL_AFTER
+
+VGG16_PARAMETERS_10_CLASSES = 14_987_200
+
+
+def gathered_bytes_per_row() -> list[int]:
+    """Each block's output, pooled where it pools, for one image, float32."""
+    sizes, side = [], 32
+    for name, channels in zip(NAMES, CHANNELS):
+        side //= 2 if name in POOL_AFTER else 1
+        sizes.append(4 * channels * side * side)
+    return sizes
+
+
+def test_parameters_are_vgg16s():
+    assert sum(traffic.parameters()) == VGG16_PARAMETERS_10_CLASSES
+
+
+def test_gathered_tensors_of_a_batch_of_64():
+    assert [4 * v for v in traffic.gathered_values(64)] == [
+        64 * b for b in gathered_bytes_per_row()]
+    assert 46.7e6 < 4 * sum(traffic.gathered_values(64)) < 46.9e6
+
+
+@pytest.mark.parametrize('replicas, channel_ranks', [(1, 2), (2, 2), (4, 1), (1, 1), (3, 4)])
+def test_bytes_per_process_follow_the_formulas(replicas, channel_ranks):
+    sizes = gathered_bytes_per_row()
+    rows = 64 / replicas
+    # Forward gathers, and backward reduce-scatters but into the head.
+    channel = (channel_ranks - 1) / channel_ranks * (2 * sum(sizes[:-1]) + sizes[-1]) * rows
+    assert traffic.channel_bytes(64, replicas, channel_ranks) == pytest.approx(channel)
+    conv, head = traffic.parameters()
+    gradient = 2 * (replicas - 1) / replicas * 4 * (conv / channel_ranks + head)
+    assert traffic.gradient_bytes(replicas, channel_ranks) == pytest.approx(gradient)
+
+
+def test_between_nodes_only_the_gradients_unless_a_group_spans_them():
+    per_node = 8
+    assert traffic.between_nodes(64, 2, 8, per_node) == 8 * traffic.gradient_bytes(2, 8)
+    assert traffic.between_nodes(64, 1, 16, per_node) == traffic.channel_bytes(64, 1, 16)
+
+
+def test_report_lists_every_grid_that_keeps_groups_in_nodes(capsys):
+    traffic.main(['--nodes', '2', '--per-node', '2'])
+    lines = capsys.readouterr().out.splitlines()
+    grids = [line.split()[0:3] for line in lines if line.endswith(' ms')]
+    assert grids == [['4', 'x', '1'], ['2', 'x', '2'], ['1', 'x', '4']]

@@ -1,0 +1,59 @@
+"""Batch normalization over replicas: each rank holds some rows of one batch.
+
+Usage: mpiexec -n D python tests/workers/batch_norm_worker.py OUT.pickle
+
+Every rank is a replica (one channel group each, of one rank). For each
+shape of test_batch_norm.REPLICA_SHAPES, rank d normalizes its rows
+``channel_range(batch, D, d)`` of the same random batch in float64 and
+backpropagates its rows of one upstream gradient, in training mode, with
+the running statistics updated; rank 0 saves every rank's output, input
+gradient, gamma and beta gradients and running statistics.
+"""
+import compat  # noqa: F401  (before chainer: see compat.py)
+
+import pickle
+import sys
+
+import chainer
+import chainermn
+import numpy
+
+from models.batch_norm import BatchNormalization
+from models.grid import process_grid
+
+SHAPES = [(5, 6), (7, 3, 4, 4)]
+
+
+def inputs(shape):
+    rng = numpy.random.default_rng(len(shape))
+    return 3 + 2 * rng.standard_normal(shape), rng.standard_normal(shape)
+
+
+def normalize_my_rows(grid, shape):
+    x, gy = inputs(shape)
+    start, stop = grid.rows(shape[0])
+    with chainer.using_config('dtype', numpy.float64):
+        link = BatchNormalization(shape[1], replicas=grid.replicas)
+    link.gamma.array[...] = numpy.linspace(0.5, 2, shape[1])
+    link.beta.array[...] = numpy.linspace(-1, 1, shape[1])
+    link.cleargrads()  # Chainer fills fresh gradients with NaN
+    mine = chainer.Variable(x[start:stop])
+    with chainer.using_config('train', True):
+        y = link(mine)
+    y.grad = gy[start:stop]
+    y.backward()
+    return {'y': y.array, 'gx': mine.grad, 'ggamma': link.gamma.grad,
+            'gbeta': link.beta.grad, 'avg_mean': link.avg_mean, 'avg_var': link.avg_var}
+
+
+def main(out_path: str) -> None:
+    comm = chainermn.create_communicator('naive')
+    grid = process_grid(comm, 1)
+    results = comm.gather_obj([normalize_my_rows(grid, shape) for shape in SHAPES])
+    if comm.rank == 0:
+        with open(out_path, 'wb') as f:
+            pickle.dump(results, f)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1])

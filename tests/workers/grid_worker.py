@@ -1,0 +1,41 @@
+"""Builds the process grid for every K that divides N; rank 0 saves what each rank saw.
+
+Usage: mpiexec -n N python tests/workers/grid_worker.py OUT.pickle
+
+For each K, every rank reports its replica, the world ranks of its channel
+group and of its replica group (in their ranks' order), and its rows of a
+batch of 10.
+"""
+import compat  # noqa: F401  (before chainer: see compat.py)
+
+import pickle
+import sys
+
+import chainermn
+
+from models.grid import process_grid
+
+BATCH = 10
+
+
+def members(group, rank: int) -> list[int] | None:
+    return None if group is None else group.mpi_comm.allgather(rank)
+
+
+def main(out_path: str) -> None:
+    comm = chainermn.create_communicator('naive')
+    seen = {}
+    for k in (k for k in range(1, comm.size + 1) if comm.size % k == 0):
+        grid = process_grid(comm, k)
+        seen[k] = {'replica': grid.replica, 'replicas': grid.n_replicas,
+                   'channel_group': members(grid.channels, comm.rank),
+                   'replica_group': members(grid.replicas, comm.rank),
+                   'rows': grid.rows(BATCH)}
+    gathered = comm.gather_obj(seen)
+    if comm.rank == 0:
+        with open(out_path, 'wb') as f:
+            pickle.dump(gathered, f)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1])
