@@ -114,7 +114,9 @@ def test_gpu_header_says_how_many_processes_share_each_gpu(monkeypatch, capsys):
     import train
     monkeypatch.setattr(gpu, 'gpu_count', lambda: 1)
     args = train.parse_args(['--gpu', '--dataset', 'synthetic'])
-    train.print_header(args, types.SimpleNamespace(size=2, intra_size=2), 10, 640, 128)
+    from models.grid import ProcessGrid
+    comm = types.SimpleNamespace(size=2, intra_size=2)
+    train.print_header(args, comm, ProcessGrid(0, comm, None, 0, 1), 10, 640, 128)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == 'GPU, 2 processes, 2 per GPU, 1 BLAS threads per process'
 
