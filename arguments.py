@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--frequency', '-f', type=int, default=-1,
                         help='write a snapshot every F epochs; -1: one at the end (default)')
     parser.add_argument('--gpu', '-g', action='store_true',
-                        help='one GPU per process (CuPy, NCCL)')
+                        help='run on the GPUs of each node, shared when there are fewer than '
+                             'processes (CuPy, NCCL)')
     parser.add_argument('--out', '-o', default='result',
                         help='directory for the log, plots, snapshots and model.npz')
     parser.add_argument('--seed', type=int, default=0,
