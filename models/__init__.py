@@ -1,4 +1,12 @@
 """The channel-parallel VGG16 and its parts (see docs/design.md)."""
+import os
+
+# The compiled loops (models/winograd.py, models/pooling.py) keep numba's
+# cache in the user's cache folder rather than beside the sources in the
+# repository; numba reads this when it is first imported, below.
+os.environ.setdefault('NUMBA_CACHE_DIR', os.path.join(
+    os.path.expanduser('~'), '.cache', 'parallel-convolution', 'numba'))
+
 from models.grouped import GroupedVGG16
 from models.vgg import VGG16
 

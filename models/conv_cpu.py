@@ -16,9 +16,9 @@ core, C=64, c_out=32: 78 against 51 GFLOP/s).
 - _Im2col (small images, where padding would be a large share of the
   positions of the first method, and few input channels): one copy into a
   gemm-ready matrix.
-- Winograd2x2 (3x3 kernels on small images with many channels, the deeper
-  half of VGG16; models/winograd.py): 2.25 times fewer products, paid for
-  with transforms of the input, output and filters.
+- Winograd F(2x2, 3x3) and F(4x4, 3x3) (3x3 kernels on small images with
+  many channels, most of VGG16; models/winograd.py): 2.25 and 4 times fewer
+  products, paid for with transforms of the input, output and filters.
 
 The input gradient is the correlation of the output gradient with the
 flipped, transposed filters, so it reuses the same forward code.
@@ -30,7 +30,7 @@ import numpy
 from chainer import function_node
 from numpy.lib.stride_tricks import sliding_window_view
 
-from models.winograd import Winograd2x2
+from models.winograd import Winograd2x2, Winograd4x4
 
 # Rows of the running sum in _sum_of_window_products: the block of outputs
 # and one product of that size stay in L2 cache, while each product, at least
@@ -40,13 +40,17 @@ _BLOCK_ROWS = 1024
 # Costs, in multiply-adds of a matrix product, of what each method does
 # besides its products (see _method_for): moving one value in im2col's copy,
 # adding one value of the running sum of shifted windows, moving one value
-# through one of Winograd's transforms. Fitted to timings of the methods on
-# VGG16's layer shapes at batch 64 split over 1, 2 and 4 ranks on this
-# machine (benchmarks/conv_methods.py); they only steer speed, every method
-# gives the same result up to rounding.
+# through Winograd's filter transform (a BLAS product) and through its input
+# or output transform (compiled loops, whose work per value grows with the
+# nonzeros in a row of the transform: about 2 for F(2x2, 3x3), 4 for
+# F(4x4, 3x3)). Fitted to timings of the methods on VGG16's layer shapes at
+# batch 32 and 64, split over 1 and 2 ranks, on this machine
+# (benchmarks/conv_methods.py); they only steer speed, every method gives the
+# same result up to rounding.
 _COPY_COST = 20.0
 _ADD_COST = 5.0
-_TRANSFORM_COST = 60.0
+_FILTER_TRANSFORM_COST = 60.0
+_TRANSFORM_COST = {Winograd2x2: 60.0, Winograd4x4: 120.0}
 
 
 def convolution_2d(x: chainer.Variable | numpy.ndarray,
@@ -153,12 +157,14 @@ def _method_for(x_shape, k: int, pad: int, c_out: int):
     the padding positions of its grid, a share `extra` of the outputs, and
     adds k*k partial products per output value, a share _ADD_COST / C;
     im2col copies k*k*C input values per output position, a share
-    _COPY_COST / c_out. Winograd (3x3 only) does 16 products per 2x2 tile
-    instead of 36, but moves 16 transformed values per tile through each of
-    its input and output transforms, and 16 per filter pair through the
-    filter transform. Large images with many input channels favour shifted
-    windows, small images with many channels Winograd, few input channels
-    (the first layer) im2col.
+    _COPY_COST / c_out. Winograd F(m x m, 3x3) (3x3 only) does n*n products
+    per tile of m x m outputs (n = m + 2) instead of 9*m*m, but moves n*n
+    transformed values per tile through each of its input and output
+    transforms, and n*n per filter pair through the filter transform.
+    Large images with many input channels favour shifted windows, small
+    images with many channels Winograd (the larger tile down to 8x8
+    images, where its filters and partial tiles do not yet outweigh the
+    products it saves), few input channels (the first layer) im2col.
     """
     c_in, height, width = x_shape[1:]
     out_height, out_width = height + 2 * pad - k + 1, width + 2 * pad - k + 1
@@ -167,10 +173,12 @@ def _method_for(x_shape, k: int, pad: int, c_out: int):
     costs = {_ShiftedWindows: 1 + extra + _ADD_COST / c_in,
              _Im2col: 1 + _COPY_COST / c_out}
     if k == 3:
-        tiles = x_shape[0] * -(-out_height // 2) * -(-out_width // 2)
-        products = 16 * tiles / (9 * outputs)
-        costs[Winograd2x2] = (products * (1 + _TRANSFORM_COST / c_in + _TRANSFORM_COST / c_out)
-                              + 16 * _TRANSFORM_COST / (9 * outputs))
+        for winograd, transform in _TRANSFORM_COST.items():
+            m, n = winograd.m, winograd.m + 2
+            tiles = x_shape[0] * -(-out_height // m) * -(-out_width // m)
+            products = n * n * tiles / (9 * outputs)
+            costs[winograd] = (products * (1 + transform / c_in + transform / c_out)
+                               + n * n * _FILTER_TRANSFORM_COST / (9 * outputs))
     return min(costs, key=costs.get)(x_shape, k, pad)
 
 

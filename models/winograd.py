@@ -1,165 +1,218 @@
-"""3x3 stride-1 correlation by Winograd's minimal filtering F(2x2, 3x3).
+"""3x3 stride-1 correlation by Winograd's minimal filtering, F(2x2, 3x3) and F(4x4, 3x3).
 
 Direct convolution spends 9 multiply-adds per output pixel per (input,
-output) channel pair. F(2x2, 3x3) computes a 2x2 block of outputs from a 4x4
-block of inputs with 16, elementwise in a transformed space: 2.25 times fewer
-products. Per block ("tile"):
+output) channel pair. F(m x m, 3x3) computes an m x m block of outputs from
+an n x n block of inputs (n = m + 2) with n*n products, elementwise in a
+transformed space: 16 per 4 outputs for m = 2 (2.25 times fewer than
+direct), 36 per 16 for m = 4 (4 times fewer). Per block ("tile"):
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A
 
-with d the 4x4 input tile, g the 3x3 filter, * elementwise, and summed over
-input channels; that sum, for each of the 16 transformed positions, is one
-matrix product (tiles, C_in) @ (C_in, C_out). The transforms are additions
-(the matrices hold 0, +-1 and +-1/2), linear passes over the data.
+with d the n x n input tile, g the 3x3 filter, * elementwise, and summed
+over input channels; that sum, for each of the n*n transformed positions, is
+one matrix product (tiles, C_in) @ (C_in, C_out).
 
 The filter gradient follows from the same products: Y is linear in
-U = G g G^T, so dU = sum over tiles of (A dY A^T) * (B^T d B), 16 products
+U = G g G^T, so dU = sum over tiles of (A dY A^T) * (B^T d B), n*n products
 (C_out, tiles) @ (tiles, C_in), and dg = G^T dU G. The input gradient is the
 correlation of the output gradient with the flipped filters (see conv_cpu).
 
-It pays where the products dominate: many channels, small images. With
-large images and few channels the transforms, which move four values per
-input pixel, cost more than the products saved; conv_cpu's cost model
-decides. The rounding differs from direct convolution's by a few units of
-the last place (measured about 5e-7 relative in float32, 1e-15 in float64).
+The transforms are small matrices applied along both axes of every tile.
+numpy cannot do that without a pass over memory per term (or a 6-D gather
+and a BLAS product with a 36-long inner dimension, as slow), so two compiled
+loops (numba) do it, one tile at a time, reading and writing each array
+once: measured on 32 x 128 x 16 x 16 float32, one core, 3.6 ms for the
+input transform against 11.3 ms for padding, gather and product in numpy.
+
+It pays where the products dominate: many channels, small images. The
+larger tile saves more products, but its filters take n*n / 9 = 4 times the
+memory of the 3x3 taps and its last tile is mostly padding on 4x4 and 2x2
+images; conv_cpu's cost model decides. Rounding: F(2x2, 3x3) differs from
+direct convolution's by a few units of the last place (measured about 5e-7
+relative in float32), F(4x4, 3x3), whose matrices hold 4, 5, 1/6 and 1/24,
+by about 3e-6 (measured on VGG16's layer shapes, tests/test_conv_cpu.py);
+in float64 both by about 1e-15.
 """
+import numba
 import numpy
 
-# The transforms of F(2x2, 3x3), in the usual names. B^T maps a 4-vector of
-# inputs to the transformed space, G a 3-tap filter, A^T brings 4 products
-# back to 2 outputs.
-_G = numpy.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-# G g G^T for all 16 (a, b) at once: (G kron G) applied to the 9 taps.
-_FILTER_TRANSFORM = numpy.kron(_G, _G)
 
-
-class Winograd2x2:
-    """Correlation with a 3x3 kernel as 16 products in the Winograd domain.
+class _Winograd:
+    """Correlation with a 3x3 kernel as n*n products in the Winograd domain.
 
     Same interface as conv_cpu's methods: ``forward(x, taps)`` with x of
     shape (B, C, H, W) and taps of shape (3, 3, C, c_out) returns the
     (B, c_out, H_out, W_out) output and keeps the transformed input for
     ``weight_grad(gy)``, which returns the (c_out, C, 3, 3) filter gradient.
+    Subclasses give the output tile size m and the three transforms.
     """
+    m: int
+    input_transform: numpy.ndarray   # B^T, (n, n)
+    filter_transform: numpy.ndarray  # G, (n, 3)
+    output_transform: numpy.ndarray  # A^T, (m, n)
 
     def __init__(self, x_shape: tuple, k: int, pad: int):
         if k != 3:
-            raise ValueError(f'Winograd F(2x2, 3x3) needs a 3x3 kernel, got {k}x{k}')
+            raise ValueError(f'Winograd F({self.m}x{self.m}, 3x3) needs a 3x3 kernel, '
+                             f'got {k}x{k}')
         batch, _, height, width = x_shape
         self.pad = pad
         self.out_hw = height + 2 * pad - 2, width + 2 * pad - 2
-        # Tiles of 2x2 outputs; an odd output size gets a last half tile,
-        # whose extra outputs read zeros and are dropped.
-        self.tiles_hw = tuple((size + 1) // 2 for size in self.out_hw)
+        # Tiles of m x m outputs; an output size that m does not divide gets
+        # a last partial tile, whose extra outputs read zeros and are dropped.
+        self.tiles_hw = tuple(-(-size // self.m) for size in self.out_hw)
         self.batch = batch
 
     def forward(self, x: numpy.ndarray, taps: numpy.ndarray) -> numpy.ndarray:
         self.transformed = self._input_transform(x)
-        u = _filter_transform(taps)
-        return self._output_transform(numpy.matmul(self.transformed, u))
+        return self._output_transform(numpy.matmul(self.transformed, self._filters(taps)))
 
     def weight_grad(self, gy: numpy.ndarray) -> numpy.ndarray:
         du = numpy.matmul(self._output_transform_adjoint(gy).transpose(0, 2, 1),
                           self.transformed)
-        return _filter_transform_adjoint(du)
+        # dg = G^T dU G, with the n*n transformed positions as rows, so that
+        # the product comes out tap-minor, in the filter's own layout.
+        transform = numpy.kron(self.filter_transform, self.filter_transform).astype(du.dtype)
+        return (du.reshape(du.shape[0], -1).T @ transform).reshape(du.shape[1:] + (3, 3))
+
+    def _filters(self, taps):
+        """(3, 3, C, c_out) taps -> G g G^T as (n*n, C, c_out), maybe a transposed view.
+
+        conv_cpu hands over views of one contiguous (3, 3, c_out, C) array:
+        transposed in the last two axes (forward) or flipped in the first two
+        (input gradient). Reading that array in its own memory order, with
+        the transform's columns reversed for a flip, avoids copying the
+        filters (up to 9.4 MB for 512 x 512 in float32).
+        """
+        # G g G^T for all n*n (a, b) at once: (G kron G) applied to the 9 taps.
+        transform = numpy.kron(self.filter_transform, self.filter_transform).astype(taps.dtype)
+        if taps.strides[0] < 0 and taps.strides[1] < 0:
+            taps, transform = taps[::-1, ::-1], transform[:, ::-1].copy()
+        n = self.m + 2
+        if taps.strides[2] < taps.strides[3]:
+            u = transform @ taps.transpose(0, 1, 3, 2).reshape(9, -1)
+            return u.reshape((n * n,) + taps.shape[:1:-1]).transpose(0, 2, 1)
+        return (transform @ taps.reshape(9, -1)).reshape((n * n,) + taps.shape[2:])
 
     def _input_transform(self, x):
-        """(B, C, H, W) -> B^T d B of every tile, as (16, tiles, C)."""
-        batch, channels, height, width = x.shape
-        tiles_h, tiles_w = self.tiles_hw
-        pad = self.pad
-        # Position-major, zero-padded to whole tiles: each tile row reads
-        # rows 2i .. 2i+3, each tile column columns 2j .. 2j+3.
-        padded = numpy.zeros((batch, 2 * tiles_h + 2, 2 * tiles_w + 2, channels), x.dtype)
-        padded[:, pad:pad + height, pad:pad + width] = x.transpose(0, 2, 3, 1)
-        rows = _transform_inputs([padded[:, u:u + 2 * tiles_h:2] for u in range(4)])
-        out = numpy.empty((4, 4, batch, tiles_h, tiles_w, channels), x.dtype)
-        for a in range(4):
-            _transform_inputs([rows[a][:, :, v:v + 2 * tiles_w:2] for v in range(4)],
-                              out=out[a])
-        return out.reshape(16, -1, channels)
+        """(B, C, H, W) -> B^T d B of every tile, as (n*n, tiles, C).
 
-    def _output_transform(self, m):
-        """(16, tiles, c_out) products -> (B, c_out, H_out, W_out), A^T m A."""
-        tiles_h, tiles_w = self.tiles_hw
-        m = m.reshape(4, 4, self.batch, tiles_h, tiles_w, m.shape[-1])
-        y = numpy.empty((self.batch, tiles_h, 2, tiles_w, 2, m.shape[-1]), m.dtype)
-        for i, row in enumerate(_transform_outputs(m)):
-            _transform_outputs(row, out=(y[:, :, i, :, 0], y[:, :, i, :, 1]))
-        out_h, out_w = self.out_hw
-        y = y.reshape(self.batch, 2 * tiles_h, 2 * tiles_w, -1)[:, :out_h, :out_w]
+        Tile (i, j) reads rows m*i - pad .. m*i - pad + n - 1 and the same
+        columns, zeros outside the image: neighbouring tiles share two.
+        """
+        n = self.m + 2
+        out = numpy.empty((n, n, self.batch) + self.tiles_hw + (x.shape[1],), x.dtype)
+        _tiles_from_image(_position_major(x), self.input_transform.astype(x.dtype),
+                          self.m, -self.pad, out)
+        return out.reshape(n * n, -1, x.shape[1])
+
+    def _output_transform(self, products):
+        """(n*n, tiles, c_out) products -> (B, c_out, H_out, W_out), A^T m A."""
+        n = self.m + 2
+        y = numpy.empty((self.batch,) + self.out_hw + (products.shape[-1],), products.dtype)
+        _image_from_tiles(products.reshape((n, n, self.batch) + self.tiles_hw + (-1,)),
+                          self.output_transform.astype(products.dtype), self.m, y)
         return numpy.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
     def _output_transform_adjoint(self, gy):
-        """(B, c_out, H_out, W_out) -> A gy A^T of every tile, as (16, tiles, c_out)."""
-        tiles_h, tiles_w = self.tiles_hw
-        out_h, out_w = self.out_hw
-        channels = gy.shape[1]
-        padded = numpy.zeros((self.batch, 2 * tiles_h, 2 * tiles_w, channels), gy.dtype)
-        padded[:, :out_h, :out_w] = gy.transpose(0, 2, 3, 1)
-        rows = _spread_outputs(padded[:, 0::2], padded[:, 1::2])
-        out = numpy.empty((4, 4, self.batch, tiles_h, tiles_w, channels), gy.dtype)
-        for a in range(4):
-            _spread_outputs(rows[a][:, :, 0::2], rows[a][:, :, 1::2], out=out[a])
-        return out.reshape(16, -1, channels)
+        """(B, c_out, H_out, W_out) -> A gy A^T of every tile, as (n*n, tiles, c_out)."""
+        n = self.m + 2
+        out = numpy.empty((n, n, self.batch) + self.tiles_hw + (gy.shape[1],), gy.dtype)
+        _tiles_from_image(_position_major(gy), self.output_transform.T.astype(gy.dtype),
+                          self.m, 0, out)
+        return out.reshape(n * n, -1, gy.shape[1])
 
 
-def _transform_inputs(d, out=None):
-    """B^T applied along a list of 4 input arrays: 4 arrays."""
-    d0, d1, d2, d3 = d
-    if out is None:
-        out = numpy.empty((4,) + d0.shape, d0.dtype)
-    numpy.subtract(d0, d2, out=out[0])
-    numpy.add(d1, d2, out=out[1])
-    numpy.subtract(d2, d1, out=out[2])
-    numpy.subtract(d1, d3, out=out[3])
-    return out
+def _position_major(x):
+    """(B, C, H, W) -> C-contiguous (B, H, W, C): the compiled loops run along channels."""
+    return numpy.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
-def _transform_outputs(m, out=None):
-    """A^T applied along 4 arrays (the first axis of m): 2 arrays."""
-    first = m[0] + m[1]
-    second = m[1] - m[2]
-    if out is None:
-        return first + m[2], second - m[3]
-    numpy.add(first, m[2], out=out[0])
-    numpy.subtract(second, m[3], out=out[1])
-    return out
+@numba.njit(cache=True)
+def _tiles_from_image(image, matrix, stride, offset, out):
+    """out[a, b, k, i, j, c] = (M t M^T)[a, b] for the p x p tile t of image k's channel c
+    whose top left pixel is (stride*i + offset, stride*j + offset), zeros outside.
 
-
-def _spread_outputs(e0, e1, out=None):
-    """A applied along 2 arrays: the 4 arrays e0, e0 + e1, e0 - e1, -e1."""
-    if out is None:
-        out = numpy.empty((4,) + e0.shape, e0.dtype)
-    numpy.copyto(out[0], e0)
-    numpy.add(e0, e1, out=out[1])
-    numpy.subtract(e0, e1, out=out[2])
-    numpy.negative(e1, out=out[3])
-    return out
-
-
-def _filter_transform(taps):
-    """(3, 3, C, c_out) taps -> G g G^T as (16, C, c_out), maybe a transposed view.
-
-    conv_cpu hands over views of one contiguous (3, 3, c_out, C) array:
-    transposed in the last two axes (forward) or flipped in the first two
-    (input gradient). Reading that array in its own memory order, with the
-    transform's columns reversed for a flip, avoids copying the filters.
+    image: (B, H, W, C); matrix M: (q, p); out: (q, q, B, tiles_h, tiles_w, C).
+    The innermost loops run along the channels, contiguous in every array.
     """
-    transform = _FILTER_TRANSFORM.astype(taps.dtype)
-    if taps.strides[0] < 0 and taps.strides[1] < 0:
-        taps, transform = taps[::-1, ::-1], transform[:, ::-1].copy()
-    if taps.strides[2] < taps.strides[3]:
-        u = transform @ taps.transpose(0, 1, 3, 2).reshape(9, -1)
-        return u.reshape((16,) + taps.shape[:1:-1]).transpose(0, 2, 1)
-    return (transform @ taps.reshape(9, -1)).reshape((16,) + taps.shape[2:])
+    batch, height, width, channels = image.shape
+    q, p = matrix.shape
+    rows = numpy.empty((q, p, channels), out.dtype)  # M t, one tile at a time
+    for k in range(batch):
+        for i in range(out.shape[3]):
+            for j in range(out.shape[4]):
+                rows[:] = 0
+                for u in range(p):
+                    row = stride * i + offset + u
+                    for v in range(p):
+                        column = stride * j + offset + v
+                        if 0 <= row < height and 0 <= column < width:
+                            for a in range(q):
+                                weight = matrix[a, u]
+                                if weight != 0:
+                                    for c in range(channels):
+                                        rows[a, v, c] += weight * image[k, row, column, c]
+                for a in range(q):
+                    for b in range(q):
+                        out[a, b, k, i, j] = 0
+                        for v in range(p):
+                            weight = matrix[b, v]
+                            if weight != 0:
+                                for c in range(channels):
+                                    out[a, b, k, i, j, c] += weight * rows[a, v, c]
 
 
-def _filter_transform_adjoint(du):
-    """(16, c_out, C) gradient of G g G^T -> (c_out, C, 3, 3) gradient of g.
+@numba.njit(cache=True)
+def _image_from_tiles(tiles, matrix, stride, out):
+    """out[k, stride*i + a, stride*j + b, c] = (M t M^T)[a, b] for tile t = tiles[:, :, k, i, j, c],
+    where that pixel lies in out.
 
-    Multiplied with the 16 transformed positions as rows, so that the
-    product comes out tap-minor, in the filter's own layout.
+    tiles: (p, p, B, tiles_h, tiles_w, C); matrix M: (q, p); out: (B, H, W, C).
     """
-    transform = _FILTER_TRANSFORM.astype(du.dtype)
-    return (du.reshape(16, -1).T @ transform).reshape(du.shape[1:] + (3, 3))
+    height, width, channels = out.shape[1:]
+    q, p = matrix.shape
+    rows = numpy.empty((q, p, channels), out.dtype)
+    for k in range(out.shape[0]):
+        for i in range(tiles.shape[3]):
+            for j in range(tiles.shape[4]):
+                rows[:] = 0
+                for u in range(p):
+                    for v in range(p):
+                        for a in range(q):
+                            weight = matrix[a, u]
+                            if weight != 0:
+                                for c in range(channels):
+                                    rows[a, v, c] += weight * tiles[u, v, k, i, j, c]
+                for a in range(min(q, height - stride * i)):
+                    for b in range(min(q, width - stride * j)):
+                        row, column = stride * i + a, stride * j + b
+                        out[k, row, column] = 0
+                        for v in range(p):
+                            weight = matrix[b, v]
+                            if weight != 0:
+                                for c in range(channels):
+                                    out[k, row, column, c] += weight * rows[a, v, c]
+
+
+class Winograd2x2(_Winograd):
+    """F(2x2, 3x3): 16 products per 2x2 outputs; the transforms hold 0, +-1, +-1/2."""
+    m = 2
+    input_transform = numpy.array([[1, 0, -1, 0], [0, 1, 1, 0],
+                                   [0, -1, 1, 0], [0, 1, 0, -1]], float)
+    filter_transform = numpy.array([[1, 0, 0], [0.5, 0.5, 0.5],
+                                    [0.5, -0.5, 0.5], [0, 0, 1]])
+    output_transform = numpy.array([[1, 1, 1, 0], [0, 1, -1, -1]], float)
+
+
+class Winograd4x4(_Winograd):
+    """F(4x4, 3x3): 36 products per 4x4 outputs, interpolating at 0, +-1, +-2 and infinity."""
+    m = 4
+    input_transform = numpy.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0],
+                                   [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                                   [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], float)
+    filter_transform = numpy.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6],
+                                    [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                                    [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+    output_transform = numpy.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0],
+                                    [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], float)

@@ -95,9 +95,9 @@ def test_vgg_like_shapes(batch, c_in, size, c_out):
 
 
 DIRECT_METHODS = [conv_cpu._ShiftedWindows, conv_cpu._Im2col]
-ALL_METHODS = DIRECT_METHODS + [conv_cpu.Winograd2x2]
-# Winograd F(2x2, 3x3) takes 3x3 kernels only; it gets the 3x3 cases, and
-# odd output sizes (a half tile) and single tiles among them.
+ALL_METHODS = DIRECT_METHODS + [conv_cpu.Winograd2x2, conv_cpu.Winograd4x4]
+# Winograd takes 3x3 kernels only; it gets the 3x3 cases, and output sizes
+# its tiles do not divide (a partial tile) and single tiles among them.
 SHAPES_3X3 = [((3, 5, 7, 9), 3, 1), ((3, 5, 7, 9), 3, 0), ((2, 6, 2, 2), 3, 1),
               ((2, 6, 3, 3), 3, 0), ((2, 64, 8, 8), 3, 1), ((2, 5, 1, 1), 3, 1)]
 SHAPES_OTHER = [((2, 4, 6, 5), 5, 2), ((2, 6, 4, 3), 1, 0)]
@@ -139,7 +139,9 @@ def test_every_method_on_every_vgg16_layer_in_float32(monkeypatch, method, c_in,
 @pytest.mark.parametrize('x_shape, c_out, expected', [
     ((64, 3, 32, 32), 32, conv_cpu._Im2col),           # VGG16's first layer
     ((64, 64, 32, 32), 32, conv_cpu._ShiftedWindows),  # large images
-    ((64, 256, 8, 8), 128, conv_cpu.Winograd2x2),      # small images, many channels
+    ((64, 128, 16, 16), 64, conv_cpu.Winograd4x4),     # smaller images, more channels
+    ((64, 256, 8, 8), 128, conv_cpu.Winograd4x4),
+    ((32, 512, 4, 4), 512, conv_cpu.Winograd2x2),      # 4x4 filters outweigh the tiles
     ((64, 512, 2, 2), 256, conv_cpu.Winograd2x2),
 ])
 def test_cost_model_picks(x_shape, c_out, expected):
