@@ -78,8 +78,8 @@ class TorchVGG16(nn.Module):
 
 
 def training_step(learning_rate: float, n_classes: int = 10
-                  ) -> tuple[TorchVGG16, Callable[[torch.Tensor, torch.Tensor], None]]:
-    """(model, step) where ``step(x, t)`` is one training step, as step_time.py's others.
+                  ) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """``step(x, t)``: one training step of a new model, as step_time.py's others.
 
     Forward in training mode, softmax cross-entropy averaged over the
     batch, backward, and SGD with momentum 0.9 and weight decay 5e-4: the
@@ -95,4 +95,4 @@ def training_step(learning_rate: float, n_classes: int = 10
         optimizer.zero_grad()
         F.cross_entropy(model(x), t).backward()
         optimizer.step()
-    return model, step
+    return step
