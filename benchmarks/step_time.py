@@ -77,8 +77,13 @@ TARGETS = (
     ('min(c,e) / pt2', ('c', 'e'), 'pt2', '<= 1.0', lambda r: r <= 1.0),
 )
 LEARNING_RATE = 0.05  # train.py's default
-TORCH_NOT_INSTALLED = ('not installed: pip install torch '
-                       '--index-url https://download.pytorch.org/whl/cpu')
+# Without its dependencies: torch asks for setuptools 77 or later, which
+# would replace the one below 70 whose pkg_resources Chainer imports (see
+# the Makefile); the second command brings the others.
+TORCH_NOT_INSTALLED = (
+    'not installed (optional): '
+    'pip install --no-deps torch --index-url https://download.pytorch.org/whl/cpu; '
+    'pip install filelock typing-extensions sympy networkx jinja2 fsspec')
 COMM_TARGET = 0.10
 
 

@@ -22,8 +22,7 @@ STEP_TIME = os.path.join(REPO, 'benchmarks', 'step_time.py')
 OURS = ['a', 'b1', 'b2', 'c', 'd', 'e']  # Chainer's
 TORCH_CONFIGURATIONS = ['pt2', 'pt1']
 TORCH = importlib.util.find_spec('torch') is not None
-NO_TORCH = ('PyTorch is not installed (optional: '
-            'pip install torch --index-url https://download.pytorch.org/whl/cpu)')
+NO_TORCH = 'PyTorch is not installed (optional: see docs/speed.md#against-pytorch)'
 
 
 def forward_multiply_adds_per_image():
@@ -175,9 +174,10 @@ def run_torch_worker(name: str, *python_flags: str, path: str = REPO):
 def test_torch_configurations_report_not_installed_without_torch(name):
     # -S: no site-packages, so no torch, wherever it is installed; nor numpy,
     # Chainer or mpi4py, which the PyTorch worker must not need either.
-    assert run_torch_worker(name, '-S') == {
-        'unavailable': 'not installed: '
-                       'pip install torch --index-url https://download.pytorch.org/whl/cpu'}
+    assert run_torch_worker(name, '-S') == {'unavailable': (
+        'not installed (optional): '
+        'pip install --no-deps torch --index-url https://download.pytorch.org/whl/cpu; '
+        'pip install filelock typing-extensions sympy networkx jinja2 fsspec')}
 
 
 @pytest.mark.skipif(not TORCH, reason=NO_TORCH)
