@@ -49,9 +49,9 @@ layer shapes: convolutions and fully connected layers, forward, filter and
 input gradients), timed right after the steps with the same processes and
 threads. Neither applies to PyTorch: it has no exchanges, and the floor is
 numpy's BLAS, which PyTorch does not use. "peak": the largest resident set
-size of a rank (ru_maxrss), before the floor's product. Then the issue's ratios, of the medians
-(judged against its targets) and of the minima (the nearest to a quiet
-machine). The table is printed, the numbers are written as JSON (--json).
+size of a rank (ru_maxrss), before the floor's product. Then the issues'
+ratios, of the medians (judged against their targets) and of the minima
+(the nearest to a quiet machine). The table is printed, the numbers are written as JSON (--json).
 """
 import argparse
 import json
