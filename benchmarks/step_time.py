@@ -1,4 +1,4 @@
-"""Time a VGG16 training step in six configurations, each in fresh processes.
+"""Time a VGG16 training step in eight configurations, each in fresh processes.
 
     python benchmarks/step_time.py            # batch 64, 2 warm-up + 5 timed steps, 3 rounds
     python benchmarks/step_time.py --profile c
@@ -16,6 +16,13 @@ configurations (issue 3), with "all cores" the cores this process may use:
   e   ours, 2 replicas x 1 channel rank (--model-parallel 1: pure data
       parallelism), 1 thread each
 
+and the same network and step in PyTorch (issue 14; benchmarks/torch_vgg.py),
+where torch is installed (it is optional, not in requirements.txt; without
+it these are reported as not installed, with the command to install it):
+
+  pt2 PyTorch, 1 process, 2 threads (torch.set_num_threads(2)): the cores of c and e
+  pt1 PyTorch, 1 process, 1 thread
+
 and, only with --gpu (or named in --configs), on GPU 0, CuPy arrays:
 
   ga  plain single-process Chainer VGG16 (chainer.links), on the GPU
@@ -27,7 +34,7 @@ the reason, and the benchmark still exits 0.
 
 Every run of a configuration is a fresh process (or mpiexec), with
 OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS set for it, and the
-configurations take turns, round after round (a, b1, b2, c, d, e, a, ...),
+configurations take turns, round after round (a, b1, b2, c, d, e, pt2, pt1, a, ...),
 so that load from other programs on a shared machine falls on all of them.
 
 Reported per configuration, over all timed steps of all rounds: the median
@@ -40,10 +47,11 @@ largest share over ranks. "floor": one float32 matrix
 product with as many multiply-adds as the rank's step (counted from the
 layer shapes: convolutions and fully connected layers, forward, filter and
 input gradients), timed right after the steps with the same processes and
-threads. "peak": the largest resident set size of a rank (ru_maxrss),
-before the floor's product. Then the issue's ratios, of the medians
-(judged against its targets) and of the minima (the nearest to a quiet
-machine). The table is printed, the numbers are written as JSON (--json).
+threads. Neither applies to PyTorch: it has no exchanges, and the floor is
+numpy's BLAS, which PyTorch does not use. "peak": the largest resident set
+size of a rank (ru_maxrss), before the floor's product. Then the issues'
+ratios, of the medians (judged against their targets) and of the minima
+(the nearest to a quiet machine). The table is printed, the numbers are written as JSON (--json).
 """
 import argparse
 import json
@@ -59,11 +67,23 @@ from dataclasses import dataclass
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_MARK = 'STEP_TIME_RESULT '
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-TARGETS = (  # (label, numerator, denominator, target, met(ratio))
-    ('c / a', 'c', 'a', '<= 0.35', lambda r: r <= 0.35),
-    ('b1 / c', 'b1', 'c', '>= 1.8', lambda r: r >= 1.8),
-    ('b2 / a', 'b2', 'a', '<= 0.6', lambda r: r <= 0.6),
+# (label, numerators (the faster of them), denominator, target, met(ratio)):
+# issue 3's, and issue 14's: ours on 2 processes, in its faster layout,
+# against PyTorch on the same 2 cores.
+TARGETS = (
+    ('c / a', ('c',), 'a', '<= 0.35', lambda r: r <= 0.35),
+    ('b1 / c', ('b1',), 'c', '>= 1.8', lambda r: r >= 1.8),
+    ('b2 / a', ('b2',), 'a', '<= 0.6', lambda r: r <= 0.6),
+    ('min(c,e) / pt2', ('c', 'e'), 'pt2', '<= 1.0', lambda r: r <= 1.0),
 )
+LEARNING_RATE = 0.05  # train.py's default
+# Without its dependencies: torch asks for setuptools 77 or later, which
+# would replace the one below 70 whose pkg_resources Chainer imports (see
+# the Makefile); the second command brings the others.
+TORCH_NOT_INSTALLED = (
+    'not installed (optional): '
+    'pip install --no-deps torch --index-url https://download.pytorch.org/whl/cpu; '
+    'pip install filelock typing-extensions sympy networkx jinja2 fsspec')
 COMM_TARGET = 0.10
 
 
@@ -71,7 +91,8 @@ COMM_TARGET = 0.10
 class Configuration:
     name: str
     description: str
-    network: str  # 'plain' (chainer.links) or a key of models.NETWORKS
+    # 'plain' (chainer.links), 'torch' (benchmarks/torch_vgg.py) or a key of models.NETWORKS
+    network: str
     processes: int
     threads: int
     device: str = 'cpu'  # 'cpu', or 'gpu': GPU 0, CuPy arrays
@@ -86,6 +107,8 @@ CONFIGURATIONS = {c.name: c for c in (
     Configuration('d', 'grouped (original), 2 processes, 1 thread each', 'grouped', 2, 1),
     Configuration('e', 'ours, 2 replicas x 1 process, 1 thread each', 'exact', 2, 1,
                   model_parallel=1),
+    Configuration('pt2', 'PyTorch VGG16, 1 process, 2 threads', 'torch', 1, 2),
+    Configuration('pt1', 'PyTorch VGG16, 1 process, 1 thread', 'torch', 1, 1),
     Configuration('ga', 'plain Chainer VGG16 (chainer.links), GPU', 'plain', 1, CORES, 'gpu'),
     Configuration('gb', 'ours, 1 process, GPU', 'exact', 1, CORES, 'gpu'),
 )}
@@ -165,13 +188,15 @@ def summary(runs: list[dict]) -> dict:
     """Median and spread of the step times of all runs of one configuration."""
     steps = [s for run in runs for s in run['step_seconds']]
     q1, _, q3 = statistics.quantiles(steps, n=4) if len(steps) > 1 else (steps[0],) * 3
-    comm = [c for run in runs for c in run['comm_share']]
+    # None where they do not apply (PyTorch: see torch_worker).
+    applies = runs[0]['floor_seconds'] is not None
     return {
         'steps': steps,
         'median': statistics.median(steps), 'min': min(steps), 'max': max(steps),
         'q1': q1, 'q3': q3,
-        'comm_share': statistics.median(comm),
-        'floor': statistics.median(run['floor_seconds'] for run in runs),
+        'comm_share': (statistics.median(c for run in runs for c in run['comm_share'])
+                       if applies else None),
+        'floor': statistics.median(run['floor_seconds'] for run in runs) if applies else None,
         'multiply_adds_per_rank': runs[0]['multiply_adds'],
         'peak_mb_per_rank': max(max(run['peak_mb']) for run in runs),
     }
@@ -184,12 +209,13 @@ def ratios(summaries: dict) -> list[dict]:
     step of each configuration is the nearest to a quiet machine's.
     """
     found = []
-    untargeted = (('d / c', 'd', 'c', None, None), ('e / c', 'e', 'c', None, None),
-                  ('gb / ga', 'gb', 'ga', None, None))
-    for label, top, bottom, target, met in TARGETS + untargeted:
-        if top in summaries and bottom in summaries:
-            value, of_minima = (summaries[top][stat] / summaries[bottom][stat]
-                                for stat in ('median', 'min'))
+    untargeted = (('d / c', ('d',), 'c', None, None), ('e / c', ('e',), 'c', None, None),
+                  ('b1 / pt1', ('b1',), 'pt1', None, None),
+                  ('gb / ga', ('gb',), 'ga', None, None))
+    for label, tops, bottom, target, met in TARGETS + untargeted:
+        if bottom in summaries and all(top in summaries for top in tops):
+            value, of_minima = (min(summaries[top][stat] for top in tops)
+                                / summaries[bottom][stat] for stat in ('median', 'min'))
             found.append({'ratio': label, 'value': value, 'of_minima': of_minima,
                           'target': target, 'met': met(value) if met else None})
     if 'c' in summaries:
@@ -209,8 +235,9 @@ def print_report(summaries: dict, found: list[dict], args) -> None:
         layout = f'{config.processes} x {config.threads}'
         quartiles = f'{s["q1"]:.3f}-{s["q3"]:.3f}'
         comm = f'{100 * s["comm_share"]:5.1f}%' if config.processes > 1 else '-'
+        floor = 'n/a' if s['floor'] is None else f'{s["floor"]:.3f}'
         print(f'{name:3} {config.description:47} {layout:>11} {s["median"]:7.3f} '
-              f'{s["min"]:7.3f} {s["max"]:7.3f} {quartiles:>13} {s["floor"]:7.3f} '
+              f'{s["min"]:7.3f} {s["max"]:7.3f} {quartiles:>13} {floor:>7} '
               f'{comm:>6} {s["peak_mb_per_rank"]:8.0f}')
     print()
     print(f'{"":16} {"medians":>7} {"minima":>7}   target')
@@ -314,7 +341,7 @@ def build_model(config: Configuration, grid):
     network = (PlainVGG16(10) if config.network == 'plain'
                else NETWORKS[config.network](grid.channels, 10, replicas=grid.replicas))
     model = classifier(network, grid.replicas)
-    optimizer = chainer.optimizers.MomentumSGD(0.05)
+    optimizer = chainer.optimizers.MomentumSGD(LEARNING_RATE)
     optimizer.setup(model)
     if grid.replicas is not None:
         optimizer.add_hook(MeanOverReplicas(grid.replicas))
@@ -398,7 +425,53 @@ def use_device(config: Configuration):
     return device, cupy.cuda.Device().synchronize
 
 
+def torch_worker(config: Configuration, args: argparse.Namespace) -> None:
+    """One PyTorch run: one process, nothing of Chainer or MPI imported.
+
+    Without torch it reports that, as a GPU configuration reports a missing
+    GPU; a torch that is there but fails to import is an error. No floor
+    and no communication: see the module's docstring.
+    """
+    import resource
+    try:
+        from benchmarks.torch_vgg import training_step
+    except ModuleNotFoundError as error:
+        if error.name != 'torch':
+            raise
+        print(RESULT_MARK + json.dumps({'unavailable': TORCH_NOT_INSTALLED}), flush=True)
+        return
+    import torch
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(0)
+    step = training_step(LEARNING_RATE)
+    x = torch.rand(args.batchsize, 3, 32, 32) - 0.5
+    t = torch.randint(0, 10, (args.batchsize,))
+    profiler = None
+    if args.profile:
+        import cProfile
+        profiler = cProfile.Profile()
+    step_seconds = []
+    # PyTorch's CPU operations return when done: no synchronization to wait for.
+    for index in range(args.warmup + args.steps):
+        if profiler and index == args.warmup:
+            profiler.enable()
+        start = time.perf_counter()
+        step(x, t)
+        step_seconds.append(time.perf_counter() - start)
+    if profiler:
+        profiler.disable()
+        print_profile(profiler)
+    print(RESULT_MARK + json.dumps({
+        'step_seconds': step_seconds[args.warmup:], 'comm_share': None,
+        'peak_mb': [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024],
+        'multiply_adds': None, 'floor_seconds': None}), flush=True)
+
+
 def worker(args: argparse.Namespace) -> None:
+    config = CONFIGURATIONS[args.worker]
+    if config.network == 'torch':
+        torch_worker(config, args)
+        return
     import compat  # noqa: F401  (before chainer: see compat.py)
 
     import resource
@@ -408,7 +481,6 @@ def worker(args: argparse.Namespace) -> None:
     import numpy
     warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)
     from models.grid import process_grid
-    config = CONFIGURATIONS[args.worker]
     comm = chainermn.create_communicator('naive')
     device, synchronize = use_device(config)
     if device is None:
@@ -461,15 +533,20 @@ def report(comm, args, step_seconds, comm_seconds, peak_mb, multiply_adds, floor
               for comm_step, step_step in zip(zip(*(r[1] for r in every_rank)),
                                               zip(*(r[0] for r in every_rank)))]
     if profiler:
-        import pstats
-        stats = pstats.Stats(profiler, stream=sys.stdout)
-        stats.sort_stats('tottime').print_stats(25)
-        stats.sort_stats('cumulative').print_stats(40)
+        print_profile(profiler)
     print(RESULT_MARK + json.dumps({
         'step_seconds': steps, 'comm_share': shares,
         'peak_mb': [r[2] for r in every_rank],
         'multiply_adds': max(r[3] for r in every_rank),
         'floor_seconds': max(r[4] for r in every_rank)}), flush=True)
+
+
+def print_profile(profiler) -> None:
+    """The functions with the most own time, then the most cumulative time."""
+    import pstats
+    stats = pstats.Stats(profiler, stream=sys.stdout)
+    stats.sort_stats('tottime').print_stats(25)
+    stats.sort_stats('cumulative').print_stats(40)
 
 
 def profile(args: argparse.Namespace) -> None:

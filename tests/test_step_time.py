@@ -2,8 +2,11 @@
 
 No time is asserted (CI machines differ); what is checked is that each
 configuration runs in its own processes and reports complete, plausible
-numbers, and that the step's arithmetic is counted right.
+numbers, and that the step's arithmetic is counted right. PyTorch is
+optional: where it is installed its configurations run, elsewhere they are
+reported as not installed, and the tests check whichever applies.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +18,11 @@ from conftest import REPO, mpi_env
 from reference_vgg import CHANNELS, NAMES, POOL_AFTER
 
 BATCH = 2
+STEP_TIME = os.path.join(REPO, 'benchmarks', 'step_time.py')
+OURS = ['a', 'b1', 'b2', 'c', 'd', 'e']  # Chainer's
+TORCH_CONFIGURATIONS = ['pt2', 'pt1']
+TORCH = importlib.util.find_spec('torch') is not None
+NO_TORCH = 'PyTorch is not installed (optional: see docs/speed.md#against-pytorch)'
 
 
 def forward_multiply_adds_per_image():
@@ -40,17 +48,25 @@ def tiny_run(tmp_path_factory):
 
 
 def test_every_configuration_reports_its_numbers(tiny_run):
+    from benchmarks.step_time import TORCH_NOT_INSTALLED
     report, stdout = tiny_run
     configurations = report['configurations']
-    assert list(configurations) == ['a', 'b1', 'b2', 'c', 'd', 'e']
+    assert list(configurations) == OURS + (TORCH_CONFIGURATIONS if TORCH else [])
+    assert report['unavailable'] == (
+        {} if TORCH else {name: TORCH_NOT_INSTALLED for name in TORCH_CONFIGURATIONS})
     for name, result in configurations.items():
         assert len(result['steps']) == 1, name
         assert 0 < result['min'] <= result['median'] <= result['max'], name
-        assert result['floor'] > 0 and result['peak_mb_per_rank'] > 50, name
+        assert result['peak_mb_per_rank'] > 50, name
         assert len(result['runs'][0]['peak_mb']) == result['processes'], name
         assert f'\n{name} ' in stdout, name
+        if name in TORCH_CONFIGURATIONS:
+            assert result['floor'] is None and result['comm_share'] is None, name
+        else:
+            assert result['floor'] > 0, name
     cores = len(os.sched_getaffinity(0))
-    assert [c['threads'] for c in configurations.values()] == [cores, 1, cores, 1, 1, 1]
+    assert [c['threads'] for c in configurations.values()] == (
+        [cores, 1, cores, 1, 1, 1] + ([2, 1] if TORCH else []))
 
 
 def test_communication_is_timed_only_where_there_is_some(tiny_run):
@@ -65,13 +81,23 @@ def test_communication_is_timed_only_where_there_is_some(tiny_run):
 def test_ratios_and_targets_are_reported(tiny_run):
     report, stdout = tiny_run
     ratios = {r['ratio']: r for r in report['ratios']}
-    assert set(ratios) == {'c / a', 'b1 / c', 'b2 / a', 'comm share of c', 'd / c', 'e / c'}
+    torch_ratios = {'min(c,e) / pt2', 'b1 / pt1'} if TORCH else set()
+    assert set(ratios) == {'c / a', 'b1 / c', 'b2 / a', 'comm share of c', 'd / c',
+                           'e / c'} | torch_ratios
     medians = {name: c['median'] for name, c in report['configurations'].items()}
     assert ratios['c / a']['value'] == pytest.approx(medians['c'] / medians['a'])
     assert ratios['c / a']['met'] == (ratios['c / a']['value'] <= 0.35)
     minima = {name: c['min'] for name, c in report['configurations'].items()}
     assert ratios['b1 / c']['of_minima'] == pytest.approx(minima['b1'] / minima['c'])
     assert any(line.startswith('c / a') and '<= 0.35' in line for line in stdout.splitlines())
+    if TORCH:
+        # Issue 14: ours on 2 processes in the faster of its two layouts.
+        issue_14 = ratios['min(c,e) / pt2']
+        assert issue_14['value'] == pytest.approx(min(medians['c'], medians['e'])
+                                                  / medians['pt2'])
+        assert issue_14['of_minima'] == pytest.approx(min(minima['c'], minima['e'])
+                                                      / minima['pt2'])
+        assert issue_14['target'] == '<= 1.0' and issue_14['met'] == (issue_14['value'] <= 1)
 
 
 def test_multiply_adds_are_counted_from_the_layer_shapes(tiny_run):
@@ -93,7 +119,7 @@ def test_multiply_adds_are_counted_from_the_layer_shapes(tiny_run):
 
 def test_gpu_option_selects_the_gpu_configurations():
     from benchmarks import step_time
-    assert step_time.parse_args([]).configs == ['a', 'b1', 'b2', 'c', 'd', 'e']
+    assert step_time.parse_args([]).configs == OURS + TORCH_CONFIGURATIONS
     assert step_time.parse_args(['--gpu']).configs == ['ga', 'gb']
     assert step_time.parse_args(['--configs', 'gb,a']).configs == ['gb', 'a']
     assert [step_time.CONFIGURATIONS[name].device for name in ('ga', 'gb')] == ['gpu', 'gpu']
@@ -129,3 +155,67 @@ def test_gpu_configurations_are_reported_unavailable_without_a_gpu(tmp_path):
         assert lines.count(f'{name}: unavailable (no GPU: {why})') == 1, finished.stdout
         assert any(line.startswith(f'{name} ') and line.endswith(f'unavailable: no GPU: {why}')
                    for line in lines), finished.stdout
+
+
+def run_torch_worker(name: str, *python_flags: str, path: str = REPO):
+    """The last line of ``name``'s worker, started directly (no driver), and its exit."""
+    finished = subprocess.run(
+        [sys.executable, *python_flags, STEP_TIME, '--worker', name, '--batchsize', str(BATCH),
+         '--steps', '1', '--warmup', '0'],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=path),
+        cwd=REPO)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    mark, result = finished.stdout.strip().splitlines()[-1].split(' ', 1)
+    assert mark == 'STEP_TIME_RESULT', finished.stdout
+    return json.loads(result)
+
+
+@pytest.mark.parametrize('name', TORCH_CONFIGURATIONS)
+def test_torch_configurations_report_not_installed_without_torch(name):
+    # -S: no site-packages, so no torch, wherever it is installed; nor numpy,
+    # Chainer or mpi4py, which the PyTorch worker must not need either.
+    assert run_torch_worker(name, '-S') == {'unavailable': (
+        'not installed (optional): '
+        'pip install --no-deps torch --index-url https://download.pytorch.org/whl/cpu; '
+        'pip install filelock typing-extensions sympy networkx jinja2 fsspec')}
+
+
+@pytest.mark.skipif(not TORCH, reason=NO_TORCH)
+def test_torch_worker_times_a_step_without_chainer_or_mpi(tmp_path):
+    # Found first on the path, these fail the worker if it imports them.
+    for module in ('chainer', 'chainermn', 'mpi4py'):
+        (tmp_path / f'{module}.py').write_text(
+            f'raise ImportError("the PyTorch worker imported {module}")\n')
+    result = run_torch_worker('pt1', path=f'{tmp_path}{os.pathsep}{REPO}')
+    assert len(result['step_seconds']) == 1 and result['step_seconds'][0] > 0
+    assert result['floor_seconds'] is None and result['comm_share'] is None
+    assert result['peak_mb'][0] > 50
+
+
+def test_torch_network_is_ours_layer_for_layer():
+    torch = pytest.importorskip('torch', reason=NO_TORCH)
+    import chainermn
+
+    from benchmarks import torch_vgg
+    from models import VGG16, vgg
+    assert torch_vgg.VGG16_BLOCKS == vgg.VGG16_BLOCKS
+    assert (torch_vgg.HEAD_WIDTH, torch_vgg.HEAD_DROPOUT) == (vgg.HEAD_WIDTH, vgg.HEAD_DROPOUT)
+    ours = VGG16(chainermn.create_communicator('naive'))
+    theirs = torch_vgg.TorchVGG16()
+
+    def chainer_name(torch_name: str) -> str:
+        *path, kind = torch_name.split('.')
+        batch_norm = path[-1].startswith('bn')
+        return '/'.join([''] + path + [{'weight': 'gamma' if batch_norm else 'W',
+                                         'bias': 'beta'}[kind]])
+    assert ({chainer_name(name): tuple(p.shape) for name, p in theirs.named_parameters()}
+            == {name: p.shape for name, p in ours.namedparams()})
+    assert sum(p.numel() for p in theirs.parameters()) == sum(p.size for p in ours.params())
+    for name, _, ratio, _ in vgg.VGG16_BLOCKS:
+        ours_bn, theirs_bn = getattr(ours, name).bn, getattr(theirs, name).bn
+        assert (theirs_bn.eps, 1 - theirs_bn.momentum) == pytest.approx(
+            (ours_bn.eps, ours_bn.decay)), name
+    assert [m.p for m in theirs.modules() if isinstance(m, torch.nn.Dropout)] == (
+        [ratio for _, _, ratio, _ in vgg.VGG16_BLOCKS if ratio] + [vgg.HEAD_DROPOUT] * 2)
+    # Five poolings take 32x32 to the 1x1 that fc1's 512 inputs need.
+    assert theirs(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
