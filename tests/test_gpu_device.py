@@ -4,24 +4,30 @@ Marked ``gpu`` (``pytest -m gpu`` runs just these; tools/gpu_check.sh does)
 and skipped, with the reason, where CuPy cannot see a GPU, which is
 everywhere CI runs: these tests have not been run yet (docs/gpu.md).
 
-Each case runs tests/workers/vgg_worker.py with real mpiexec and its
+Each model case runs tests/workers/vgg_worker.py with real mpiexec and its
 DEVICE argument ``gpu``: every rank takes its GPU as train.py --gpu does, so
 with 2 processes on a one-GPU machine both share GPU 0, and the exchanges
-are staged through host memory. In float64:
+are staged through host memory; on GPUs of their own they go through
+NCCL. In float64:
 
 - the output and every gradient, in training and in test mode, dropout
   off, against the plain chainer.links VGG16 (tests/reference_vgg.py) on the
   CPU, to 1e-10, on 1 and on 2 processes;
 - five MomentumSGD steps with weight decay and dropout on, against the same
   five steps on the CPU (one process), to 1e-8: the losses and the full
-  parameters and batch-norm statistics. The dropout masks are drawn on the
-  host and sent to the GPU, so both runs drop the same units.
+  parameters and batch-norm statistics.
+
+The exchanges themselves (tests/workers/communication_worker.py, 2
+processes) against numpy: on one GPU that both share, staged through the
+host; on a GPU each, through NCCL, and equal to the host-staged exchanges
+of the same arrays. That one needs 2 GPUs, and skips, saying so, on one.
 """
 import numpy
 import pytest
 
 import gpu
 from conftest import relative_error
+from test_communication import check_exchanges, run_exchanges
 from test_vgg import TOLERANCE, TRAINING_TOLERANCE, check_against_reference, run_worker
 
 pytestmark = pytest.mark.gpu
@@ -57,3 +63,31 @@ def test_five_training_steps_on_gpu_match_five_on_cpu(cpu_training, n, tmp_path)
     for name, expected in cpu_training['state'].items():
         error = relative_error(on_gpu['state'][name], expected)
         assert error <= TRAINING_TOLERANCE, f'{name}: relative error {error:.2e}'
+
+
+def test_exchanges_of_two_ranks_sharing_a_gpu_are_staged_through_the_host(tmp_path):
+    ranks = run_exchanges(2, tmp_path, 'gpu0')
+    assert [result['path'] for result in ranks] == ['host', 'host']
+    check_exchanges(ranks)
+    check_exchanges([result['host-staged'] for result in ranks])
+
+
+def test_nccl_exchanges_on_a_gpu_each_equal_the_host_staged_ones(tmp_path):
+    if gpu.gpu_count() < 2:
+        pytest.skip(f'NCCL needs a GPU per rank (it refuses two ranks on one), and this '
+                    f'machine has {gpu.gpu_count()}')
+    from chainermn import nccl
+    if not nccl._available:
+        pytest.skip('CuPy cannot load NCCL')
+    ranks = run_exchanges(2, tmp_path, 'gpu')
+    assert [result['path'] for result in ranks] == ['nccl', 'nccl']
+    check_exchanges(ranks)
+    for result in ranks:
+        staged = result['host-staged']
+        # Exactly: the gathers copy, and a sum of two terms is the same in
+        # either order.
+        for name in ('parallel', 'replicated'):
+            for through_nccl, through_host in zip(result[name], staged[name]):
+                numpy.testing.assert_array_equal(through_nccl, through_host)
+        numpy.testing.assert_array_equal(result['rows'], staged['rows'])
+        numpy.testing.assert_array_equal(result['sum'], staged['sum'])
