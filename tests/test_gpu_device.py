@@ -17,17 +17,24 @@ NCCL. In float64:
   five steps on the CPU (one process), to 1e-8: the losses and the full
   parameters and batch-norm statistics.
 
+Dropout's masks drawn on the GPU (models/philox_kernel.py) against the
+CPU's, bit for bit, and the kernel's numbers against numpy's Philox.
+
 The exchanges themselves (tests/workers/communication_worker.py, 2
 processes) against numpy: on one GPU that both share, staged through the
 host; on a GPU each, through NCCL, and equal to the host-staged exchanges
 of the same arrays. That one needs 2 GPUs, and skips, saying so, on one.
 """
+import chainer
 import numpy
 import pytest
 
 import gpu
 from conftest import relative_error
+from models import philox_kernel
+from models.dropout import channel_slice_dropout, dropout_key
 from test_communication import check_exchanges, run_exchanges
+from test_philox_kernel import KEYS, numpy_numbers
 from test_vgg import TOLERANCE, TRAINING_TOLERANCE, check_against_reference, run_worker
 
 pytestmark = pytest.mark.gpu
@@ -91,3 +98,39 @@ def test_nccl_exchanges_on_a_gpu_each_equal_the_host_staged_ones(tmp_path):
                 numpy.testing.assert_array_equal(through_nccl, through_host)
         numpy.testing.assert_array_equal(result['rows'], staged['rows'])
         numpy.testing.assert_array_equal(result['sum'], staged['sum'])
+
+
+@pytest.mark.parametrize('key', KEYS[1:3])
+@pytest.mark.parametrize('first, length, stride, runs', [
+    (0, 1000, 1000, 1), (13, 37, 37, 1), (8 * 2 ** 32 - 5, 20, 20, 1), (2 ** 63 + 6, 30, 30, 1),
+    (11, 6, 9, 7), (5 * 64 + 16, 64, 3 * 64, 512),
+])
+def test_the_kernels_numbers_are_numpys_philox(key, first, length, stride, runs):
+    import cupy
+    expected = numpy.concatenate([numpy_numbers(key, first + r * stride, length)
+                                  for r in range(runs)])
+    drawn = philox_kernel.uint32_runs(key, first, length, stride, runs)
+    numpy.testing.assert_array_equal(cupy.asnumpy(drawn), expected)
+
+
+@pytest.mark.parametrize('shape, channels, rows, dtype', [
+    ((64, 64, 32, 32), (0, 22), (0, 64), numpy.float32),  # VGG16's first block, rank 0 of 3
+    ((64, 512, 2, 2), (171, 342), (0, 64), numpy.float32),  # its last, rank 1 of 3
+    ((7, 4, 8, 8), (1, 3), (2, 5), numpy.float64),  # a replica's rows
+    ((40, 7), (0, 7), (13, 27), numpy.float64),  # the head
+])
+def test_gpu_dropout_masks_equal_the_cpus_bit_for_bit(shape, channels, rows, dtype):
+    import cupy
+    key = dropout_key(seed=3, step=11, site=2)
+    (start, stop), (first, last) = channels, rows
+    # Ones: the output is the mask.
+    x = numpy.ones((last - first, stop - start) + shape[2:], dtype=dtype)
+    masks = []
+    for array in (x, cupy.asarray(x)):
+        with chainer.using_config('train', True):
+            masks.append(channel_slice_dropout(chainer.Variable(array), 0.4, start, stop, key,
+                                               first_row=first, batch=shape[0]).array)
+    on_cpu, on_gpu = masks
+    assert isinstance(on_gpu, cupy.ndarray)
+    assert cupy.asnumpy(on_gpu).tobytes() == on_cpu.tobytes()
+    assert 0.5 < (on_cpu != 0).mean() < 0.7
