@@ -34,8 +34,8 @@ __device__ void philox4x64_10(unsigned long long counter, unsigned long long k0,
                               unsigned long long k1, unsigned long long words[4])
 {
     unsigned long long c0 = counter, c1 = 0, c2 = 0, c3 = 0;
-    for (int round = 0; round < 10; ++round) {
-        if (round > 0) {
+    for (int i = 0; i < 10; ++i) {
+        if (i > 0) {
             k0 += PHILOX_W0;
             k1 += PHILOX_W1;
         }
