@@ -9,8 +9,10 @@ as a traceback on every rank (Chainer swallows CuPy's import errors and
 fails later; ChainerMN's pure_nccl communicator raises when it is made,
 which is why train.py makes the naive one).
 
-The GPU path is kept to this module and the host staging in
-models/communication.py (see README, "On GPU", and docs/versions.md).
+The GPU path is kept to this module, the exchanges of
+models/communication.py (host-staged, or NCCL through models/nccl_exchange.py)
+and dropout's kernel, models/philox_kernel.py (see README, "On GPU", and
+docs/versions.md).
 """
 import argparse
 import importlib.metadata

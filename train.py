@@ -34,6 +34,7 @@ from data import load_dataset
 from errors import process_ids, run_checked, run_or_abort
 from models import NETWORKS
 from models.classifier import classifier
+from models.communication import use_exchanges
 from models.gradients import MeanOverReplicas
 from models.grid import ProcessGrid, process_grid
 from run_info import collect_run_info, write_run_info
@@ -49,6 +50,7 @@ def train(args: argparse.Namespace, comm) -> None:
     run_checked(comm, check_out_dir, args.out, only_rank0=True)
     grid = process_grid(comm, channel_group_size(args, comm.size))
     device = gpu.use_device(args, comm)
+    choose_exchanges(grid, device)
     train_set, test_set, n_classes = read_data(args, comm, args.train_size)
     fault = run_checked(comm, faults.fault_injection, comm)
     snapshot = (comm.bcast_obj(run_checked(comm, checkpoint.read_snapshot, args.resume, args,
@@ -95,6 +97,7 @@ def evaluate(args: argparse.Namespace, comm) -> None:
     run_checked(comm, check_args, args, comm.size)
     grid = process_grid(comm, channel_group_size(args, comm.size))
     device = gpu.use_device(args, comm)
+    choose_exchanges(grid, device)
     # The test set is all it needs: one training example spares reading in the rest.
     _, test_set, n_classes = read_data(args, comm, 1)
     weights = comm.bcast_obj(run_checked(comm, checkpoint.read_model, args.evaluate, args,
@@ -108,6 +111,15 @@ def evaluate(args: argparse.Namespace, comm) -> None:
         print(f'test loss {float(result["main/loss"]):.7g}, accuracy '
               f'{float(result["main/accuracy"]):.6f} ({len(test_set)} {args.dataset} test '
               f'images, batch size {args.batchsize}, {args.evaluate})', flush=True)
+
+
+def choose_exchanges(grid: ProcessGrid, device: chainer.backend.Device) -> None:
+    """NCCL or host staging for the channel group's device arrays, decided once (collective).
+
+    Only the channel group: replicas run on the CPU (docs/design.md), so the
+    replica group's sums are host arrays, which always take MPI.
+    """
+    use_exchanges(grid.channels, device)
 
 
 def read_data(args: argparse.Namespace, comm, train_size: int | None):
@@ -198,8 +210,9 @@ def print_header(args: argparse.Namespace, comm, grid: ProcessGrid, n_classes: i
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # Every exchange goes through comm.mpi_comm (models/communication.py),
-    # so the naive communicator serves CPU and GPU alike; it is also made
-    # without NCCL, whose absence --gpu then reports in one line.
+    # or through the NCCL communicator that module makes for GPUs of their
+    # own, so the naive communicator serves CPU and GPU alike; it is also
+    # made without NCCL, whose absence --gpu then reports in one line.
     comm = chainermn.create_communicator('naive')
     run_or_abort(comm, evaluate if args.evaluate else train, args, comm)
 

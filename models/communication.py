@@ -17,13 +17,65 @@ backward, all-to-all then sum, is a reduce-scatter), but it sends a pickled
 message header with every call, builds N full-size gradient copies in
 backward, and hands device pointers to MPI, which the MPICH wheel cannot read
 (it is not CUDA-aware). Arrays on a GPU are therefore staged through host
-memory here.
+memory here, unless every rank of the communicator has a GPU of its own:
+then ``use_exchanges`` gives the communicator, once, an NCCL exchange
+(models/nccl_exchange.py), and its device arrays go through NCCL instead,
+on the current stream. NCCL refuses two ranks on one GPU, so ranks that
+share one keep the host staging. Host arrays take the MPI path on every
+communicator, unchanged: NCCL reads device memory only.
 """
+import weakref
+from collections.abc import Hashable, Sequence
+
 import chainer
 import numpy
 from mpi4py import MPI
 
+from models.nccl_exchange import NcclExchange
 from models.partition import channel_counts, channel_range
+
+# The NCCL exchange of each communicator that use_exchanges gave one. Weak:
+# a communicator's NCCL communicator goes with it.
+_NCCL = weakref.WeakKeyDictionary()
+
+
+def exchange_path(gpus: Sequence[Hashable | None], nccl_loaded: Sequence[bool]) -> str:
+    """How a communicator exchanges device arrays: 'nccl', or 'host' (staged through MPI).
+
+    ``gpus`` names each rank's GPU, equal names for one GPU (use_exchanges:
+    the node and the PCI bus id), None for a rank on the CPU;
+    ``nccl_loaded`` says, for each rank, whether its CuPy loads NCCL. NCCL
+    needs two ranks or more, each on a GPU of its own, and NCCL on all.
+    """
+    if len(gpus) < 2 or None in gpus or not all(nccl_loaded):
+        return 'host'
+    return 'nccl' if len(set(gpus)) == len(gpus) else 'host'
+
+
+def use_exchanges(comm, device: chainer.backend.Device) -> str:
+    """Choose, once, how ``comm`` exchanges device arrays (``exchange_path``); return the choice.
+
+    Collective over ``comm``, with ``device`` each rank's, already current:
+    with 'nccl' it makes the communicator's NCCL communicator.
+    """
+    mine = None
+    if isinstance(device, chainer.backend.GpuDevice):
+        import cupy
+        from chainermn import nccl
+        mine = (MPI.Get_processor_name(), cupy.cuda.runtime.deviceGetPCIBusId(device.device.id),
+                nccl._available)
+    # Every rank decides from the same list, so all make the NCCL communicator or none.
+    ranks = comm.mpi_comm.allgather(mine)
+    path = exchange_path([None if r is None else r[:2] for r in ranks],
+                         [r is not None and r[2] for r in ranks])
+    if path == 'nccl':
+        _NCCL[comm] = NcclExchange(comm)
+    return path
+
+
+def _nccl_of(comm, x):
+    """The NCCL exchange that ``x`` takes on ``comm``; None for the host-staged MPI path."""
+    return None if isinstance(x, numpy.ndarray) else _NCCL.get(comm)
 
 
 def _host(x):
@@ -41,6 +93,9 @@ def allgather_channels(comm, x, channels: int, axis: int = 1):
     """
     if comm.size == 1:
         return x
+    nccl = _nccl_of(comm, x)
+    if nccl is not None:
+        return nccl.allgather_channels(x, channels, axis)
     device = chainer.backend.get_device_from_array(x)
     x = numpy.ascontiguousarray(_host(x))
     counts = channel_counts(channels, comm.size)
@@ -64,6 +119,9 @@ def reduce_scatter_channels(comm, partial, axis: int = 1):
     """
     if comm.size == 1:
         return partial
+    nccl = _nccl_of(comm, partial)
+    if nccl is not None:
+        return nccl.reduce_scatter_channels(partial, axis)
     device = chainer.backend.get_device_from_array(partial)
     partial = _host(partial)
     counts = channel_counts(partial.shape[axis], comm.size)
@@ -137,6 +195,9 @@ def allreduce_sum(comm, x):
     A new array; not differentiable (batch normalization calls it in the
     forward of its function and of its gradient, models/batch_norm.py).
     """
+    nccl = _nccl_of(comm, x)
+    if nccl is not None:
+        return nccl.allreduce_sum(x)
     device = chainer.backend.get_device_from_array(x)
     x = numpy.ascontiguousarray(_host(x))
     total = numpy.empty_like(x)

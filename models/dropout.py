@@ -17,10 +17,17 @@ is still drawn over the whole batch, channel-major, so the replica's numbers
 are one run per channel, the runs a fixed stride apart: it draws those runs,
 and draws through the gaps between them only where skipping a gap would
 cost more than drawing it.
+
+On a GPU the same numbers are drawn there, by a kernel that computes
+numpy's Philox (models/philox_kernel.py), one thread per counter step of a
+run: GPU and CPU runs drop the same units, and no mask crosses from the
+host.
 """
 import chainer
 import chainer.functions as F
 import numpy
+
+from models import philox_kernel
 
 # Philox hands out its 64-bit numbers in blocks of four per counter step,
 # and each 64-bit number holds two of the 32-bit numbers used here.
@@ -59,11 +66,32 @@ def channel_slice_dropout(x: chainer.Variable, ratio: float, start: int,
     batch = rows if batch is None else batch
     pixels = x.size // (rows * (stop - start))
     # Channel c's numbers for the whole batch start at c * batch * pixels.
-    numbers = _uint32_runs(key, (start * batch + first_row) * pixels, rows * pixels,
-                           batch * pixels, stop - start)
-    mask = _scaled_mask(numbers, x.shape, ratio, x.dtype)
-    device = chainer.backend.get_device_from_array(x.array)
-    return F.dropout(x, ratio, mask=device.send(mask))
+    runs = (key, (start * batch + first_row) * pixels, rows * pixels, batch * pixels,
+            stop - start)
+    if isinstance(x.array, numpy.ndarray):
+        mask = _scaled_mask(_uint32_runs(*runs), x.shape, ratio, x.dtype)
+    else:
+        # The same numbers, drawn on the GPU that holds x.
+        import cupy
+        mask = mask_from_numbers(philox_kernel.uint32_runs(*runs), x.shape, ratio, x.dtype,
+                                 cupy)
+    return F.dropout(x, ratio, mask=mask)
+
+
+def mask_from_numbers(numbers, shape: tuple, ratio: float, dtype: numpy.dtype, xp):
+    """``_scaled_mask``'s mask, from an array module's plain operations (CuPy's on a GPU).
+
+    The same comparison and the same product, so the same bits: 0, or
+    exactly the scale.
+    """
+    keep = numbers.reshape((shape[1], shape[0]) + shape[2:]) >= _threshold(ratio)
+    mask = xp.swapaxes(keep, 0, 1).astype(dtype, order='C')
+    mask *= dtype.type(1 / (1 - ratio))
+    return mask
+
+
+def _threshold(ratio: float) -> numpy.uint32:
+    return numpy.uint32(int(ratio * 2 ** 32))
 
 
 def _scaled_mask(numbers: numpy.ndarray, shape: tuple, ratio: float,
@@ -76,8 +104,7 @@ def _scaled_mask(numbers: numpy.ndarray, shape: tuple, ratio: float,
     is written over it, memory already paged in, where a new array would
     cost as much again in page faults as writing it.
     """
-    threshold = numpy.uint32(int(ratio * 2 ** 32))
-    keep = numbers.reshape((shape[1], shape[0]) + shape[2:]) >= threshold
+    keep = numbers.reshape((shape[1], shape[0]) + shape[2:]) >= _threshold(ratio)
     if dtype.itemsize == numbers.itemsize:
         mask = numbers.view(dtype).reshape(shape)
     else:

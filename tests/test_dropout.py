@@ -2,7 +2,7 @@ import chainer
 import numpy
 import pytest
 
-from models.dropout import channel_slice_dropout, dropout_key
+from models.dropout import _scaled_mask, channel_slice_dropout, dropout_key, mask_from_numbers
 from models.partition import channel_range
 
 
@@ -107,3 +107,18 @@ def test_replica_rows_are_the_rows_of_the_single_process_mask(shape, draw_throug
                             start, stop, key, first_row=first, batch=batch).array
                     numpy.testing.assert_array_equal(mine, full[first:stop_row, start:stop])
 
+
+
+@pytest.mark.parametrize('shape', [(5, 7, 3, 2), (6, 7), (3, 4, 1, 1)])
+@pytest.mark.parametrize('dtype', [numpy.float32, numpy.float64, numpy.float16])
+@pytest.mark.parametrize('ratio', [0.3, 0.5])
+def test_the_gpus_mask_arithmetic_gives_the_hosts_bits(shape, dtype, ratio):
+    # mask_from_numbers is what the GPU runs on its numbers (with CuPy);
+    # with numpy here, it must give _scaled_mask's mask, byte for byte.
+    numbers = numpy.random.RandomState(1).randint(0, 2 ** 32, size=numpy.prod(shape),
+                                                  dtype=numpy.uint64).astype(numpy.uint32)
+    dtype = numpy.dtype(dtype)
+    expected = _scaled_mask(numbers.copy(), shape, ratio, dtype)
+    mask = mask_from_numbers(numbers, shape, ratio, dtype, numpy)
+    assert mask.dtype == dtype and mask.shape == shape and mask.flags.c_contiguous
+    assert mask.tobytes() == expected.tobytes()

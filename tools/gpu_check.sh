@@ -14,8 +14,9 @@
 # them within $GPU_CHECK_SECONDS (default 450) seconds:
 #
 #   environment   versions, the GPU, or why CuPy sees none
-#   gpu tests     pytest -m gpu (tests/test_gpu_device.py): skipped, with the
-#                 reason, where there is no GPU
+#   gpu tests     pytest -m gpu (tests/test_gpu_device.py): the model, dropout's
+#                 masks and the exchanges (NCCL with 2 GPUs) against the CPU;
+#                 skipped, with the reason, where there is no GPU
 #   train -n 1    mpiexec -n 1 train.py --gpu, synthetic data, one short epoch
 #   train -n 2    the same on 2 processes (they share the GPU on a one-GPU machine)
 #   step times    benchmarks/step_time.py --gpu, batch 64 and 512, float32:
@@ -326,9 +327,8 @@ done
 
 {
   echo
-  echo "left out: GPU dropout masks against CPU masks bit for bit, and NCCL against"
-  echo "host-staged exchanges: neither feature exists yet (masks are drawn on the host"
-  echo "and sent to the GPU; every exchange is staged through host memory)."
+  echo "NCCL exchanges against host-staged ones need 2 GPUs, one per rank: on a one-GPU"
+  echo "machine that gpu test skips (its line above), and the -n 2 run stages through the host."
   echo
   echo "result: $([ "$FAILED" -eq 0 ] && echo "no step failed" || echo "a step FAILED"), $SECONDS s in all"
 } >>"$SUMMARY"

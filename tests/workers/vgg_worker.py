@@ -11,8 +11,9 @@ MODE train [K] [DEVICE]: five MomentumSGD steps with weight decay and dropout on
 K: ranks per channel group (default all: one replica); the N / K replicas
   each take their rows of every batch (models/grid.py).
 DEVICE: cpu (the default), or gpu: each rank's GPU as train.py --gpu picks it
-  (gpu.device_of; ranks may share one). Whatever the device, the arrays saved
-  are host copies.
+  (gpu.device_of; ranks may share one), and the channel group's exchanges as
+  train.py chooses them (NCCL on GPUs of their own). Whatever the device, the
+  arrays saved are host copies.
 """
 import compat  # noqa: F401  (before chainer: see compat.py)
 
@@ -26,7 +27,7 @@ import numpy
 
 from models import NETWORKS, VGG16
 from models.classifier import classifier
-from models.communication import allgather_channels, allreduce_sum
+from models.communication import allgather_channels, allreduce_sum, use_exchanges
 from models.gradients import MeanOverReplicas
 from models.grid import process_grid
 from models.serialization import full_state
@@ -54,13 +55,16 @@ def batch(step: int, size: int = BATCH):
     return images.astype(numpy.float32), labels
 
 
-def use_device(comm, name: str) -> chainer.backend.Device:
-    """The device DEVICE names, made current: the CPU, or this rank's GPU."""
+def use_device(comm, grid, name: str) -> chainer.backend.Device:
+    """The device DEVICE names, made current, its exchanges chosen as train.py does."""
     if name == 'cpu':
-        return chainer.get_device('@numpy')
-    import gpu
-    device = chainer.get_device(f'@cupy:{gpu.device_of(comm.intra_rank, gpu.gpu_count())}')
-    device.use()
+        device = chainer.get_device('@numpy')
+    else:
+        import gpu
+        device = chainer.get_device(
+            f'@cupy:{gpu.device_of(comm.intra_rank, gpu.gpu_count())}')
+        device.use()
+    use_exchanges(grid.channels, device)
     return device
 
 
@@ -101,7 +105,7 @@ def whole_batch(grid, rows: numpy.ndarray) -> numpy.ndarray:
 
 def compare(comm, out, dtype='float32', network='exact', model_parallel=None, device='cpu'):
     grid = grid_from(comm, model_parallel)
-    device = use_device(comm, device)
+    device = use_device(comm, grid, device)
     with chainer.using_config('dtype', numpy.dtype(dtype)):
         model = NETWORKS[network](grid.channels, seed=0, dropout=False, replicas=grid.replicas)
     model.to_device(device)
@@ -123,7 +127,7 @@ def compare(comm, out, dtype='float32', network='exact', model_parallel=None, de
 
 def train(comm, out, model_parallel=None, device='cpu'):
     grid = grid_from(comm, model_parallel)
-    device = use_device(comm, device)
+    device = use_device(comm, grid, device)
     # In float64. The computation is exact, but ReLU and max pooling make
     # training discontinuous: in float32 a rounding difference of 1e-7 that
     # flips one unit changes the next gradient by ~1e-3 (measured), so
