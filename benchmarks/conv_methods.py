@@ -1,12 +1,12 @@
 """Time the convolution methods of models.conv_cpu on VGG16's shapes.
 
-The data behind models/conv_cpu.py's _COPY_COST, _ADD_COST and
-_TRANSFORM_COST: for every convolution that VGG16 on 32x32 images runs with
-its output channels split over 1, 2 or 4 ranks at batch 64, the time of
-shifted windows, of im2col and of Winograd, and which one the cost model
-picks. A layer's forward call also prepares
-its filter gradient, so it is timed with it; the input gradient's call
-(a correlation of the output gradient) is timed alone. Best of --repeats.
+The data behind models/conv_cpu.py's cost constants: for every convolution
+that VGG16 on 32x32 images runs with its output channels split over 1, 2
+or 4 ranks at batch 64 (--batch), the time of shifted windows, of im2col
+and of Winograd F(2x2, 3x3) and F(4x4, 3x3), and which one the cost model
+picks. A layer's forward call also prepares its filter gradient, so it is
+timed with it; the input gradient's call (a correlation of the output
+gradient) is timed alone. Best of --repeats, in CPU time.
 
 Run with one BLAS thread, e.g.
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/conv_methods.py
@@ -26,7 +26,7 @@ from benchmarks.conv_layers import KERNEL, PAD, VGG16_CONVS
 from models import conv_cpu
 
 METHODS = {conv_cpu._ShiftedWindows: 'windows', conv_cpu._Im2col: 'im2col',
-           conv_cpu.Winograd2x2: 'winograd'}
+           conv_cpu.Winograd2x2: 'winograd2', conv_cpu.Winograd4x4: 'winograd4'}
 
 
 def convolutions(batch: int):
@@ -42,12 +42,14 @@ def convolutions(batch: int):
 
 
 def best_time(run, repeats: int) -> float:
+    """The least CPU time of this process over ``repeats`` runs: with one BLAS
+    thread, the time the method needs, whatever else the machine runs."""
     run()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         run()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return min(times)
 
 

@@ -40,17 +40,18 @@ _BLOCK_ROWS = 1024
 # Costs, in multiply-adds of a matrix product, of what each method does
 # besides its products (see _method_for): moving one value in im2col's copy,
 # adding one value of the running sum of shifted windows, moving one value
-# through Winograd's filter transform (a BLAS product) and through its input
-# or output transform (compiled loops, whose work per value grows with the
-# nonzeros in a row of the transform: about 2 for F(2x2, 3x3), 4 for
-# F(4x4, 3x3)). Fitted to timings of the methods on VGG16's layer shapes at
-# batch 32 and 64, split over 1 and 2 ranks, on this machine
-# (benchmarks/conv_methods.py); they only steer speed, every method gives the
-# same result up to rounding.
+# through Winograd's filter transform (a BLAS product, and the products then
+# stream n*n transformed values per filter pair instead of 9) and through its
+# input or output transform (compiled loops; F(4x4, 3x3)'s have more terms per
+# value). Fitted to CPU times of the methods on VGG16's layer shapes at batch
+# 32 and 64, split over 1 and 2 ranks, on this machine
+# (benchmarks/conv_methods.py): the picks come within 1% of the fastest
+# method's total. They only steer speed, every method gives the same result
+# up to rounding.
 _COPY_COST = 20.0
 _ADD_COST = 5.0
-_FILTER_TRANSFORM_COST = 60.0
-_TRANSFORM_COST = {Winograd2x2: 60.0, Winograd4x4: 120.0}
+_FILTER_TRANSFORM_COST = 120.0
+_TRANSFORM_COST = {Winograd2x2: 45.0, Winograd4x4: 60.0}
 
 
 def convolution_2d(x: chainer.Variable | numpy.ndarray,

@@ -136,18 +136,18 @@ def test_every_method_on_every_vgg16_layer_in_float32(monkeypatch, method, c_in,
     assert_matches_chainer(x, W, 1, rng)
 
 
-@pytest.mark.parametrize('x_shape, c_out, expected', [
-    ((64, 3, 32, 32), 32, conv_cpu._Im2col),           # VGG16's first layer
-    ((64, 64, 32, 32), 32, conv_cpu._ShiftedWindows),  # large images
-    ((64, 128, 16, 16), 64, conv_cpu.Winograd4x4),     # smaller images, more channels
-    ((64, 256, 8, 8), 128, conv_cpu.Winograd4x4),
-    ((32, 512, 4, 4), 512, conv_cpu.Winograd2x2),      # 4x4 filters outweigh the tiles
-    ((64, 512, 2, 2), 256, conv_cpu.Winograd2x2),
+@pytest.mark.parametrize('x_shape, k, c_out, expected', [
+    ((64, 3, 32, 32), 3, 32, conv_cpu._Im2col),            # VGG16's first layer
+    ((64, 64, 32, 32), 3, 32, conv_cpu.Winograd4x4),       # 3x3, images down to 8x8
+    ((64, 256, 8, 8), 3, 128, conv_cpu.Winograd4x4),
+    ((32, 512, 4, 4), 3, 512, conv_cpu.Winograd2x2),       # the larger tile's filters outweigh it
+    ((64, 512, 2, 2), 3, 256, conv_cpu._Im2col),           # 2x2 images: Winograd saves little
+    ((64, 64, 32, 32), 5, 32, conv_cpu._ShiftedWindows),   # other kernels: no Winograd
 ])
-def test_cost_model_picks(x_shape, c_out, expected):
+def test_cost_model_picks(x_shape, k, c_out, expected):
     """The choices the benchmark (benchmarks/conv_methods.py) backs on this
     machine; a change of the cost constants that flips one is deliberate."""
-    assert type(conv_cpu._method_for(x_shape, 3, 1, c_out)) is expected
+    assert type(conv_cpu._method_for(x_shape, k, k // 2, c_out)) is expected
 
 
 @pytest.mark.parametrize('x_requires_grad', [False, True])
