@@ -20,8 +20,10 @@ core, C=64, c_out=32: 78 against 51 GFLOP/s).
   many channels, most of VGG16; models/winograd.py): 2.25 and 4 times fewer
   products, paid for with transforms of the input, output and filters.
 
-The input gradient is the correlation of the output gradient with the
-flipped, transposed filters, so it reuses the same forward code.
+The input gradient of the direct methods is the correlation of the output
+gradient with the flipped, transposed filters, so it reuses the same
+forward code (by whichever method suits that correlation); Winograd's is
+its own adjoint (models/winograd.py).
 """
 
 import chainer
@@ -30,7 +32,7 @@ import numpy
 from chainer import function_node
 from numpy.lib.stride_tricks import sliding_window_view
 
-from models.winograd import Winograd2x2, Winograd4x4
+from models.winograd import Winograd, Winograd2x2, Winograd4x4
 
 # Rows of the running sum in _sum_of_window_products: the block of outputs
 # and one product of that size stay in L2 cache, while each product, at least
@@ -137,6 +139,10 @@ class _SliceConvolutionGrad(function_node.FunctionNode):
         gW = self.method.weight_grad(gy)
         if not self.input_grad_needed:
             return gW,
+        if isinstance(self.method, Winograd):
+            # From the transformed output gradient that weight_grad made
+            # and the forward's transformed filters: no transform repeated.
+            return gW, self.method.input_grad()
         # The adjoint of a correlation with padding p is the correlation of
         # the output gradient with padding k-1-p and the flipped taps, each
         # tap's matrix transposed: (c_out, C) maps gy's channels to x's.

@@ -12,10 +12,14 @@ with d the n x n input tile, g the 3x3 filter, * elementwise, and summed
 over input channels; that sum, for each of the n*n transformed positions, is
 one matrix product (tiles, C_in) @ (C_in, C_out).
 
-The filter gradient follows from the same products: Y is linear in
-U = G g G^T, so dU = sum over tiles of (A dY A^T) * (B^T d B), n*n products
-(C_out, tiles) @ (tiles, C_in), and dg = G^T dU G. The input gradient is the
-correlation of the output gradient with the flipped filters (see conv_cpu).
+Both gradients follow from the same products, by the adjoint of each
+step. With Z = A dY A^T of every tile of the output gradient: the filter
+gradient is dU = sum over tiles of Z * (B^T d B), n*n products
+(C_out, tiles) @ (tiles, C_in), and dg = G^T dU G; the input gradient is
+B (Z U^T) B^T of every tile, n*n products (tiles, C_out) @ (C_out, C_in)
+with the forward's transformed filters, the tiles added into the image
+where they overlap. So the backward transforms the output gradient once
+and the filters not at all.
 
 The transforms are small matrices applied along both axes of every tile.
 numpy cannot do that without a pass over memory per term (or a 6-D gather
@@ -37,14 +41,16 @@ import numba
 import numpy
 
 
-class _Winograd:
+class Winograd:
     """Correlation with a 3x3 kernel as n*n products in the Winograd domain.
 
     Same interface as conv_cpu's methods: ``forward(x, taps)`` with x of
     shape (B, C, H, W) and taps of shape (3, 3, C, c_out) returns the
     (B, c_out, H_out, W_out) output and keeps the transformed input for
-    ``weight_grad(gy)``, which returns the (c_out, C, 3, 3) filter gradient.
-    Subclasses give the output tile size m and the three transforms.
+    ``weight_grad(gy)``, which returns the (c_out, C, 3, 3) filter gradient
+    and keeps the transformed gy for ``input_grad()``, the (B, C, H, W)
+    input gradient. Subclasses give the output tile size m and the three
+    transforms.
     """
     m: int
     input_transform: numpy.ndarray   # B^T, (n, n)
@@ -64,25 +70,38 @@ class _Winograd:
         self.batch = batch
 
     def forward(self, x: numpy.ndarray, taps: numpy.ndarray) -> numpy.ndarray:
+        self.input_shape = x.shape
         self.transformed = self._input_transform(x)
-        return self._output_transform(numpy.matmul(self.transformed, self._filters(taps)))
+        self.filters = self._filters(taps)
+        return self._output_transform(numpy.matmul(self.transformed, self.filters))
 
     def weight_grad(self, gy: numpy.ndarray) -> numpy.ndarray:
-        du = numpy.matmul(self._output_transform_adjoint(gy).transpose(0, 2, 1),
-                          self.transformed)
+        self.gy_transformed = self._output_transform_adjoint(gy)
+        du = numpy.matmul(self.gy_transformed.transpose(0, 2, 1), self.transformed)
         # dg = G^T dU G, with the n*n transformed positions as rows, so that
         # the product comes out tap-minor, in the filter's own layout.
         transform = numpy.kron(self.filter_transform, self.filter_transform).astype(du.dtype)
         return (du.reshape(du.shape[0], -1).T @ transform).reshape(du.shape[1:] + (3, 3))
 
+    def input_grad(self) -> numpy.ndarray:
+        """The input gradient, from the output gradient given to weight_grad."""
+        n = self.m + 2
+        dv = numpy.matmul(self.gy_transformed, self.filters.transpose(0, 2, 1))
+        batch, channels, height, width = self.input_shape
+        gx = numpy.zeros((batch, height, width, channels), dv.dtype)
+        _add_tiles_to_image(dv.reshape((n, n, batch) + self.tiles_hw + (channels,)),
+                            self.input_transform.T.astype(dv.dtype), self.m, -self.pad, gx)
+        return numpy.ascontiguousarray(gx.transpose(0, 3, 1, 2))
+
     def _filters(self, taps):
         """(3, 3, C, c_out) taps -> G g G^T as (n*n, C, c_out), maybe a transposed view.
 
         conv_cpu hands over views of one contiguous (3, 3, c_out, C) array:
-        transposed in the last two axes (forward) or flipped in the first two
-        (input gradient). Reading that array in its own memory order, with
-        the transform's columns reversed for a flip, avoids copying the
-        filters (up to 9.4 MB for 512 x 512 in float32).
+        transposed in the last two axes (a layer's forward) or flipped in
+        the first two (where another method's input gradient is computed as
+        a correlation). Reading that array in its own memory order, with the
+        transform's columns reversed for a flip, avoids copying the filters
+        (up to 9.4 MB for 512 x 512 in float32).
         """
         # G g G^T for all n*n (a, b) at once: (G kron G) applied to the 9 taps.
         transform = numpy.kron(self.filter_transform, self.filter_transform).astype(taps.dtype)
@@ -109,9 +128,9 @@ class _Winograd:
     def _output_transform(self, products):
         """(n*n, tiles, c_out) products -> (B, c_out, H_out, W_out), A^T m A."""
         n = self.m + 2
-        y = numpy.empty((self.batch,) + self.out_hw + (products.shape[-1],), products.dtype)
-        _image_from_tiles(products.reshape((n, n, self.batch) + self.tiles_hw + (-1,)),
-                          self.output_transform.astype(products.dtype), self.m, y)
+        y = numpy.zeros((self.batch,) + self.out_hw + (products.shape[-1],), products.dtype)
+        _add_tiles_to_image(products.reshape((n, n, self.batch) + self.tiles_hw + (-1,)),
+                            self.output_transform.astype(products.dtype), self.m, 0, y)
         return numpy.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
     def _output_transform_adjoint(self, gy):
@@ -164,15 +183,16 @@ def _tiles_from_image(image, matrix, stride, offset, out):
 
 
 @numba.njit(cache=True)
-def _image_from_tiles(tiles, matrix, stride, out):
-    """out[k, stride*i + a, stride*j + b, c] = (M t M^T)[a, b] for tile t = tiles[:, :, k, i, j, c],
-    where that pixel lies in out.
+def _add_tiles_to_image(tiles, matrix, stride, offset, out):
+    """out[k, stride*i + offset + a, stride*j + offset + b, c] += (M t M^T)[a, b]
+    for each tile t = tiles[:, :, k, i, j, c], where that pixel lies in out.
 
     tiles: (p, p, B, tiles_h, tiles_w, C); matrix M: (q, p); out: (B, H, W, C).
+    Where tiles overlap (q > stride) their values add up.
     """
     height, width, channels = out.shape[1:]
     q, p = matrix.shape
-    rows = numpy.empty((q, p, channels), out.dtype)
+    rows = numpy.empty((q, p, channels), out.dtype)  # M t, one tile at a time
     for k in range(out.shape[0]):
         for i in range(tiles.shape[3]):
             for j in range(tiles.shape[4]):
@@ -184,18 +204,19 @@ def _image_from_tiles(tiles, matrix, stride, out):
                             if weight != 0:
                                 for c in range(channels):
                                     rows[a, v, c] += weight * tiles[u, v, k, i, j, c]
-                for a in range(min(q, height - stride * i)):
-                    for b in range(min(q, width - stride * j)):
-                        row, column = stride * i + a, stride * j + b
-                        out[k, row, column] = 0
-                        for v in range(p):
-                            weight = matrix[b, v]
-                            if weight != 0:
-                                for c in range(channels):
-                                    out[k, row, column, c] += weight * rows[a, v, c]
+                for a in range(q):
+                    row = stride * i + offset + a
+                    for b in range(q):
+                        column = stride * j + offset + b
+                        if 0 <= row < height and 0 <= column < width:
+                            for v in range(p):
+                                weight = matrix[b, v]
+                                if weight != 0:
+                                    for c in range(channels):
+                                        out[k, row, column, c] += weight * rows[a, v, c]
 
 
-class Winograd2x2(_Winograd):
+class Winograd2x2(Winograd):
     """F(2x2, 3x3): 16 products per 2x2 outputs; the transforms hold 0, +-1, +-1/2."""
     m = 2
     input_transform = numpy.array([[1, 0, -1, 0], [0, 1, 1, 0],
@@ -205,7 +226,7 @@ class Winograd2x2(_Winograd):
     output_transform = numpy.array([[1, 1, 1, 0], [0, 1, -1, -1]], float)
 
 
-class Winograd4x4(_Winograd):
+class Winograd4x4(Winograd):
     """F(4x4, 3x3): 36 products per 4x4 outputs, interpolating at 0, +-1, +-2 and infinity."""
     m = 4
     input_transform = numpy.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0],
