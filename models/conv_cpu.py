@@ -41,19 +41,21 @@ _BLOCK_ROWS = 1024
 
 # Costs, in multiply-adds of a matrix product, of what each method does
 # besides its products (see _method_for): moving one value in im2col's copy,
-# adding one value of the running sum of shifted windows, moving one value
-# through Winograd's filter transform (a BLAS product, and the products then
-# stream n*n transformed values per filter pair instead of 9) and through its
-# input or output transform (compiled loops; F(4x4, 3x3)'s have more terms per
-# value). Fitted to CPU times of the methods on VGG16's layer shapes at batch
-# 32 and 64, split over 1 and 2 ranks, on this machine
-# (benchmarks/conv_methods.py): the picks come within 1% of the fastest
-# method's total. They only steer speed, every method gives the same result
-# up to rounding.
+# adding one value of the running sum of shifted windows, copying the filters
+# for im2col (per output position: it pays on the smallest images), moving
+# one value through Winograd's filter transform (a BLAS product, and the
+# products then stream n*n transformed values per filter pair instead of 9)
+# and through its input or output transform (compiled loops; F(4x4, 3x3)'s
+# have more terms per value). Fitted to CPU times of a layer's forward and
+# backward by each method on VGG16's shapes at batch 32 and 64, split over
+# 1, 2 and 4 ranks, on this machine (benchmarks/conv_methods.py): the picks'
+# total comes within 0.5% of the fastest methods'. They only steer speed,
+# every method gives the same result up to rounding.
 _COPY_COST = 20.0
 _ADD_COST = 5.0
+_FILTER_COPY_COST = 160.0
 _FILTER_TRANSFORM_COST = 120.0
-_TRANSFORM_COST = {Winograd2x2: 45.0, Winograd4x4: 60.0}
+_TRANSFORM_COST = {Winograd2x2: 30.0, Winograd4x4: 45.0}
 
 
 def convolution_2d(x: chainer.Variable | numpy.ndarray,
@@ -109,13 +111,18 @@ class _SliceConvolution(function_node.FunctionNode):
 
     def forward_cpu(self, inputs):
         x, W = inputs
+        # The method keeps what the filter gradient needs (the laid-out
+        # input), so neither x nor W is retained.
+        self.method = _method_for(x.shape, W.shape[2], self.pad, W.shape[0])
+        if isinstance(self.method, Winograd):
+            # It transforms the filters straight from W's own layout, and its
+            # input gradient needs no taps (see _SliceConvolutionGrad).
+            self.taps = None
+            return self.method.forward(x, W.transpose(2, 3, 1, 0)),
         # Each tap's (c_out, C) matrix, contiguous. The forward multiplies by
         # their transposes, the input gradient by themselves; BLAS reads both
         # without a copy.
         self.taps = numpy.ascontiguousarray(W.transpose(2, 3, 0, 1))
-        # The method keeps what the filter gradient needs (the laid-out
-        # input), so neither x nor W is retained.
-        self.method = _method_for(x.shape, W.shape[2], self.pad, W.shape[0])
         return self.method.forward(x, self.taps.transpose(0, 1, 3, 2)),
 
     def backward(self, indexes, grad_outputs):
@@ -164,21 +171,22 @@ def _method_for(x_shape, k: int, pad: int, c_out: int):
     the padding positions of its grid, a share `extra` of the outputs, and
     adds k*k partial products per output value, a share _ADD_COST / C;
     im2col copies k*k*C input values per output position, a share
-    _COPY_COST / c_out. Winograd F(m x m, 3x3) (3x3 only) does n*n products
+    _COPY_COST / c_out, and its filters, k*k*C*c_out values, a share
+    _FILTER_COPY_COST / outputs. Winograd F(m x m, 3x3) (3x3 only) does n*n products
     per tile of m x m outputs (n = m + 2) instead of 9*m*m, but moves n*n
     transformed values per tile through each of its input and output
     transforms, and n*n per filter pair through the filter transform.
-    Large images with many input channels favour shifted windows, small
-    images with many channels Winograd (the larger tile down to 8x8
-    images, where its filters and partial tiles do not yet outweigh the
-    products it saves), few input channels (the first layer) im2col.
+    On VGG16 this picks im2col for the first layer (3 input channels),
+    F(4x4, 3x3) down to 8x8 images, and F(2x2, 3x3) on 4x4 and 2x2 images,
+    where the larger tile's filters and partial tiles outweigh the products
+    it saves; shifted windows and im2col serve the other kernel sizes.
     """
     c_in, height, width = x_shape[1:]
     out_height, out_width = height + 2 * pad - k + 1, width + 2 * pad - k + 1
     outputs = x_shape[0] * out_height * out_width
     extra = (height + pad) * (width + pad) / (out_height * out_width) - 1
     costs = {_ShiftedWindows: 1 + extra + _ADD_COST / c_in,
-             _Im2col: 1 + _COPY_COST / c_out}
+             _Im2col: 1 + _COPY_COST / c_out + _FILTER_COPY_COST / outputs}
     if k == 3:
         for winograd, transform in _TRANSFORM_COST.items():
             m, n = winograd.m, winograd.m + 2

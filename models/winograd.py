@@ -96,18 +96,23 @@ class Winograd:
     def _filters(self, taps):
         """(3, 3, C, c_out) taps -> G g G^T as (n*n, C, c_out), maybe a transposed view.
 
-        conv_cpu hands over views of one contiguous (3, 3, c_out, C) array:
-        transposed in the last two axes (a layer's forward) or flipped in
-        the first two (where another method's input gradient is computed as
-        a correlation). Reading that array in its own memory order, with the
-        transform's columns reversed for a flip, avoids copying the filters
-        (up to 9.4 MB for 512 x 512 in float32).
+        conv_cpu hands over views: of the layer's (c_out, C, 3, 3) filters
+        W for its forward, or of one contiguous (3, 3, c_out, C) array,
+        flipped in the first two axes, where another method's input
+        gradient runs as a correlation on Winograd. Reading either in its own
+        memory order, with the transform's columns reversed for a flip,
+        avoids copying the filters (up to 9.4 MB for 512 x 512 in float32).
         """
         # G g G^T for all n*n (a, b) at once: (G kron G) applied to the 9 taps.
         transform = numpy.kron(self.filter_transform, self.filter_transform).astype(taps.dtype)
+        n = self.m + 2
+        if 0 < taps.strides[1] < taps.strides[0] < min(taps.strides[2:]):
+            # Tap-minor: W's layout, (c_out, C, 9) in memory.
+            filters = taps.transpose(3, 2, 0, 1).reshape(-1, 9)
+            u = transform @ filters.T
+            return u.reshape((n * n,) + taps.shape[:1:-1]).transpose(0, 2, 1)
         if taps.strides[0] < 0 and taps.strides[1] < 0:
             taps, transform = taps[::-1, ::-1], transform[:, ::-1].copy()
-        n = self.m + 2
         if taps.strides[2] < taps.strides[3]:
             u = transform @ taps.transpose(0, 1, 3, 2).reshape(9, -1)
             return u.reshape((n * n,) + taps.shape[:1:-1]).transpose(0, 2, 1)

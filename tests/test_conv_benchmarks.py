@@ -27,10 +27,16 @@ def test_conv_layers_prints_every_layer_and_totals():
     assert len(total) == 7 and all(float(value) > 0 for value in total[1:])
 
 
-def test_conv_methods_covers_both_kinds_of_call():
+def test_conv_methods_times_every_layer_with_every_method():
     out = run_benchmark('conv_methods.py', '--batch', '2', '--repeats', '1')
-    kinds = [line.split()[0] for line in out.splitlines()[1:]]
-    assert 'layer' in kinds and 'input' in kinds
+    rows = [line.split() for line in out.splitlines()[1:]]
+    # The first layer and VGG16's 8 other distinct shapes, each with its
+    # output channels split over 1, 2 and 4 ranks.
+    assert rows[0][0] == 'first' and len(rows) == 9 * 3
+    for row in rows:
+        times = row[-6:-2]
+        assert all(float(t) > 0 for t in times)
+        assert row[-1] in ('windows', 'im2col', 'winograd2', 'winograd4')
 
 
 @pytest.mark.parametrize('script', ['conv_layers.py', 'conv_methods.py'])

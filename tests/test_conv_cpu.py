@@ -141,7 +141,7 @@ def test_every_method_on_every_vgg16_layer_in_float32(monkeypatch, method, c_in,
     ((64, 64, 32, 32), 3, 32, conv_cpu.Winograd4x4),       # 3x3, images down to 8x8
     ((64, 256, 8, 8), 3, 128, conv_cpu.Winograd4x4),
     ((32, 512, 4, 4), 3, 512, conv_cpu.Winograd2x2),       # the larger tile's filters outweigh it
-    ((64, 512, 2, 2), 3, 256, conv_cpu._Im2col),           # 2x2 images: Winograd saves little
+    ((64, 512, 2, 2), 3, 256, conv_cpu.Winograd2x2),       # im2col copies the filters there
     ((64, 64, 32, 32), 5, 32, conv_cpu._ShiftedWindows),   # other kernels: no Winograd
 ])
 def test_cost_model_picks(x_shape, k, c_out, expected):

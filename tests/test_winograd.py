@@ -40,16 +40,17 @@ def test_output_and_both_gradients(method, shape, c_out, pad):
     y.grad = gy
     y.backward()
 
-    # The taps as conv_cpu passes them: views of one (3, 3, c_out, C) array,
-    # transposed for the forward, flipped for the input gradient.
-    taps = numpy.ascontiguousarray(W.array.transpose(2, 3, 0, 1))
+    # The taps as conv_cpu passes them: a view of W for the forward; for a
+    # correlation as another method's input gradient, a flipped view of
+    # one (3, 3, c_out, C) array.
     forward = method(shape, 3, pad)
-    assert relative(forward.forward(x.array, taps.transpose(0, 1, 3, 2)), y.array) < TOLERANCE
+    assert relative(forward.forward(x.array, W.array.transpose(2, 3, 1, 0)), y.array) < TOLERANCE
     assert relative(forward.weight_grad(gy), W.grad) < TOLERANCE
     # The adjoint, after weight_grad, as conv_cpu takes it ...
     assert relative(forward.input_grad(), x.grad) < TOLERANCE
     # ... and the correlation with the flipped taps, as another method's
     # input gradient may run on Winograd.
+    taps = numpy.ascontiguousarray(W.array.transpose(2, 3, 0, 1))
     correlation = method(gy.shape, 3, 2 - pad)
     assert relative(correlation.forward(gy, taps[::-1, ::-1]), x.grad) < TOLERANCE
 
