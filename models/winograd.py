@@ -55,7 +55,14 @@ class Winograd:
     m: int
     input_transform: numpy.ndarray   # B^T, (n, n)
     filter_transform: numpy.ndarray  # G, (n, 3)
+    # G g G^T for all n*n (a, b) at once: (G kron G), (n*n, 9), applied to
+    # the 9 taps; derived from G for each subclass.
+    filter_transform_2d: numpy.ndarray
     output_transform: numpy.ndarray  # A^T, (m, n)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.filter_transform_2d = numpy.kron(cls.filter_transform, cls.filter_transform)
 
     def __init__(self, x_shape: tuple, k: int, pad: int):
         if k != 3:
@@ -80,7 +87,7 @@ class Winograd:
         du = numpy.matmul(self.gy_transformed.transpose(0, 2, 1), self.transformed)
         # dg = G^T dU G, with the n*n transformed positions as rows, so that
         # the product comes out tap-minor, in the filter's own layout.
-        transform = numpy.kron(self.filter_transform, self.filter_transform).astype(du.dtype)
+        transform = self.filter_transform_2d.astype(du.dtype)
         return (du.reshape(du.shape[0], -1).T @ transform).reshape(du.shape[1:] + (3, 3))
 
     def input_grad(self) -> numpy.ndarray:
@@ -103,8 +110,7 @@ class Winograd:
         memory order, with the transform's columns reversed for a flip,
         avoids copying the filters (up to 9.4 MB for 512 x 512 in float32).
         """
-        # G g G^T for all n*n (a, b) at once: (G kron G) applied to the 9 taps.
-        transform = numpy.kron(self.filter_transform, self.filter_transform).astype(taps.dtype)
+        transform = self.filter_transform_2d.astype(taps.dtype)
         n = self.m + 2
         if 0 < taps.strides[1] < taps.strides[0] < min(taps.strides[2:]):
             # Tap-minor: W's layout, (c_out, C, 9) in memory.

@@ -18,7 +18,9 @@ def mpiexec_path() -> str:
 
 
 def mpi_env(**extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
+    # The repository, and tests/ for the workers' shared module (workers/gathered.py).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, 'tests')]),
+               OMP_NUM_THREADS='1')
     env.update(extra)
     return env
 

@@ -11,7 +11,6 @@ gradient, gamma and beta gradients and running statistics.
 """
 import compat  # noqa: F401  (before chainer: see compat.py)
 
-import pickle
 import sys
 
 import chainer
@@ -20,6 +19,7 @@ import numpy
 
 from models.batch_norm import BatchNormalization
 from models.grid import process_grid
+from workers.gathered import write_gathered
 
 SHAPES = [(5, 6), (7, 3, 4, 4)]
 
@@ -49,10 +49,7 @@ def normalize_my_rows(grid, shape):
 def main(out_path: str) -> None:
     comm = chainermn.create_communicator('naive')
     grid = process_grid(comm, 1)
-    results = comm.gather_obj([normalize_my_rows(grid, shape) for shape in SHAPES])
-    if comm.rank == 0:
-        with open(out_path, 'wb') as f:
-            pickle.dump(results, f)
+    write_gathered(comm, [normalize_my_rows(grid, shape) for shape in SHAPES], out_path)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,6 @@ the gradients; the rank saves them.
 """
 import compat  # noqa: F401  (before chainer: see compat.py)
 
-import pickle
 import sys
 
 import chainer
@@ -22,6 +21,7 @@ import numpy
 from models.classifier import ReplicaClassifier
 from models.gradients import MeanOverReplicas
 from models.grid import process_grid
+from workers.gathered import write_gathered
 
 # Split 2 + 1, 1 + 0 (a replica without rows), and 2 + 2 for training.
 BATCHES = (3, 1)
@@ -80,10 +80,7 @@ def main(out_path: str) -> None:
     model(x[start:stop], t[start:stop]).backward()
     optimizer.call_hooks('pre')
     seen['grad'] = model.predictor.predictor.W.grad
-    gathered = comm.gather_obj(seen)
-    if comm.rank == 0:
-        with open(out_path, 'wb') as f:
-            pickle.dump(gathered, f)
+    write_gathered(comm, seen, out_path)
 
 
 if __name__ == '__main__':

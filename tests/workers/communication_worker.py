@@ -10,7 +10,6 @@ DEVICE: cpu (the default); gpu, each rank's GPU as train.py --gpu picks it
 """
 import compat  # noqa: F401  (before chainer: see compat.py)
 
-import pickle
 import sys
 
 import chainer
@@ -26,6 +25,7 @@ from models.communication import (
     use_exchanges,
 )
 from models.partition import channel_range
+from workers.gathered import write_gathered
 
 CHANNELS = 7
 
@@ -79,10 +79,7 @@ def main(out_path: str, device_name: str = 'cpu') -> None:
     result = {'path': use_exchanges(comm, device), **exchanges(comm, device)}
     if device_name != 'cpu':
         result['host-staged'] = exchanges(staged, device)
-    gathered = comm.gather_obj(result)
-    if comm.rank == 0:
-        with open(out_path, 'wb') as f:
-            pickle.dump(gathered, f)
+    write_gathered(comm, result, out_path)
 
 
 if __name__ == '__main__':

@@ -8,12 +8,12 @@ batch of 10.
 """
 import compat  # noqa: F401  (before chainer: see compat.py)
 
-import pickle
 import sys
 
 import chainermn
 
 from models.grid import process_grid
+from workers.gathered import write_gathered
 
 BATCH = 10
 
@@ -31,10 +31,7 @@ def main(out_path: str) -> None:
                    'channel_group': members(grid.channels, comm.rank),
                    'replica_group': members(grid.replicas, comm.rank),
                    'rows': grid.rows(BATCH)}
-    gathered = comm.gather_obj(seen)
-    if comm.rank == 0:
-        with open(out_path, 'wb') as f:
-            pickle.dump(gathered, f)
+    write_gathered(comm, seen, out_path)
 
 
 if __name__ == '__main__':
