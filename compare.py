@@ -14,7 +14,7 @@ import re
 import string
 import sys
 
-from run_info import RUN_INFO_NAME, read_run_info
+from job.run_info import RUN_INFO_NAME, read_run_info
 
 METRICS = ("main/loss", "validation/main/loss", "main/accuracy",
            "validation/main/accuracy", "elapsed_time")

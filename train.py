@@ -10,10 +10,8 @@ processes form N / K replicas of a channel group of K, each computing on its
 share of every batch, still exactly the single-process run (models/grid.py).
 Rank 0 prints the log and writes the files in --out.
 """
-# First, in this order: the BLAS thread count must be set before numpy loads,
-# and compat.py must patch numpy before chainer is imported.
-import blas_threads
-import compat  # noqa: F401
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
+from job import checkpoint, faults, gpu
 
 import argparse
 import os
@@ -26,18 +24,16 @@ import numpy
 from chainer import training
 from chainer.training import extensions
 
-import checkpoint
-import faults
-import gpu
-from arguments import channel_group_size, check_args, check_out_dir, parse_args
-from data import load_dataset
-from errors import process_ids, run_checked, run_or_abort
+from job.arguments import channel_group_size, check_args, check_out_dir, parse_args
+from job.blas_threads import threads_per_process
+from job.data import load_dataset
+from job.errors import process_ids, run_checked, run_or_abort
+from job.run_info import collect_run_info, write_run_info
 from models import NETWORKS
 from models.classifier import classifier
 from models.communication import use_exchanges
 from models.gradients import MeanOverReplicas
 from models.grid import ProcessGrid, process_grid
-from run_info import collect_run_info, write_run_info
 
 matplotlib.use('Agg')
 # ChainerMN marks its iterators and collectives experimental, on every rank.
@@ -202,7 +198,7 @@ def print_header(args: argparse.Namespace, comm, grid: ProcessGrid, n_classes: i
     # With --gpu, how many of rank 0's node's processes share each of its GPUs.
     shared = f', {gpu.sharing(comm.intra_size, gpu.gpu_count())}' if args.gpu else ''
     print(f'{device}, {comm.size} processes{layout}{shared}, '
-          f'{blas_threads.threads_per_process()} BLAS threads per process')
+          f'{threads_per_process()} BLAS threads per process')
     print(f'Minibatch size: {args.batchsize}, epochs: {args.epoch}, learning rate: '
           f'{args.learnrate}, seed: {args.seed}', flush=True)
 

@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import compat  # noqa: F401  (before chainer: see compat.py)
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
 import chainer
 import chainer.functions as F

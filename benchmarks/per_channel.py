@@ -30,7 +30,7 @@ import time
 from typing import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import compat  # noqa: F401  (before chainer: see compat.py)
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
 import chainer
 import chainer.functions as F

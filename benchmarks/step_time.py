@@ -472,7 +472,7 @@ def worker(args: argparse.Namespace) -> None:
     if config.network == 'torch':
         torch_worker(config, args)
         return
-    import compat  # noqa: F401  (before chainer: see compat.py)
+    import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
     import resource
     import warnings

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # models.vgg.VGG16_BLOCKS, HEAD_WIDTH and HEAD_DROPOUT, written out again:
-# models imports chainer. tests/test_step_time.py checks that they agree.
+# models imports chainer. tests/benchmarks/test_step_time.py checks that they agree.
 # (name, output channels, dropout ratio after ReLU, 2x2 max pooling after it)
 VGG16_BLOCKS = (
     ('conv1_1', 64, 0.3, False), ('conv1_2', 64, 0.0, True),

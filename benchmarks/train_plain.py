@@ -4,7 +4,7 @@
         --test-size 512 --epoch 2 --out result-plain
 
 VGG16 from chainer.links (benchmarks/plain_vgg.py) in one process with all
-cores: what a user would run without this example. Same data (data.py),
+cores: what a user would run without this example. Same data (job/data.py),
 mini-batch, learning rate, weight decay, evaluation and reports as
 train.py, so the LogReport's elapsed_time of the two can be set side by
 side, e.g. with `python compare.py result result-plain`.
@@ -14,8 +14,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import blas_threads  # before numpy: see blas_threads.py
-import compat  # noqa: F401  (before chainer: see compat.py)
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
 import chainer
 import chainer.links as L
@@ -23,11 +22,12 @@ import numpy
 from chainer import training
 from chainer.training import extensions
 
-from arguments import check_out_dir
 from benchmarks.plain_vgg import PlainVGG16
-from data import DataError, load_dataset
-from errors import UsageError
-from run_info import collect_run_info, write_run_info
+from job.arguments import check_out_dir
+from job.blas_threads import threads_per_process
+from job.data import DataError, load_dataset
+from job.errors import UsageError
+from job.run_info import collect_run_info, write_run_info
 from train import add_reports
 
 
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     trainer.extend(extensions.Evaluator(test_iter, model))
     add_reports(trainer, args)
     print(f'Plain Chainer VGG16 on {args.dataset} ({len(train_set)} train / '
-          f'{len(test_set)} test images), 1 process, {blas_threads.threads_per_process()} '
+          f'{len(test_set)} test images), 1 process, {threads_per_process()} '
           f'BLAS threads, minibatch {args.batchsize}', flush=True)
     write_run_info(args.out, collect_run_info(args, 1, 'plain'))
     trainer.run()

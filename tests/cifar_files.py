@@ -2,7 +2,7 @@
 
 The authors' batch files are Python 2 pickles (protocol 2) of dicts whose keys
 and numpy buffers are Python 2 str; _Python2Pickler writes exactly that, so
-data.py and chainer's own reader read these files as they read the real ones.
+job/data.py and chainer's own reader read these files as they read the real ones.
 """
 import io
 import os
@@ -71,7 +71,7 @@ class Cifar:
 
     def _members(self) -> dict[str, bytes]:
         """Member name (under self.folder) to content, in a scrambled order
-        like the real tarballs, with the metadata members data.py ignores."""
+        like the real tarballs, with the metadata members job/data.py ignores."""
         if self.variant == 'cifar100':
             return {
                 'meta': python2_pickle({b'fine_label_names': [b'x'] * 100}),

@@ -8,7 +8,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import compat  # noqa: E402,F401  (once REPO is on sys.path; before chainer: see compat.py)
+import job  # noqa: E402,F401  (once REPO is on sys.path; first: see job/__init__.py)
 
 
 def mpiexec_path() -> str:

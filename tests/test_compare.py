@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from run_info import write_run_info
+from job.run_info import write_run_info
 
 COMPARE = str(Path(__file__).resolve().parents[1] / "compare.py")
 METRICS = ("main/loss", "validation/main/loss", "main/accuracy",

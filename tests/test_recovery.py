@@ -1,7 +1,7 @@
 """--evaluate, and how a job ends when a process fails or Ctrl-C is pressed.
 
 Real mpiexec runs. The failures are injected through PARALLEL_CONV_FAULT
-(see faults.py); a job that hangs fails its test at a timeout, and its
+(see job/faults.py); a job that hangs fails its test at a timeout, and its
 processes are killed.
 """
 import json

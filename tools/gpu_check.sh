@@ -15,7 +15,7 @@
 # them within $GPU_CHECK_SECONDS (default 450) seconds:
 #
 #   environment   versions, the GPU, or why CuPy sees none
-#   gpu tests     pytest -m gpu (tests/test_gpu_device.py): the model, dropout's
+#   gpu tests     pytest -m gpu (tests/models/test_gpu_device.py): the model, dropout's
 #                 masks and the exchanges (NCCL with 2 GPUs) against the CPU;
 #                 skipped, with the reason, where there is no GPU
 #   train -n 1    mpiexec -n 1 train.py --gpu, synthetic data, one short epoch
@@ -239,7 +239,7 @@ MPIEXEC=$BIN/mpiexec
 [ -x "$MPIEXEC" ] || MPIEXEC=$(command -v mpiexec || echo mpiexec)
 
 run 60 environment.log "$PY" - <<'EOF'
-import compat  # noqa: F401  (before chainer)
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 import importlib.metadata, platform, sys
 print(f'python {platform.python_version()} ({sys.executable})')
 for name in ('numpy', 'cupy-cuda13x', 'cupy-cuda12x', 'cupy-cuda11x', 'chainer', 'numba',
@@ -251,7 +251,7 @@ for name in ('numpy', 'cupy-cuda13x', 'cupy-cuda12x', 'cupy-cuda11x', 'chainer',
         pass
 from mpi4py import MPI
 print(f'MPI: {MPI.Get_library_version().splitlines()[0].strip()}')
-import gpu
+from job import gpu
 why = gpu.why_no_gpu()
 if why:
     print(f'no GPU: {why}')

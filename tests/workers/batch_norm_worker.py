@@ -9,7 +9,7 @@ backpropagates its rows of one upstream gradient, in training mode, with
 the running statistics updated; rank 0 saves every rank's output, input
 gradient, gamma and beta gradients and running statistics.
 """
-import compat  # noqa: F401  (before chainer: see compat.py)
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
 import sys
 

@@ -9,7 +9,7 @@ and how often it ran the predictor. Then one training step on an even
 batch: each rank backpropagates its own loss and MeanOverReplicas averages
 the gradients; the rank saves them.
 """
-import compat  # noqa: F401  (before chainer: see compat.py)
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
 import sys
 

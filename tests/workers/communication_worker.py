@@ -8,7 +8,7 @@ DEVICE: cpu (the default); gpu, each rank's GPU as train.py --gpu picks it
   the communicator that made no choice and so stages every device array
   through the host ('host-staged'). The arrays saved are host copies.
 """
-import compat  # noqa: F401  (before chainer: see compat.py)
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
 import sys
 

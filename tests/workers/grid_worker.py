@@ -6,7 +6,7 @@ For each K, every rank reports its replica, the world ranks of its channel
 group and of its replica group (in their ranks' order), and its rows of a
 batch of 10.
 """
-import compat  # noqa: F401  (before chainer: see compat.py)
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
 import sys
 

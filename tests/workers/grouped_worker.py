@@ -9,7 +9,7 @@ the input, the upstream gradient, the full output, every rank's filters and
 filter gradient, and the input gradient summed over ranks (each rank holds
 the part that passes through its own filters).
 """
-import compat  # noqa: F401  (before chainer: see compat.py)
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
 import pickle
 import sys

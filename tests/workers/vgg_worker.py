@@ -15,7 +15,7 @@ DEVICE: cpu (the default), or gpu: each rank's GPU as train.py --gpu picks it
   train.py chooses them (NCCL on GPUs of their own). Whatever the device, the
   arrays saved are host copies.
 """
-import compat  # noqa: F401  (before chainer: see compat.py)
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
 import hashlib
 import pickle

@@ -13,7 +13,7 @@ import numpy
 import pytest
 from mpi4py import MPI
 
-from run_info import collect_run_info, read_run_info, write_run_info
+from job.run_info import collect_run_info, read_run_info, write_run_info
 
 
 def train_args(**overrides) -> argparse.Namespace:

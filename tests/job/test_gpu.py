@@ -9,8 +9,10 @@ the CUDA libraries (gigabytes) would give the "no GPU" line, and NCCL is
 checked only once a GPU is found.
 
 Which GPU each process uses, and how the header tells the sharing, are pure
-functions of gpu.py, tested here without a GPU.
+functions of job/gpu.py, tested here without a GPU.
 """
+from job import gpu
+
 import os
 import subprocess
 import sys
@@ -19,7 +21,6 @@ import types
 import numpy
 import pytest
 
-import gpu
 from conftest import REPO, check_clean_failure, check_earlier_run_kept, mpi_env, run_mpi
 
 QUICK = ['--gpu', '--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
@@ -128,7 +129,7 @@ def test_why_no_gpu_names_cupy_missing_and_cupy_without_cuda(cupy_without_cuda):
     if os.path.exists('/dev/nvidia0'):
         pytest.skip('this machine has a GPU and may have CUDA')
     env = mpi_env(PYTHONPATH=os.pathsep.join([str(cupy_without_cuda), REPO]))
-    result = subprocess.run([sys.executable, '-c', 'import compat, gpu; print(gpu.why_no_gpu())'],
+    result = subprocess.run([sys.executable, '-c', 'from job import gpu; print(gpu.why_no_gpu())'],
                             capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith('CuPy cannot be used ('), result.stdout

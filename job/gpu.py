@@ -21,7 +21,7 @@ import re
 
 import chainer
 
-from errors import UsageError, run_checked
+from job.errors import UsageError, run_checked
 
 # CuPy's wheels, each built for one CUDA major version (the x).
 _CUPY_WHEELS = ('cupy-cuda13x', 'cupy-cuda12x', 'cupy-cuda11x')

@@ -15,7 +15,7 @@ import socket
 import sys
 import traceback
 
-from data import DataError
+from job.data import DataError
 
 
 class UsageError(Exception):

@@ -1,10 +1,12 @@
-"""Tests of data.py on small CIFAR files written in the authors' format.
+"""Tests of job/data.py on small CIFAR files written in the authors' format.
 
 The authors' batch files are Python 2 pickles (protocol 2) of dicts whose keys
 and numpy buffers are Python 2 str; _Python2Pickler writes exactly that, so
-both data.py and chainer's own reader read these files as they read the real
+both job/data.py and chainer's own reader read these files as they read the real
 ones. No test touches the network.
 """
+
+from job import data
 
 import hashlib
 import os
@@ -16,10 +18,9 @@ import chainer
 import numpy
 import pytest
 
-import data
 from cifar_files import Cifar, python2_pickle, rows
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAINER_URL = 'https://www.cs.toronto.edu/~kriz/{}-python.tar.gz'
 
 
@@ -201,7 +202,7 @@ def test_wrong_image_shape_is_an_error_naming_the_member(tmp_path):
 def test_failed_download_is_an_error_pointing_to_the_offline_options(tmp_path):
     """chainer's real download, sent through a proxy on a closed loopback port,
     fails at once; in a fresh process, as urllib reads proxies once."""
-    script = ('import compat, socket, data\n'
+    script = ('import socket\nfrom job import data\n'
               'socket.setdefaulttimeout(7.0)\n'
               'try:\n'
               '    data.load_dataset("cifar10", None, None, None, 0)\n'

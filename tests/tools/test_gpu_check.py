@@ -7,13 +7,14 @@ steps say why they were skipped, and exits 0: the GPU tests skip with their
 reason, the training runs and the step times are not started. (With a GPU
 the check would run for real, for minutes: that case is skipped here.)
 """
+from job import gpu
+
 import os
 import subprocess
 import sys
 
 import pytest
 
-import gpu
 from conftest import REPO
 
 SCRIPT = os.path.join(REPO, 'tools', 'gpu_check.sh')

@@ -6,7 +6,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "draw_parallel_conv.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "draw_parallel_conv.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # 12 x 5.5 inches at 100 dpi, as promised for README width.
 EXPECTED_HEIGHT, EXPECTED_WIDTH = 550, 1200

@@ -25,11 +25,12 @@ processes) against numpy: on one GPU that both share, staged through the
 host; on a GPU each, through NCCL, and equal to the host-staged exchanges
 of the same arrays. That one needs 2 GPUs, and skips, saying so, on one.
 """
+from job import gpu
+
 import chainer
 import numpy
 import pytest
 
-import gpu
 from conftest import relative_error
 from models import philox_kernel
 from models.dropout import channel_slice_dropout, dropout_key

@@ -19,7 +19,7 @@ import time
 
 import chainer.training
 
-from errors import UsageError
+from job.errors import UsageError
 
 FAULT_VARIABLE = 'PARALLEL_CONV_FAULT'
 ACTIONS = ('raise', 'exit', 'kill')

@@ -20,7 +20,7 @@ import os
 import chainer.training
 import numpy
 
-from errors import UsageError
+from job.errors import UsageError
 from models.grid import ProcessGrid
 from models.serialization import full_state, load_full_state
 from models.vgg import VGG16_BLOCKS

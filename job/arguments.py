@@ -8,8 +8,8 @@ import argparse
 import math
 import os
 
-from data import DATASETS
-from errors import UsageError
+from job.data import DATASETS
+from job.errors import UsageError
 from models import NETWORKS
 from models.grouped import GROUPED_INPUT_CHANNELS
 from models.vgg import VGG16_BLOCKS
