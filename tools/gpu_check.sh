@@ -27,7 +27,10 @@
 # and the summary says why. OUT_DIR gets summary.txt (every step's status,
 # time and key lines) and logs/ (every step's whole output, the training
 # runs' LogReport and the step times' JSON). Exit status: 0 when no step
-# failed (skipped steps included), 1 when one did, 2 for bad arguments.
+# failed and at least one step that needs a GPU passed (others may skip,
+# such as the NCCL test on one GPU), 1 when a step failed, 2 for bad
+# arguments, 3 when nothing failed but no step that needs a GPU passed (no
+# GPU: the check checked nothing), after a line on stderr that says why.
 #
 # --prepare builds chainer 7.8.1 (an sdist) into a wheel with setuptools
 # below 70 and downloads the other wheels for Python $PYTHON_VERSION
@@ -130,6 +133,7 @@ trap 'rm -rf "$WORK"' EXIT
 BUDGET=${GPU_CHECK_SECONDS:-450}
 DEADLINE=$((SECONDS + BUDGET))
 FAILED=0
+CHECKED=0  # 1 once a step that needs a GPU passed
 cd "$REPO"
 export PYTHONPATH=$REPO PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 
@@ -151,6 +155,13 @@ record() {
   done
   case "$status" in failed*|timed*|"not run"*) FAILED=1 ;; esac
   return 0
+}
+
+# record_gpu NAME STATUS ...: record for a step that needs a GPU; one that
+# passed means the check checked something
+record_gpu() {
+  record "$@"
+  case "$2" in ok|passed) CHECKED=1 ;; esac
 }
 
 # run LIMIT LOG COMMAND...: run within min(LIMIT, the time left); sets RC, TOOK, LIMIT_USED
@@ -291,14 +302,14 @@ elif [ "$RC" -eq 0 ]; then
 else
   status=$(status_of)
 fi
-record "gpu tests" "$status" "$TOOK" pytest-gpu.log "${reasons[@]}" "$final"
+record_gpu "gpu tests" "$status" "$TOOK" pytest-gpu.log "${reasons[@]}" "$final"
 
 # ---- short synthetic training runs on the GPU ----
 
 for n in 1 2; do
   name="train -n $n"
   if [ -n "$NO_GPU" ]; then
-    record "$name" "skipped: $SKIPPED" 0 ""
+    record_gpu "$name" "skipped: $SKIPPED" 0 ""
     continue
   fi
   out=$WORK/train-n$n
@@ -314,9 +325,9 @@ print(", ".join(f"{k} {entry[k]:.4g}" if isinstance(entry[k], float) else f"{k} 
 ' "$out/log" 2>/dev/null || true)
   header=$(grep -E '^(GPU|CPU), ' "$LOGS/train-n$n.log" || true)
   if [ "$RC" -eq 0 ]; then
-    record "$name" ok "$TOOK" "train-n$n.log" "$header" "$last"
+    record_gpu "$name" ok "$TOOK" "train-n$n.log" "$header" "$last"
   else
-    record "$name" "$(status_of)" "$TOOK" "train-n$n.log" "$header" "$(tail_of "train-n$n.log" 5)"
+    record_gpu "$name" "$(status_of)" "$TOOK" "train-n$n.log" "$header" "$(tail_of "train-n$n.log" 5)"
   fi
 done
 
@@ -325,25 +336,37 @@ done
 for batch in 64 512; do
   name="step times $batch"
   if [ -n "$NO_GPU" ]; then
-    record "$name" "skipped: $SKIPPED" 0 ""
+    record_gpu "$name" "skipped: $SKIPPED" 0 ""
     continue
   fi
   run 75 "step_time-$batch.log" "$PY" benchmarks/step_time.py --gpu --batchsize "$batch" \
     --steps 5 --warmup 2 --rounds 2 --json "$LOGS/step_time-$batch.json"
   mapfile -t lines < <(grep -E '^(batch |    |ga |gb |gb / ga)|unavailable' "$LOGS/step_time-$batch.log" || true)
   if [ "$RC" -eq 0 ]; then
-    record "$name" ok "$TOOK" "step_time-$batch.log" "${lines[@]}"
+    record_gpu "$name" ok "$TOOK" "step_time-$batch.log" "${lines[@]}"
   else
-    record "$name" "$(status_of)" "$TOOK" "step_time-$batch.log" "${lines[@]}" "$(tail_of "step_time-$batch.log" 3)"
+    record_gpu "$name" "$(status_of)" "$TOOK" "step_time-$batch.log" "${lines[@]}" "$(tail_of "step_time-$batch.log" 3)"
   fi
 done
 
+# A check that skipped every step that needs a GPU checked nothing: its own
+# exit status, so that it cannot read as a pass.
+if [ "$FAILED" -eq 1 ]; then
+  RESULT="a step FAILED"; STATUS=1
+elif [ "$CHECKED" -eq 0 ]; then
+  RESULT="NOTHING CHECKED, no step that needs a GPU passed ($NO_GPU)"; STATUS=3
+else
+  RESULT="no step failed"; STATUS=0
+fi
 {
   echo
   echo "NCCL exchanges against host-staged ones need 2 GPUs, one per rank: on a one-GPU"
   echo "machine that gpu test skips (its line above), and the -n 2 run stages through the host."
   echo
-  echo "result: $([ "$FAILED" -eq 0 ] && echo "no step failed" || echo "a step FAILED"), $SECONDS s in all"
+  echo "result: $RESULT, $SECONDS s in all"
 } >>"$SUMMARY"
 cat "$SUMMARY"
-exit "$FAILED"
+if [ "$STATUS" -eq 3 ]; then
+  echo "gpu_check.sh: nothing checked: $NO_GPU; run it on a machine where CuPy sees a GPU" >&2
+fi
+exit "$STATUS"

@@ -3,9 +3,10 @@
 Bad arguments stop it with one line on stderr and exit code 2, before it
 writes anything. On a GPU-less machine, run with this test environment's
 Python and no WHEEL_DIR (nothing to install), it writes a summary whose GPU
-steps say why they were skipped, and exits 0: the GPU tests skip with their
-reason, the training runs and the step times are not started. (With a GPU
-the check would run for real, for minutes: that case is skipped here.)
+steps say why they were skipped: the GPU tests skip with their reason, the
+training runs and the step times are not started. Having checked nothing, it
+says so in the summary and in one line on stderr, and exits 3, not 0. (With
+a GPU the check would run for real, for minutes: that case is skipped here.)
 """
 from job import gpu
 
@@ -82,11 +83,14 @@ def test_help_describes_the_check():
 
 @pytest.mark.skipif(gpu.why_no_gpu() is None, reason='this machine has a GPU: the check would '
                     'run for minutes')
-def test_without_a_gpu_the_summary_says_why_each_gpu_step_was_skipped(tmp_path):
+def test_without_a_gpu_it_says_why_each_gpu_step_was_skipped_and_exits_3(tmp_path):
     why = f'no GPU: {gpu.why_no_gpu()}'
     out = tmp_path / 'out'
     result = gpu_check(str(out), timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    # Nothing failed, but nothing was checked: 3, the check's code for that.
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f'gpu_check.sh: nothing checked: {why}; run it on a machine where CuPy sees a GPU']
     summary = (out / 'summary.txt').read_text()
     assert result.stdout == summary
     steps = {line[3:20].strip(): line[20:] for line in summary.splitlines()
@@ -104,6 +108,7 @@ def test_without_a_gpu_the_summary_says_why_each_gpu_step_was_skipped(tmp_path):
     for step in ('train -n 1', 'train -n 2', 'step times 64', 'step times 512'):
         assert steps[step] == f'{skipped}  [0 s]', step
     assert 'NCCL exchanges against host-staged ones need 2 GPUs' in summary
-    assert summary.rstrip().splitlines()[-1].startswith('result: no step failed, ')
+    assert summary.rstrip().splitlines()[-1].startswith(
+        f'result: NOTHING CHECKED, no step that needs a GPU passed ({why}), ')
     assert sorted(p.name for p in (out / 'logs').iterdir()) == ['environment.log',
                                                                'pytest-gpu.log']
