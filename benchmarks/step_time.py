@@ -415,7 +415,7 @@ def use_device(config: Configuration):
     import chainer
     if config.device == 'cpu':
         return chainer.get_device('@numpy'), lambda: None
-    import gpu
+    from job import gpu
     why = gpu.why_no_gpu()
     if why:
         return None, f'no GPU: {why}'

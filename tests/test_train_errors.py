@@ -37,11 +37,10 @@ def test_bad_flag_fails_in_one_line(flags, words, earlier_out):
 def test_more_processes_than_channels_are_refused():
     # Starting 65 processes is too heavy for a test: check_args is what
     # train.py runs first on every rank (run through mpiexec just above).
-    import arguments
-    from errors import UsageError
+    from job import arguments, errors
     args = arguments.parse_args(QUICK)
     arguments.check_args(args, 64)
-    with pytest.raises(UsageError,
+    with pytest.raises(errors.UsageError,
                        match='^65 processes, but the narrowest layer has only 64 channels'):
         arguments.check_args(args, 65)
     # Replicas of groups of at most 64 run on more.

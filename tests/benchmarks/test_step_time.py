@@ -135,7 +135,7 @@ def test_gpu_option_and_configs_exclude_each_other():
 
 
 def test_gpu_configurations_are_reported_unavailable_without_a_gpu(tmp_path):
-    import gpu
+    from job import gpu
     why = gpu.why_no_gpu()
     if why is None:
         pytest.skip('this machine has a GPU')

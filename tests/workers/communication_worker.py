@@ -64,7 +64,7 @@ def device_of(comm, name: str) -> chainer.backend.Device:
     """The device DEVICE names, made current."""
     if name == 'cpu':
         return chainer.get_device('@numpy')
-    import gpu
+    from job import gpu
     index = gpu.device_of(comm.intra_rank, gpu.gpu_count()) if name == 'gpu' else 0
     device = chainer.get_device(f'@cupy:{index}')
     device.use()

@@ -60,7 +60,7 @@ def use_device(comm, grid, name: str) -> chainer.backend.Device:
     if name == 'cpu':
         device = chainer.get_device('@numpy')
     else:
-        import gpu
+        from job import gpu
         device = chainer.get_device(
             f'@cupy:{gpu.device_of(comm.intra_rank, gpu.gpu_count())}')
         device.use()
