@@ -271,16 +271,20 @@ def test_download_that_would_run_code_is_refused_and_not_cached(runner, marker, 
     assert not (chainer_root / 'pfnet' / 'chainer' / 'cifar' / 'cifar-10.npz').exists()
 
 
-def test_cached_arrays_are_checked(chainer_root):
-    """A cache that is not chainer's arrays gives one line naming it."""
+def test_cached_arrays_are_checked_and_never_unpickled(chainer_root):
+    """A cache that is not chainer's arrays gives one line naming it; one
+    holding pickled objects is not unpickled."""
     cache = chainer_root / 'pfnet' / 'chainer' / 'cifar'
     cache.mkdir(parents=True)
     images = numpy.zeros((4, 3072), numpy.uint8)
+    labels = numpy.zeros(4, numpy.uint8)
     numpy.savez_compressed(cache / 'cifar-10.npz', train_x=images, test_x=images,
-                           train_y=numpy.array([0, 1, 2, 10], numpy.uint8),
-                           test_y=numpy.zeros(4, numpy.uint8))
+                           train_y=numpy.array([0, 1, 2, 10], numpy.uint8), test_y=labels)
     message = _data_error('cifar10', None, None, None, 0)
     assert str(cache / 'cifar-10.npz') in message and '[0, 10)' in message
+    numpy.savez_compressed(cache / 'cifar-10.npz', train_x=numpy.array([b'x', 1], object),
+                           test_x=images, train_y=labels, test_y=labels)
+    assert 'allow_pickle=False' in _data_error('cifar10', None, None, None, 0)
 
 
 def test_failed_download_is_an_error_pointing_to_the_offline_options(tmp_path):
