@@ -1,28 +1,36 @@
 """Datasets for the VGG16 example.
 
 CIFAR-10 and CIFAR-100 come from the authors' python tarball (or its extracted
-folder) in a directory the user names, or else from chainer's own download and
-cache. 'synthetic' is a generated CIFAR-shaped set for offline runs and tests.
+folder) in a directory the user names, or else from the tarball that chainer's
+download helper fetches and caches. Either way its pickled batches are read by
+safe_pickle, which builds data and refuses anything that would run code.
+'synthetic' is a generated CIFAR-shaped set for offline runs and tests.
 Every dataset gives float32 images in [0, 1] of shape (3, 32, 32) and int32
 labels, the same values as chainer.datasets.get_cifar10(scale=1.).
 """
 
+from job import safe_pickle
+
+import functools
 import gzip
 import os
-import pickle
 import socket
 import tarfile
 import zlib
 from dataclasses import dataclass
-from typing import Callable
 
-import chainer
 import numpy
+from chainer.dataset import download
 from chainer.datasets import TupleDataset
 
 DATASETS = ('cifar10', 'cifar100', 'synthetic')
 
 CIFAR_PAGE = 'https://www.cs.toronto.edu/~kriz/cifar.html'
+CIFAR_FILES = 'https://www.cs.toronto.edu/~kriz/'
+# chainer.datasets.get_cifar10/100 keep their arrays here, under the dataset
+# root; so do we, in the same files and layout, so either reads the other's.
+CHAINER_CACHE = os.path.join('pfnet', 'chainer', 'cifar')
+CACHED_ARRAYS = ('train_x', 'train_y', 'test_x', 'test_y')
 ROW_BYTES = 3 * 32 * 32
 # Per blocking socket operation, so a slow but live download still finishes.
 DOWNLOAD_TIMEOUT_S = 30
@@ -45,7 +53,7 @@ class _Cifar:
     test_member: str
     label_key: bytes
     n_classes: int
-    chainer_getter: Callable[..., tuple[TupleDataset, TupleDataset]]
+    chainer_cache: str
 
     def members(self) -> tuple[str, ...]:
         return self.train_members + (self.test_member,)
@@ -55,11 +63,15 @@ _CIFAR = {
     'cifar10': _Cifar(
         'cifar-10-python.tar.gz', 'cifar-10-batches-py',
         tuple(f'data_batch_{i}' for i in range(1, 6)), 'test_batch',
-        b'labels', 10, chainer.datasets.get_cifar10),
+        b'labels', 10, 'cifar-10.npz'),
     'cifar100': _Cifar(
         'cifar-100-python.tar.gz', 'cifar-100-python', ('train',), 'test',
-        b'fine_labels', 100, chainer.datasets.get_cifar100),
+        b'fine_labels', 100, 'cifar-100.npz'),
 }
+
+
+# (rows, labels) of the train split and of the test split.
+Splits = tuple[tuple[numpy.ndarray, numpy.ndarray], tuple[numpy.ndarray, numpy.ndarray]]
 
 
 def load_dataset(name: str, root: str | None, train_size: int | None,
@@ -86,26 +98,55 @@ def load_dataset(name: str, root: str | None, train_size: int | None,
 
 # --- CIFAR through chainer's download -------------------------------------
 
-def _from_chainer(cifar: _Cifar) -> tuple[tuple[numpy.ndarray, numpy.ndarray], ...]:
-    """(images, labels) of train and test from chainer's download and cache."""
+def _from_chainer(cifar: _Cifar) -> Splits:
+    """(uint8 rows, int32 labels) of train and test from chainer's cache, or
+    else from the tarball chainer's helper downloads, read by our reader."""
     previous_timeout = socket.getdefaulttimeout()
     # chainer's urlretrieve has no timeout of its own: without one an
     # unreachable host would hang the run instead of failing.
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        train, test = cifar.chainer_getter(scale=1.)
+        cache = os.path.join(download.get_dataset_directory(CHAINER_CACHE), cifar.chainer_cache)
+        # chainer's own get_cifar10 would unpickle the download freely: only
+        # its helpers are used, around our reader.
+        arrays = download.cache_or_load_file(
+            cache, functools.partial(_cache_download, cifar), _read_cache)
+        fix = (f'delete {cache} (a cache of {cifar.archive} written by chainer or by this '
+               f'program) and run again')
+        return (_checked(arrays['train_x'], arrays['train_y'], cache, cifar, fix),
+                _checked(arrays['test_x'], arrays['test_y'], cache, cifar, fix))
+    except DataError:
+        raise
     except Exception as err:  # whatever the download or its cache raised
-        cache = chainer.dataset.get_dataset_root()
         raise DataError(
             f'could not get {cifar.archive} through chainer\'s download '
             f'({_one_line(err)}): download it from {CIFAR_PAGE} and pass '
             f'--dataset-root DIR holding it (or delete a broken download '
-            f'cached under {cache}); to run offline, use --dataset synthetic'
+            f'cached under {download.get_dataset_root()}); to run offline, '
+            f'use --dataset synthetic'
         ) from err
     finally:
         socket.setdefaulttimeout(previous_timeout)
-    # TupleDataset has no public accessor for its arrays; chainer is pinned.
-    return train._datasets, test._datasets
+
+
+def _cache_download(cifar: _Cifar, path: str) -> dict[str, numpy.ndarray]:
+    """cache_or_load_file's creator: the arrays of the downloaded tarball,
+    saved to path as chainer saves them (labels as uint8)."""
+    url = CIFAR_FILES + cifar.archive
+    tarball = download.cached_download(url)
+    fix = (f'delete {tarball} (chainer\'s cached download of {url}) and run again, or '
+           f'download {cifar.archive} from {CIFAR_PAGE} and pass --dataset-root DIR holding it')
+    (train_x, train_y), (test_x, test_y) = _splits(cifar, _read_tarball(cifar, tarball, fix))
+    arrays = dict(zip(CACHED_ARRAYS, (train_x, train_y.astype(numpy.uint8),
+                                      test_x, test_y.astype(numpy.uint8))))
+    numpy.savez_compressed(path, **arrays)
+    return arrays
+
+
+def _read_cache(path: str) -> dict[str, numpy.ndarray]:
+    """cache_or_load_file's loader: the cached arrays, read now, never unpickled."""
+    with numpy.load(path, allow_pickle=False) as cached:
+        return {name: cached[name] for name in CACHED_ARRAYS}
 
 
 def _one_line(err: Exception) -> str:
@@ -114,18 +155,23 @@ def _one_line(err: Exception) -> str:
 
 # --- CIFAR from the authors' files ----------------------------------------
 
-def _from_root(cifar: _Cifar, root: str) -> tuple[tuple[numpy.ndarray, numpy.ndarray], ...]:
-    """(uint8 rows, labels) of train and test from the tarball or folder in root."""
+def _from_root(cifar: _Cifar, root: str) -> Splits:
+    """(uint8 rows, int32 labels) of train and test from the tarball or folder in root."""
     tarball = os.path.join(root, cifar.archive)
     folder = os.path.join(root, cifar.folder)
     if os.path.isfile(tarball):
-        batches = _read_tarball(cifar, tarball, root)
+        batches = _read_tarball(cifar, tarball, _redownload(cifar, root))
     elif os.path.isdir(folder):
         batches = _read_folder(cifar, folder, root)
     else:
         raise DataError(
             f'{tarball} not found (nor the extracted folder {folder}): '
             f'download {cifar.archive} from {CIFAR_PAGE} and put it in {root}')
+    return _splits(cifar, batches)
+
+
+def _splits(cifar: _Cifar, batches: dict[str, tuple]) -> Splits:
+    """The train batches joined in order, and the test batch."""
     train_rows = numpy.concatenate([batches[m][0] for m in cifar.train_members])
     train_labels = numpy.concatenate([batches[m][1] for m in cifar.train_members])
     return (train_rows, train_labels), batches[cifar.test_member]
@@ -135,7 +181,7 @@ def _redownload(cifar: _Cifar, root: str) -> str:
     return f're-download {cifar.archive} from {CIFAR_PAGE} and put it in {root}'
 
 
-def _read_tarball(cifar: _Cifar, path: str, root: str) -> dict[str, tuple]:
+def _read_tarball(cifar: _Cifar, path: str, fix: str) -> dict[str, tuple]:
     """Parse the wanted members of the tarball without extracting it to disk."""
     wanted = {f'{cifar.folder}/{member}': member for member in cifar.members()}
     batches = {}
@@ -147,18 +193,16 @@ def _read_tarball(cifar: _Cifar, path: str, root: str) -> dict[str, tuple]:
                 if entry.name in wanted and entry.isfile():
                     payload = archive.extractfile(entry).read()
                     where = f'{path} member {entry.name}'
-                    batches[wanted[entry.name]] = _parse_batch(
-                        payload, where, cifar, _redownload(cifar, root))
+                    batches[wanted[entry.name]] = _parse_batch(payload, where, cifar, fix)
             # Reading to the end makes gzip check its CRC, which catches
             # corruption that inflating alone may let through.
             stream.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise DataError(f'{path} is truncated or corrupt ({_one_line(err)}): '
-                        f'{_redownload(cifar, root)}') from err
+        raise DataError(f'{path} is truncated or corrupt ({_one_line(err)}): {fix}') from err
     missing = [name for name, member in wanted.items() if member not in batches]
     if missing:
         raise DataError(f'{path} has no member {missing[0]}, so it is incomplete '
-                        f'or not the python version: {_redownload(cifar, root)}')
+                        f'or not the python version: {fix}')
     return batches
 
 
@@ -182,16 +226,22 @@ def _parse_batch(payload: bytes, where: str, cifar: _Cifar,
                  fix: str) -> tuple[numpy.ndarray, numpy.ndarray]:
     """(uint8 rows (N, 3072), int32 labels (N,)) of one pickled batch."""
     try:
-        # The authors pickled with Python 2: 'bytes' keeps its str keys and
-        # numpy buffers as bytes.
-        batch = pickle.loads(payload, encoding='bytes')
+        batch = safe_pickle.loads(payload)
+    except safe_pickle.RefusedGlobal as refused:
+        raise DataError(f'{where} tries to load {refused.name}, which no CIFAR batch '
+                        f'holds: refused, as loading it could run code; {fix}') from refused
     except Exception as err:  # unpickling garbage can raise almost anything
         raise DataError(f'{where} is not a readable pickle ({_one_line(err)}): {fix}') from err
     if not isinstance(batch, dict) or b'data' not in batch or cifar.label_key not in batch:
         raise DataError(f'{where} is not a CIFAR batch (no {b"data"!r} and '
                         f'{cifar.label_key!r} entries): {fix}')
-    rows = batch[b'data']
-    labels = numpy.asarray(batch[cifar.label_key])
+    return _checked(batch[b'data'], batch[cifar.label_key], where, cifar, fix)
+
+
+def _checked(rows, labels, where: str, cifar: _Cifar,
+             fix: str) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """rows and labels as uint8 (N, 3072) and int32 (N,), or a DataError."""
+    labels = numpy.asarray(labels)
     if (not isinstance(rows, numpy.ndarray) or rows.dtype != numpy.uint8
             or rows.ndim != 2 or rows.shape[1] != ROW_BYTES):
         shape = getattr(rows, 'shape', type(rows).__name__)
@@ -224,11 +274,9 @@ def _as_dataset(images: numpy.ndarray, labels: numpy.ndarray, size: int | None,
                             f'{len(labels)}, or leave it out for all')
         # Copies, so that the unused rest of a full-size array can be freed.
         images, labels = images[:size].copy(), labels[:size].copy()
-    # Rows read from the authors' files are converted only now, once, and
-    # only for the examples kept.
-    if images.dtype == numpy.uint8:
-        images = _to_float(images)
-    return TupleDataset(images, labels)
+    # Both sources give uint8 rows, converted only now, once, and only for
+    # the examples kept.
+    return TupleDataset(_to_float(images), labels)
 
 
 # --- synthetic ------------------------------------------------------------

@@ -1,21 +1,87 @@
 """Small CIFAR files in the authors' real format, written for the tests.
 
-The authors' batch files are Python 2 pickles (protocol 2) of dicts whose keys
-and numpy buffers are Python 2 str; _Python2Pickler writes exactly that, so
-job/data.py and chainer's own reader read these files as they read the real ones.
+The authors' batch files are Python 2 cPickle pickles, protocol 2, of dicts
+whose keys, text and numpy buffers are Python 2 str. _Python2Pickler writes
+exactly that, the numpy array included as Python 2's numpy pickled it
+(numpy.core.multiarray._reconstruct, numpy.ndarray, numpy.dtype), whatever
+numpy runs the tests: job/data.py and chainer's own reader read these files as
+they read the real ones. It also writes what a crafted file would hold
+(Global, Call), without importing what it names.
 """
 import io
 import os
 import pickle
 import struct
 import tarfile
+from dataclasses import dataclass
 
 import numpy
 
+# Where numpy 1, which wrote the authors' files, keeps _reconstruct; numpy 2
+# names numpy._core.multiarray.
+NUMPY1_MULTIARRAY = 'numpy.core.multiarray'
+# A module that would create the marker file if a pickle made Python import it.
+MARKER_MODULE = 'cifar_files_marker'
+
+
+@dataclass(frozen=True)
+class Global:
+    """A module-level name as a pickle refers to it; the writer never imports it."""
+    module: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Call:
+    """An object a pickle rebuilds as function(*args), then sets up with state:
+    how a numpy array is pickled, and how a crafted file runs code."""
+    function: Global
+    args: tuple
+    state: object = None
+
 
 class _Python2Pickler(pickle._Pickler):
-    """Pickles bytes the way Python 2 pickled str, as in the authors' files."""
+    """Writes what Python 2's cPickle wrote with protocol 2 for bytes (its
+    str), numpy arrays and dtypes, Global and Call."""
     dispatch = dict(pickle._Pickler.dispatch)
+
+    def __init__(self, file, multiarray: str):
+        super().__init__(file, protocol=2)
+        self.multiarray = multiarray
+
+    def memoize(self, obj) -> None:
+        # cPickle numbered its memo from 1, as the authors' files show.
+        index = len(self.memo) + 1
+        self.write(self.put(index))
+        self.memo[id(obj)] = index, obj
+
+    def save(self, obj, save_persistent_id=True) -> None:
+        if isinstance(obj, (numpy.ndarray, numpy.dtype)) and id(obj) not in self.memo:
+            self._save_call(self._numpy_call(obj), obj)
+        else:
+            super().save(obj, save_persistent_id)
+
+    def _numpy_call(self, obj) -> Call:
+        """The reduce of Python 2's numpy, whose str are bytes here."""
+        if isinstance(obj, numpy.dtype):
+            # dtype('u1', 0, 1), then (version 3, byte order, no subarray,
+            # names or fields, sizes implied, no flags)
+            return Call(Global('numpy', 'dtype'), (obj.str[1:].encode(), 0, 1),
+                        (3, obj.str[:1].encode(), None, None, None, -1, -1, 0))
+        # _reconstruct(ndarray, (0,), 'b'), then (version 1, shape, dtype,
+        # not Fortran order, the buffer)
+        return Call(Global(self.multiarray, '_reconstruct'),
+                    (Global('numpy', 'ndarray'), (0,), b'b'),
+                    (1, obj.shape, obj.dtype, False, numpy.ascontiguousarray(obj).tobytes()))
+
+    def _save_call(self, call: Call, obj) -> None:
+        self.save(call.function)
+        self.save(call.args)
+        self.write(pickle.REDUCE)
+        self.memoize(obj)
+        if call.state is not None:
+            self.save(call.state)
+            self.write(pickle.BUILD)
 
     def save_python2_str(self, obj: bytes) -> None:
         if len(obj) < 256:
@@ -24,13 +90,43 @@ class _Python2Pickler(pickle._Pickler):
             self.write(pickle.BINSTRING + struct.pack('<i', len(obj)) + obj)
         self.memoize(obj)
 
+    def save_global_name(self, obj: Global) -> None:
+        self.write(pickle.GLOBAL + f'{obj.module}\n{obj.name}\n'.encode())
+        self.memoize(obj)
+
+    def save_call(self, obj: Call) -> None:
+        self._save_call(obj, obj)
+
     dispatch[bytes] = save_python2_str
+    dispatch[Global] = save_global_name
+    dispatch[Call] = save_call
 
 
-def python2_pickle(obj) -> bytes:
+def python2_pickle(obj, multiarray: str = NUMPY1_MULTIARRAY) -> bytes:
+    """obj pickled as Python 2 and its numpy did; multiarray: the module named for
+    _reconstruct (numpy 2's numpy._core.multiarray for a file numpy 2 wrote)."""
     buffer = io.BytesIO()
-    _Python2Pickler(buffer, protocol=2).dump(obj)
+    _Python2Pickler(buffer, multiarray).dump(obj)
     return buffer.getvalue()
+
+
+def code_runners(marker: str) -> dict[str, Call]:
+    """Objects that, unpickled by pickle.loads, create the file marker: through
+    os.system, builtins.eval, subprocess, and by importing MARKER_MODULE
+    (which write_marker_module puts in a folder on the path)."""
+    return {
+        'os.system': Call(Global('os', 'system'), (f'touch {marker}'.encode(),)),
+        'builtins.eval': Call(Global('builtins', 'eval'),
+                              (f'open({marker!r}, "w").close()'.encode(),)),
+        'subprocess.call': Call(Global('subprocess', 'call'), ([b'touch', marker.encode()],)),
+        f'{MARKER_MODULE}.run': Call(Global(MARKER_MODULE, 'run'), ()),
+    }
+
+
+def write_marker_module(folder, marker: str) -> None:
+    """MARKER_MODULE in folder: importing it creates marker."""
+    with open(os.path.join(folder, f'{MARKER_MODULE}.py'), 'w') as file:
+        file.write(f'open({marker!r}, "w").close()\n\n\ndef run():\n    pass\n')
 
 
 def rows(images: numpy.ndarray) -> numpy.ndarray:
@@ -90,6 +186,12 @@ class Cifar:
                 self.train_images[part], self.train_labels[part],
                 b'training batch %d of 5' % index)
         return members
+
+    def add_entry(self, member: str, key: bytes, value) -> None:
+        """Adds key: value to the batch in member, as a crafted file would."""
+        batch = pickle.loads(self.members[member], encoding='bytes')
+        batch[key] = value
+        self.members[member] = python2_pickle(batch)
 
     def write_tarball(self, path, leave_out: str | None = None) -> str:
         with tarfile.open(path, 'w:gz') as archive:

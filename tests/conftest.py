@@ -38,6 +38,23 @@ def run_mpi(n: int, script: str, *args: str, timeout: float = 300,
     return result
 
 
+@pytest.fixture
+def marker(tmp_path):
+    """The file that cifar_files.code_runners(str(marker)) create if they run.
+
+    Its folder holds MARKER_MODULE, and is on sys.path for the test: a child
+    process needs it on PYTHONPATH.
+    """
+    from cifar_files import MARKER_MODULE, write_marker_module
+    folder = tmp_path / 'payloads'
+    folder.mkdir()
+    write_marker_module(folder, str(folder / 'marker'))
+    sys.path.insert(0, str(folder))
+    yield folder / 'marker'
+    sys.path.remove(str(folder))
+    sys.modules.pop(MARKER_MODULE, None)
+
+
 EARLIER_RUN = {'log': b'earlier run', 'snapshot_epoch_1': b'earlier snapshot'}
 
 

@@ -1,7 +1,9 @@
 """Bad input to train.py: one line on stderr, a non-zero exit, nothing lost."""
+import os
+
 import pytest
 
-from cifar_files import Cifar
+from cifar_files import Cifar, code_runners
 from conftest import check_clean_failure, check_earlier_run_kept, mpi_env, run_mpi
 
 QUICK = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
@@ -79,6 +81,25 @@ def test_damaged_dataset_tarball_fails_in_one_line(damage, cifar_tarball, tmp_pa
     result = run_mpi(2, 'train.py', '--out', str(earlier_out), '--dataset-root', str(root),
                      '--batchsize', '16', '--epoch', '1', check=False, timeout=60)
     check_clean_failure(result, str(tarball), 're-download')
+    check_earlier_run_kept(earlier_out)
+
+
+@pytest.mark.parametrize('runner', list(code_runners('')))
+def test_dataset_that_would_run_code_fails_in_one_line(runner, marker, tmp_path, earlier_out):
+    """A batch carrying os.system and the like: refused, nothing run on any rank."""
+    cifar = Cifar('cifar10', n_train=40, n_test=16, seed=5)
+    cifar.add_entry('data_batch_1', b'extra', code_runners(str(marker))[runner])
+    root = tmp_path / 'data'
+    root.mkdir()
+    tarball = cifar.write_tarball(root / cifar.archive)
+    env = mpi_env()
+    # Where the ranks could import the marker module from, were it asked for.
+    env['PYTHONPATH'] += os.pathsep + str(marker.parent)
+    result = run_mpi(2, 'train.py', '--out', str(earlier_out), '--dataset-root', str(root),
+                     '--batchsize', '16', '--epoch', '1', check=False, timeout=60, env=env)
+    check_clean_failure(result, f'{tarball} member cifar-10-batches-py/data_batch_1',
+                        f'tries to load {runner},', 're-download')
+    assert not marker.exists()
     check_earlier_run_kept(earlier_out)
 
 

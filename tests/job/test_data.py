@@ -3,7 +3,7 @@
 The authors' batch files are Python 2 pickles (protocol 2) of dicts whose keys
 and numpy buffers are Python 2 str; _Python2Pickler writes exactly that, so
 both job/data.py and chainer's own reader read these files as they read the real
-ones. No test touches the network.
+ones. No test touches the network: chainer's download is planted in its cache.
 """
 
 from job import data
@@ -18,10 +18,18 @@ import chainer
 import numpy
 import pytest
 
-from cifar_files import Cifar, python2_pickle, rows
+from cifar_files import Cifar, code_runners, python2_pickle, rows
 from conftest import REPO
 
 CHAINER_URL = 'https://www.cs.toronto.edu/~kriz/{}-python.tar.gz'
+# batches.meta of the authors' cifar-10-python.tar.gz (from a public copy of
+# the extracted folder): Python 2 cPickle, protocol 2, str keys and values.
+AUTHORS_BATCHES_META = bytes.fromhex(
+    '80027d71012855136e756d5f63617365735f7065725f626174636871024d1027550b6c6162656c5f'
+    '6e616d657371035d7104285508616972706c616e657105550a6175746f6d6f62696c657106550462'
+    '69726471075503636174710855046465657271095503646f67710a550466726f67710b5505686f72'
+    '7365710c550473686970710d5505747275636b710e6555076e756d5f766973710f4d000c752e')
+RUNNERS = list(code_runners(''))
 
 
 @pytest.fixture(params=['cifar10', 'cifar100'])
@@ -197,6 +205,87 @@ def test_wrong_image_shape_is_an_error_naming_the_member(tmp_path):
     cifar.write_tarball(tmp_path / cifar.archive)
     message = _data_error('cifar10', str(tmp_path), None, None, 0)
     assert 'cifar-10-batches-py/test_batch' in message and '(5, 1024)' in message
+
+
+def test_test_files_are_written_as_the_authors_wrote_theirs():
+    """The writer reproduces a real file byte for byte (memo numbering and
+    Python 2 str included); the batches add only numpy's array to it."""
+    meta = {b'num_cases_per_batch': 10000,
+            b'label_names': [b'airplane', b'automobile', b'bird', b'cat', b'deer', b'dog',
+                             b'frog', b'horse', b'ship', b'truck'],
+            b'num_vis': 3072}
+    assert python2_pickle(meta) == AUTHORS_BATCHES_META
+
+
+@pytest.mark.parametrize('runner', RUNNERS)
+def test_batch_that_would_run_code_is_refused_naming_member_and_global(runner, marker,
+                                                                        tmp_path):
+    cifar = Cifar('cifar10', n_train=10, n_test=5, seed=9)
+    cifar.add_entry('data_batch_2', b'extra', code_runners(str(marker))[runner])
+    path = cifar.write_tarball(tmp_path / cifar.archive)
+    cifar.write_folder(tmp_path / 'folder')
+    for root, where in ((tmp_path, f'{path} member cifar-10-batches-py/data_batch_2'),
+                        (tmp_path / 'folder',
+                         str(tmp_path / 'folder' / cifar.folder / 'data_batch_2'))):
+        message = _data_error('cifar10', str(root), None, None, 0)
+        assert message.startswith(f'{where} tries to load {runner},'), message
+        assert 'could run code' in message and 're-download' in message
+    assert not marker.exists()
+
+
+def _plant_download(chainer_root, cifar: Cifar) -> str:
+    """cifar's tarball where chainer's cached_download keeps its download."""
+    cache = chainer_root / '_dl_cache'
+    cache.mkdir(exist_ok=True)
+    url = CHAINER_URL.format(cifar.archive.split('-python')[0])
+    return cifar.write_tarball(cache / hashlib.md5(url.encode()).hexdigest())
+
+
+@pytest.mark.parametrize('variant', ['cifar10', 'cifar100'])
+def test_download_is_read_by_our_reader_and_cached_for_chainer(variant, chainer_root):
+    """Without --dataset-root the tarball chainer's helper fetched is read
+    here; the arrays cached go back to chainer's own getter bit for bit."""
+    cifar = Cifar(variant, n_train=20, n_test=10, seed=10)
+    _plant_download(chainer_root, cifar)
+    train, test, _ = data.load_dataset(variant, None, None, None, 0)
+    _check_values(train, cifar.train_images, cifar.train_labels)
+    _check_values(test, cifar.test_images, cifar.test_labels)
+    cached, getter = {'cifar10': ('cifar-10.npz', chainer.datasets.get_cifar10),
+                      'cifar100': ('cifar-100.npz', chainer.datasets.get_cifar100)}[variant]
+    assert (chainer_root / 'pfnet' / 'chainer' / 'cifar' / cached).is_file()
+    for chainer_split, our_split in zip(getter(scale=1.), (train, test)):
+        for chainer_array, our_array in zip(_arrays(chainer_split), _arrays(our_split)):
+            assert our_array.dtype == chainer_array.dtype
+            numpy.testing.assert_array_equal(our_array, chainer_array)
+
+
+@pytest.mark.parametrize('runner', RUNNERS)
+def test_download_that_would_run_code_is_refused_and_not_cached(runner, marker, chainer_root):
+    cifar = Cifar('cifar10', n_train=10, n_test=5, seed=11)
+    cifar.add_entry('test_batch', b'extra', code_runners(str(marker))[runner])
+    path = _plant_download(chainer_root, cifar)
+    message = _data_error('cifar10', None, None, None, 0)
+    assert message.startswith(
+        f'{path} member cifar-10-batches-py/test_batch tries to load {runner},'), message
+    assert f'delete {path}' in message and '--dataset-root DIR' in message
+    assert not marker.exists()
+    assert not (chainer_root / 'pfnet' / 'chainer' / 'cifar' / 'cifar-10.npz').exists()
+
+
+def test_cached_arrays_are_checked_and_never_unpickled(chainer_root):
+    """A cache that is not chainer's arrays gives one line naming it; one
+    holding pickled objects is not unpickled."""
+    cache = chainer_root / 'pfnet' / 'chainer' / 'cifar'
+    cache.mkdir(parents=True)
+    images = numpy.zeros((4, 3072), numpy.uint8)
+    labels = numpy.zeros(4, numpy.uint8)
+    numpy.savez_compressed(cache / 'cifar-10.npz', train_x=images, test_x=images,
+                           train_y=numpy.array([0, 1, 2, 10], numpy.uint8), test_y=labels)
+    message = _data_error('cifar10', None, None, None, 0)
+    assert str(cache / 'cifar-10.npz') in message and '[0, 10)' in message
+    numpy.savez_compressed(cache / 'cifar-10.npz', train_x=numpy.array([b'x', 1], object),
+                           test_x=images, train_y=labels, test_y=labels)
+    assert 'allow_pickle=False' in _data_error('cifar10', None, None, None, 0)
 
 
 def test_failed_download_is_an_error_pointing_to_the_offline_options(tmp_path):
