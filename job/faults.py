@@ -6,7 +6,9 @@ whole run), where ACTION is
 
 - ``raise``: an exception, as a bug would raise;
 - ``exit``: ``os._exit(3)``, a process ending without any clean-up;
-- ``kill``: SIGKILL to itself, as the kernel's out-of-memory killer does.
+- ``kill``: SIGKILL to itself, as the kernel's out-of-memory killer does;
+- ``stop``: SIGSTOP to itself, a frozen process, which only --timeout ends
+  (job/watchdog.py).
 
 Before it acts, the process prints one line to stderr with the time, so a
 test can measure how long the job takes to end after the fault. A malformed
@@ -22,7 +24,7 @@ import chainer.training
 from job.errors import UsageError
 
 FAULT_VARIABLE = 'PARALLEL_CONV_FAULT'
-ACTIONS = ('raise', 'exit', 'kill')
+ACTIONS = ('raise', 'exit', 'kill', 'stop')
 
 
 class InjectedFault(RuntimeError):
@@ -56,7 +58,7 @@ def fault_extension(value: str, rank: int, n_processes: int):
             raise InjectedFault(f'{FAULT_VARIABLE}={value}')
         if action == 'exit':
             os._exit(3)
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSTOP if action == 'stop' else signal.SIGKILL)
 
     return inject_fault
 

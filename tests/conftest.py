@@ -1,8 +1,10 @@
 """Shared test helpers: the repository on sys.path and real mpiexec runs."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -66,6 +68,57 @@ def check_clean_failure(result: subprocess.CompletedProcess, *expected_words: st
     for word in expected_words:
         assert word in lines[0], lines[0]
     assert 'Traceback' not in result.stderr + result.stdout
+
+
+# --- jobs that fail or are interrupted, run in the background --------------
+
+def start_job(n: int, out, *flags: str, env: dict | None = None,
+              mpiexec_options: tuple = ()) -> subprocess.Popen:
+    """mpiexec running train.py, in a session of its own so that it can be
+    signalled (and killed, should it hang) as a whole."""
+    command = [mpiexec_path(), *mpiexec_options, '-n', str(n), sys.executable,
+               os.path.join(REPO, 'train.py'), '--out', str(out), *flags]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env or mpi_env(), cwd=REPO,
+                            start_new_session=True)
+
+
+def train_processes(out) -> list[int]:
+    """Ids of the train.py processes writing to ``out`` (a path unique to a test)."""
+    ids = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{entry}/cmdline', 'rb') as file:
+                arguments = file.read().split(b'\0')
+        except OSError:  # not a process, or one that just ended
+            continue
+        if any(a.endswith(b'train.py') for a in arguments) and str(out).encode() in arguments:
+            ids.append(int(entry))
+    return ids
+
+
+def kill_job(mpiexec: subprocess.Popen, out) -> None:
+    for pid in [mpiexec.pid, *train_processes(out)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    mpiexec.communicate()
+
+
+def finish(mpiexec: subprocess.Popen, out, timeout: float) -> tuple[str, str]:
+    """stdout and stderr of the job once it ended; a failed test if it hangs."""
+    try:
+        return mpiexec.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_job(mpiexec, out)
+        pytest.fail(f'mpiexec still running {timeout:.0f} s later')
+
+
+def check_all_gone_by(out, deadline: float) -> None:
+    while train_processes(out) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not train_processes(out), 'processes left running'
 
 
 def relative_error(actual, expected) -> float:
