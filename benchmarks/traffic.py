@@ -35,6 +35,8 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import compat  # noqa: F401  (before chainer, which models imports: see compat.py)
+
 from models.vgg import HEAD_WIDTH, KERNEL_SIZE, VGG16_BLOCKS
 
 ITEM_BYTES = 4  # float32
