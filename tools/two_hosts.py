@@ -29,6 +29,7 @@ As a module, for tests (see tests/test_two_hosts.py):
         job = hosts.launch(1, [python, 'train.py', ...], stdout=PIPE)
         hosts.pids(hosts.names[1])   # the processes on the second host
         hosts.link_down()            # cut the link mid-run; link_up() mends it
+        hosts.set_rate('1gbit')      # or None: no limit
 """
 import argparse
 import contextlib
@@ -122,6 +123,16 @@ class Hosts:
     def link_up(self) -> None:
         command('ip', '-n', self.names[0], 'link', 'set', LINK, 'up')
 
+    def set_rate(self, rate: str | None) -> None:
+        """Limit the link to ``rate`` (tc's units, e.g. '200mbit'), or None: no limit."""
+        for name in self.names:  # each end limits what it sends: both directions
+            if rate:
+                command('tc', '-n', name, 'qdisc', 'replace', 'dev', LINK, 'root', 'tbf',
+                        'rate', rate, 'burst', BURST, 'latency', '100ms')
+            else:  # back to the default queue, which a veth has none of to delete
+                subprocess.run(['tc', '-n', name, 'qdisc', 'del', 'dev', LINK, 'root'],
+                               capture_output=True)
+
     def pids(self, host: str) -> list[int]:
         """The processes running in ``host`` (one of names)."""
         return [int(pid) for pid in command('ip', 'netns', 'pids', host).split()]
@@ -168,9 +179,7 @@ def make_link(hosts: Hosts, rate: str | None) -> None:
         command('ip', '-n', name, 'addr', 'add', f'{address}/{PREFIX_LENGTH}', 'dev', LINK)
         command('ip', '-n', name, 'link', 'set', 'lo', 'up')
         command('ip', '-n', name, 'link', 'set', LINK, 'up')
-        if rate:  # each end limits what it sends: both directions
-            command('tc', '-n', name, 'qdisc', 'add', 'dev', LINK, 'root', 'tbf',
-                    'rate', rate, 'burst', BURST, 'latency', '100ms')
+    hosts.set_rate(rate)
     wait_for_carrier(hosts)
 
 
