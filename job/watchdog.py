@@ -40,9 +40,12 @@ EXIT_CODE = 124
 # heard from for SILENT_BEATS of them is named as not answering.
 BEAT_S = 1.0
 SILENT_BEATS = 5
-# How long a rank that does not print waits for the one that does to end
-# the job, and how long any rank gives MPI_Abort before it exits by itself.
-GRACE_S = 2.0
+# How long the rank that prints gives hydra to pass its line on to mpiexec
+# before the abort (which does not wait for it: once, the line was lost);
+# how long a rank that does not print waits for that one to end the job;
+# and how long any rank gives MPI_Abort before it ends by itself.
+LINE_S = 1.0
+GRACE_S = 3.0
 ABORT_WAIT_S = 5
 # The calls of mpi4py's communicators that wait for other ranks.
 BLOCKING = ('Allgather', 'Allgatherv', 'Allreduce', 'Alltoall', 'Alltoallv', 'Barrier',
@@ -160,21 +163,25 @@ class Watchdog:
         # no more (measured).
         incoming = {peer: numpy.zeros(1) for peer in peers}
         receives = {peer: self.comm.Irecv(incoming[peer], peer, _TAG) for peer in peers}
+        beating = True
         while not self.stopped.wait(self.beat):
             now = time.monotonic()
-            self._send()
-            for peer in peers:
-                while receives[peer].Test():
-                    self.heard[peer] = now
-                    self.waiting[peer] = bool(incoming[peer][0])
-                    receives[peer] = self.comm.Irecv(incoming[peer], peer, _TAG)
+            try:
+                if beating:
+                    self._send()
+                    self._receive(now, incoming, receives)
+            except MPI.Exception:
+                # Not seen, but this thread must not die of it: without
+                # heartbeats, every other rank reads as silent.
+                beating = False
             since, call = _main.since, _main.call
             # Read twice: unchanged, the main thread was in that state all along.
             if now - since > self.timeout and since == _main.since:
                 self._end(self._line(now - since, call))
-        for receive in receives.values():
-            receive.Cancel()
-            receive.Wait()
+        if beating:
+            for receive in receives.values():
+                receive.Cancel()
+                receive.Wait()
 
     def _send(self) -> None:
         # No new heartbeat to a rank that has not taken the last one.
@@ -185,6 +192,14 @@ class Watchdog:
         for peer in range(self.size):
             if peer != self.rank and peer not in pending:
                 self.sends.append((peer, self.comm.Isend(state, peer, _TAG), state))
+
+    def _receive(self, now: float, incoming: dict, receives: dict) -> None:
+        """Note the heartbeats that came, and post the next receives."""
+        for peer, receive in receives.items():
+            while receive.Test():
+                self.heard[peer] = now
+                self.waiting[peer] = bool(incoming[peer][0])
+                receive = receives[peer] = self.comm.Irecv(incoming[peer], peer, _TAG)
 
     def _line(self, seconds: float, call) -> str:
         me = f'rank {self.rank} ({self.hosts[self.rank]})'
@@ -222,6 +237,7 @@ class Watchdog:
         if self.rank != min(r for r in range(self.size) if r not in silent):
             time.sleep(GRACE_S)
         print(line, file=sys.stderr, flush=True)
+        time.sleep(LINE_S)
         # On the whole job's communicator, MPI_Abort asks mpiexec, through
         # this host's hydra proxy, to end every rank (on another, MPICH
         # sends each rank a message, which waits for the lost ones). Cut off
