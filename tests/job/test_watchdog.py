@@ -46,15 +46,23 @@ def process_ids(stdout: str) -> dict[int, tuple[int, str]]:
             for rank, pid, host in re.findall(r'(\d+) (\d+)@(\S+?)(?:,|$)', line.group(1))}
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs: exists and is not a zombie (dead, not yet reaped)."""
+    try:
+        with open(f'/proc/{pid}/stat') as file:
+            return file.read().rpartition(')')[2].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
 def check_gone_by(ranks: dict[int, tuple[int, str]], deadline: float) -> None:
     """The processes of ``ranks`` (process_ids) have all ended by ``deadline``."""
     while True:
-        running = {rank: pid for rank, (pid, _) in ranks.items()
-                   if os.path.exists(f'/proc/{pid}')}
-        if not running or time.time() > deadline:
+        left = {rank: pid for rank, (pid, _) in ranks.items() if running(pid)}
+        if not left or time.time() > deadline:
             break
         time.sleep(0.1)
-    assert not running, f'still running at the deadline: {running} (rank: pid)'
+    assert not left, f'still running at the deadline: {left} (rank: pid)'
 
 
 def watchdog_lines(stderr: str) -> list[str]:
