@@ -17,10 +17,10 @@ When the main thread has waited in one exchange, or gone without any, for
 longer than the timeout, the watchdog prints one line (what the rank waited
 for, and the ranks that fell silent, or, none silent, those that are busy
 elsewhere) and ends the job: MPI_Abort, which mpiexec turns into the end of
-every rank, then os._exit a few seconds later in case the abort cannot get
-through (a rank cut off from mpiexec must end by itself). Of the ranks that
-still hear each other, the lowest prints; the others give it GRACE_S to end
-them, so that the job's output has one line.
+every rank; a rank cut off from mpiexec, whose abort goes nowhere, ends
+itself. Of the ranks that still hear each other, the lowest prints; the
+others give it GRACE_S to end them, so that the job's output has one line.
+docs/recovery.md#a-lost-host-ends-the-job has the measurements.
 """
 import contextlib
 import os
