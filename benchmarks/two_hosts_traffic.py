@@ -11,8 +11,12 @@ forward, backward and update): D x K = 2 x 1, replicas, whose gradient
 all-reduce crosses the link (configuration e), and 1 x 2, one channel group
 across the hosts, whose gathers and reduce-scatters cross (configuration c).
 Each runs on the unlimited link and at each rate, taking turns, round after
-round. Reported per rate and grid: the median step; the extra seconds per
-step, that median less the unlimited link's; and the prediction, the bytes
+round. Reported per rate and grid: the median step; the median time a step
+spends in the exchanges (step_time.py's "comm" share of the step, waiting
+for the other host included); the extra seconds per step, that median less
+the unlimited link's (the link's rate changes the exchanges, not the
+arithmetic, whose time moves with the load of a shared machine); and the
+prediction, the bytes
 benchmarks/traffic.py says a host sends per step (as many as it receives,
 and the link carries both ways at once) over the rate; and the bytes the
 first host did send, from its link's counter, per step (warm-up steps and
@@ -68,8 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def time_steps(hosts, config: str, args: argparse.Namespace) -> list[float]:
-    """One run of step_time.py's ``config`` across the hosts: its step times."""
+def time_steps(hosts, config: str, args: argparse.Namespace) -> list[tuple[float, float]]:
+    """One run of step_time.py's ``config`` across the hosts: (step, exchanges)
+    seconds of each timed step."""
     command = [sys.executable, os.path.join(REPO, 'benchmarks', 'step_time.py'),
                '--worker', config, '--batchsize', str(args.batchsize),
                '--steps', str(args.steps), '--warmup', str(args.warmup)]
@@ -84,11 +89,14 @@ def time_steps(hosts, config: str, args: argparse.Namespace) -> list[float]:
         last = (stderr.strip().splitlines() or ['no output'])[-1]
         sys.exit(f'two_hosts_traffic.py: configuration {config} failed '
                  f'(exit {launched.returncode}): {last}')
-    return json.loads(results[-1])['step_seconds']
+    result = json.loads(results[-1])
+    return [(step, share * step) for step, share in zip(result['step_seconds'],
+                                                           result['comm_share'])]
 
 
 def measure(args: argparse.Namespace) -> tuple[dict, dict]:
-    """{(rate or None, grid): every timed step of every round}, and
+    """{(rate or None, grid): (step, exchanges) seconds of every timed step
+    of every round}, and
     {grid: the bytes the first host sent per step, start-up included}."""
     steps, sent = {}, {}
     with two_hosts() as hosts:
@@ -108,20 +116,24 @@ def print_table(steps: dict, sent: dict, args: argparse.Namespace) -> None:
     print(f'2 hosts x 1 process, 1 thread each, batch {args.batchsize}, float32; '
           f'{args.steps} timed steps x {args.rounds} round(s); {machine["cpu"]}, '
           f'{machine["cores"]} cores, Python {machine["python"]}, {datetime.date.today()}\n')
-    print('| link | D x K | median step s | extra s/step | predicted | MB/step predicted | sent |')
-    print('| --- | --- | ---: | ---: | ---: | ---: | ---: |')
+    print('| link | D x K | step s | exchanges s | extra s/step | predicted | MB/step '
+          'predicted | sent |')
+    print('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |')
     for rate in (None, *args.rates):
-        for replicas, channel_ranks in GRIDS:
-            median = statistics.median(steps[rate, (replicas, channel_ranks)])
-            crossing = traffic.between_nodes(args.batchsize, replicas, channel_ranks, 1)
-            if rate is None:
-                extra = predicted = ''
-            else:
-                extra = f'{median - statistics.median(steps[None, (replicas, channel_ranks)]):.3f}'
+        for grid in GRIDS:
+            step, exchanges = medians(steps[rate, grid])
+            crossing = traffic.between_nodes(args.batchsize, *grid, 1)
+            extra = predicted = ''
+            if rate is not None:
+                extra = f'{exchanges - medians(steps[None, grid])[1]:.3f}'
                 predicted = f'{8 * crossing / args.rates[rate]:.3f}'
-            print(f'| {rate or "unlimited"} | {replicas} x {channel_ranks} | {median:.3f} | '
-                  f'{extra} | {predicted} | {crossing / 1e6:.1f} | '
-                  f'{sent[replicas, channel_ranks] / 1e6:.1f} |')
+            print(f'| {rate or "unlimited"} | {grid[0]} x {grid[1]} | {step:.3f} | '
+                  f'{exchanges:.3f} | {extra} | {predicted} | {crossing / 1e6:.1f} | '
+                  f'{sent[grid] / 1e6:.1f} |')
+
+
+def medians(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
 def main(argv=None) -> None:
