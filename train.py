@@ -11,7 +11,7 @@ share of every batch, still exactly the single-process run (models/grid.py).
 Rank 0 prints the log and writes the files in --out.
 """
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
-from job import checkpoint, faults, gpu
+from job import checkpoint, faults, gpu, watchdog
 
 import argparse
 import os
@@ -84,8 +84,10 @@ def train(args: argparse.Namespace, comm) -> None:
     if snapshot is not None:
         checkpoint.load_snapshot(trainer, vgg, shuffle_rng, grid, snapshot)
 
-    trainer.run()
-    checkpoint.save_model(vgg, grid, os.path.join(args.out, 'model.npz'))
+    # Start-up is over: from here, a rank that waits too long ends the job.
+    with watchdog.watching(communicators(comm, grid), args.timeout):
+        trainer.run()
+        checkpoint.save_model(vgg, grid, os.path.join(args.out, 'model.npz'))
 
 
 def evaluate(args: argparse.Namespace, comm) -> None:
@@ -101,8 +103,10 @@ def evaluate(args: argparse.Namespace, comm) -> None:
     vgg, model = build_model(args, grid, n_classes, device)
     run_checked(comm, checkpoint.load_model, vgg, grid, weights, args.evaluate)
     # The Evaluator the training runs, on the same batches: the same means.
-    result = extensions.Evaluator(make_test_iterator(comm, test_set, args.batchsize), model,
-                                  converter=my_rows_in_model_dtype(grid), device=device)()
+    with watchdog.watching(communicators(comm, grid), args.timeout):
+        result = extensions.Evaluator(make_test_iterator(comm, test_set, args.batchsize),
+                                      model, converter=my_rows_in_model_dtype(grid),
+                                      device=device)()
     if comm.rank == 0:
         print(f'test loss {float(result["main/loss"]):.7g}, accuracy '
               f'{float(result["main/accuracy"]):.6f} ({len(test_set)} {args.dataset} test '
@@ -116,6 +120,11 @@ def choose_exchanges(grid: ProcessGrid, device: chainer.backend.Device) -> None:
     replica group's sums are host arrays, which always take MPI.
     """
     use_exchanges(grid.channels, device)
+
+
+def communicators(comm, grid: ProcessGrid) -> dict:
+    """Every communicator of the run, by the name the watchdog's line gives it."""
+    return {'all ranks': comm, 'channel group': grid.channels, 'replica group': grid.replicas}
 
 
 def read_data(args: argparse.Namespace, comm, train_size: int | None):

@@ -35,6 +35,8 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
+
 from models.vgg import HEAD_WIDTH, KERNEL_SIZE, VGG16_BLOCKS
 
 ITEM_BYTES = 4  # float32

@@ -15,6 +15,8 @@ from models.grouped import GROUPED_INPUT_CHANNELS
 from models.vgg import VGG16_BLOCKS
 
 NARROWEST_LAYER = min(channels for _, channels, *_ in VGG16_BLOCKS)
+# --timeout's default, in seconds: docs/recovery.md#a-lost-host-ends-the-job says why.
+DEFAULT_TIMEOUT_S = 300
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='K processes per channel group, which split every convolution; '
                              'the N / K groups are replicas, each on its share of every '
                              'batch (default: all N processes, one group)')
+    parser.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT_S, metavar='SECONDS',
+                        help='once training has started, end the job when a process waits '
+                             'this long for another, or makes no progress (default '
+                             f'{DEFAULT_TIMEOUT_S}; see docs/recovery.md)')
     return parser.parse_args(argv)
 
 
@@ -84,6 +90,9 @@ def check_args(args: argparse.Namespace, n_processes: int) -> None:
                         ('--model-parallel', args.model_parallel)):
         if value is not None and value <= 0:
             raise UsageError(f'{flag} must be greater than 0, got {value}')
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise UsageError(f'--timeout must be a number of seconds greater than 0, '
+                         f'got {args.timeout:g}')
     if args.train_size is not None and args.train_size < args.batchsize:
         raise UsageError(f'--train-size {args.train_size} is smaller than one batch '
                          f'(--batchsize {args.batchsize})')

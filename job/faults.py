@@ -6,7 +6,12 @@ whole run), where ACTION is
 
 - ``raise``: an exception, as a bug would raise;
 - ``exit``: ``os._exit(3)``, a process ending without any clean-up;
-- ``kill``: SIGKILL to itself, as the kernel's out-of-memory killer does.
+- ``kill``: SIGKILL to itself, as the kernel's out-of-memory killer does;
+- ``stop``: SIGSTOP to itself, a frozen process;
+- ``hang``: its main thread waits for ever, as one stuck in a computation or
+  a write that never returns.
+
+Only --timeout ends the job after the last two (job/watchdog.py).
 
 Before it acts, the process prints one line to stderr with the time, so a
 test can measure how long the job takes to end after the fault. A malformed
@@ -15,6 +20,7 @@ value is a user error: train.py stops before training, with one line.
 import os
 import signal
 import sys
+import threading
 import time
 
 import chainer.training
@@ -22,7 +28,7 @@ import chainer.training
 from job.errors import UsageError
 
 FAULT_VARIABLE = 'PARALLEL_CONV_FAULT'
-ACTIONS = ('raise', 'exit', 'kill')
+ACTIONS = ('raise', 'exit', 'kill', 'stop', 'hang')
 
 
 class InjectedFault(RuntimeError):
@@ -56,7 +62,9 @@ def fault_extension(value: str, rank: int, n_processes: int):
             raise InjectedFault(f'{FAULT_VARIABLE}={value}')
         if action == 'exit':
             os._exit(3)
-        os.kill(os.getpid(), signal.SIGKILL)
+        if action == 'hang':
+            threading.Event().wait()
+        os.kill(os.getpid(), signal.SIGSTOP if action == 'stop' else signal.SIGKILL)
 
     return inject_fault
 

@@ -1,8 +1,12 @@
 """Shared test helpers: the repository on sys.path and real mpiexec runs."""
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -55,6 +59,65 @@ def marker(tmp_path):
     sys.modules.pop(MARKER_MODULE, None)
 
 
+# --- two hosts on this machine (tools/two_hosts.py) ----------------------------
+
+# .ci/run sets it to "required": there a two-host test that cannot run fails.
+TWO_HOSTS_REQUIRED = os.environ.get('PARALLEL_CONV_TWO_HOSTS') == 'required'
+
+
+def why_no_two_hosts() -> str | None:
+    """What this machine lacks to make two hosts, or None."""
+    if sys.platform != 'linux' or os.geteuid() != 0:
+        return 'two hosts need root on Linux (network namespaces)'
+    missing = [tool for tool in ('ip', 'tc', 'unshare') if not shutil.which(tool)]
+    return f'two hosts need {", ".join(missing)} (iproute2, util-linux)' if missing else None
+
+
+def skip_or_fail(reason: str) -> None:
+    if TWO_HOSTS_REQUIRED:
+        pytest.fail(f'{reason}, and PARALLEL_CONV_TWO_HOSTS=required')
+    pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def two_hosts_or_skip(rate: str | None = None):
+    """tools/two_hosts.py's two hosts; the test skips (or fails where they
+    are required) without them."""
+    from tools.two_hosts import SetupError, two_hosts
+    reason = why_no_two_hosts()
+    if reason:
+        skip_or_fail(reason)
+    made = False
+    try:
+        with two_hosts(rate) as hosts:
+            made = True
+            yield hosts
+    except SetupError as error:
+        if made:  # the test's own, e.g. from link_down()
+            raise
+        skip_or_fail(f'two hosts could not be made: {error}')
+
+
+def run_across(hosts, procs: int, script: str, *args: str, timeout: float = 300,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``script`` on ``procs`` processes on each of the two ``hosts``."""
+    launched = hosts.launch(procs, [sys.executable, os.path.join(REPO, script), *args],
+                       mpiexec=mpiexec_path(), env=mpi_env(), cwd=REPO, text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = launched.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        launched.kill()  # what remains in the hosts goes with them
+        stdout, stderr = launched.communicate()
+        pytest.fail(f'{script} across two hosts still running {timeout:.0f} s later\n'
+                    f'stdout:\n{stdout[-4000:]}\nstderr:\n{stderr[-4000:]}')
+    result = subprocess.CompletedProcess(launched.args, launched.returncode, stdout, stderr)
+    if check and result.returncode != 0:
+        pytest.fail(f'{script} {" ".join(args)} across two hosts exited with '
+                    f'{result.returncode}\nstdout:\n{stdout[-4000:]}\nstderr:\n{stderr[-4000:]}')
+    return result
+
+
 EARLIER_RUN = {'log': b'earlier run', 'snapshot_epoch_1': b'earlier snapshot'}
 
 
@@ -83,6 +146,57 @@ def check_clean_failure(result: subprocess.CompletedProcess, *expected_words: st
     for word in expected_words:
         assert word in lines[0], lines[0]
     assert 'Traceback' not in result.stderr + result.stdout
+
+
+# --- jobs that fail or are interrupted, run in the background --------------
+
+def start_job(n: int, out, *flags: str, env: dict | None = None,
+              mpiexec_options: tuple = ()) -> subprocess.Popen:
+    """mpiexec running train.py, in a session of its own so that it can be
+    signalled (and killed, should it hang) as a whole."""
+    command = [mpiexec_path(), *mpiexec_options, '-n', str(n), sys.executable,
+               os.path.join(REPO, 'train.py'), '--out', str(out), *flags]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env or mpi_env(), cwd=REPO,
+                            start_new_session=True)
+
+
+def train_processes(out) -> list[int]:
+    """Ids of the train.py processes writing to ``out`` (a path unique to a test)."""
+    ids = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{entry}/cmdline', 'rb') as file:
+                arguments = file.read().split(b'\0')
+        except OSError:  # not a process, or one that just ended
+            continue
+        if any(a.endswith(b'train.py') for a in arguments) and str(out).encode() in arguments:
+            ids.append(int(entry))
+    return ids
+
+
+def kill_job(mpiexec: subprocess.Popen, out) -> None:
+    for pid in [mpiexec.pid, *train_processes(out)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    mpiexec.communicate()
+
+
+def finish(mpiexec: subprocess.Popen, out, timeout: float) -> tuple[str, str]:
+    """stdout and stderr of the job once it ended; a failed test if it hangs."""
+    try:
+        return mpiexec.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_job(mpiexec, out)
+        pytest.fail(f'mpiexec still running {timeout:.0f} s later')
+
+
+def check_all_gone_by(out, deadline: float) -> None:
+    while train_processes(out) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not train_processes(out), 'processes left running'
 
 
 def relative_error(actual, expected) -> float:

@@ -8,8 +8,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import numpy
@@ -17,12 +15,14 @@ import pytest
 
 from cifar_files import Cifar
 from conftest import (
-    REPO,
+    check_all_gone_by,
     check_clean_failure,
     check_earlier_run_kept,
+    finish,
+    kill_job,
     mpi_env,
-    mpiexec_path,
     run_mpi,
+    start_job,
 )
 
 RUN = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '24',
@@ -95,55 +95,6 @@ def test_evaluate_truncated_model_fails_in_one_line(trained, tmp_path):
 
 
 # --- jobs that fail or are interrupted ---------------------------------------
-
-def start_job(n: int, out, *flags: str, env: dict | None = None,
-              mpiexec_options: tuple = ()) -> subprocess.Popen:
-    """mpiexec running train.py, in a session of its own so that it can be
-    signalled (and killed, should it hang) as a whole."""
-    command = [mpiexec_path(), *mpiexec_options, '-n', str(n), sys.executable,
-               os.path.join(REPO, 'train.py'), '--out', str(out), *flags]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env or mpi_env(), cwd=REPO,
-                            start_new_session=True)
-
-
-def train_processes(out) -> list[int]:
-    """Ids of the train.py processes writing to ``out`` (a path unique to a test)."""
-    ids = []
-    for entry in os.listdir('/proc'):
-        try:
-            with open(f'/proc/{entry}/cmdline', 'rb') as file:
-                arguments = file.read().split(b'\0')
-        except OSError:  # not a process, or one that just ended
-            continue
-        if any(a.endswith(b'train.py') for a in arguments) and str(out).encode() in arguments:
-            ids.append(int(entry))
-    return ids
-
-
-def kill_job(job: subprocess.Popen, out) -> None:
-    for pid in [job.pid, *train_processes(out)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    job.communicate()
-
-
-def finish(job: subprocess.Popen, out, timeout: float) -> tuple[str, str]:
-    """stdout and stderr of the job once it ended; a failed test if it hangs."""
-    try:
-        return job.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_job(job, out)
-        pytest.fail(f'mpiexec still running {timeout:.0f} s later')
-
-
-def check_all_gone_by(out, deadline: float) -> None:
-    while train_processes(out) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not train_processes(out), 'processes left running'
-
 
 @pytest.mark.parametrize('n, action, grid', [
     (2, 'raise', []), (2, 'exit', []), (3, 'kill', []),

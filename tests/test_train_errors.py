@@ -28,6 +28,9 @@ QUICK = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
     (['--model-parallel', '1', '--batchsize', '15'],
      ['--batchsize 15', '2 replicas', 'multiple of 2']),
     (['--model-parallel', '1', '--gpu'], ['--gpu', '2 replicas', 'CPU only']),
+    (['--timeout', '0'], ['--timeout', 'seconds greater than 0', 'got 0']),
+    (['--timeout', '-5'], ['--timeout', 'got -5']),
+    (['--timeout', 'nan'], ['--timeout', 'got nan']),
 ])
 def test_bad_flag_fails_in_one_line(flags, words, earlier_out):
     result = run_mpi(2, 'train.py', '--out', str(earlier_out), *QUICK, *flags, check=False,
@@ -39,14 +42,15 @@ def test_bad_flag_fails_in_one_line(flags, words, earlier_out):
 def test_more_processes_than_channels_are_refused():
     # Starting 65 processes is too heavy for a test: check_args is what
     # train.py runs first on every rank (run through mpiexec just above).
-    from job import arguments, errors
-    args = arguments.parse_args(QUICK)
-    arguments.check_args(args, 64)
-    with pytest.raises(errors.UsageError,
+    from job.arguments import check_args, parse_args
+    from job.errors import UsageError
+    args = parse_args(QUICK)
+    check_args(args, 64)
+    with pytest.raises(UsageError,
                        match='^65 processes, but the narrowest layer has only 64 channels'):
-        arguments.check_args(args, 65)
+        check_args(args, 65)
     # Replicas of groups of at most 64 run on more.
-    arguments.check_args(arguments.parse_args(QUICK + ['--model-parallel', '64']), 128)
+    check_args(parse_args(QUICK + ['--model-parallel', '64']), 128)
 
 
 def test_missing_dataset_root_names_the_file(tmp_path, earlier_out):

@@ -1,0 +1,250 @@
+"""--timeout: a rank that waits too long ends the whole job, with one line.
+
+MPI over TCP waits for a lost host as long as TCP retransmits, and for a
+frozen process for ever, busy-polling. So while training runs, each rank
+has a watchdog thread that knows two things:
+
+- What the main thread does. Every blocking call of the communicators given
+  to ``watching`` notes when it started and when it ended: two timestamps
+  and no lock or system call, all the hot path pays.
+- Who is alive. Every second the watchdogs send each other a heartbeat on a
+  communicator of their own, which MPI serves while the main thread waits
+  in another call (mpi4py starts MPI with MPI_THREAD_MULTIPLE, and releases
+  the GIL in blocking calls). A frozen rank, or one behind a link that is
+  down, falls silent.
+
+When the main thread has waited in one exchange, or gone without any, for
+longer than the timeout, the watchdog prints one line (what the rank waited
+for, and the ranks that fell silent, or, none silent, those that are busy
+elsewhere) and ends the job: MPI_Abort, which mpiexec turns into the end of
+every rank; a rank cut off from mpiexec, whose abort goes nowhere, ends
+itself. Of the ranks that still hear each other, the lowest prints; the
+others give it GRACE_S to end them, so that the job's output has one line.
+docs/recovery.md#a-lost-host-ends-the-job has the measurements.
+"""
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy
+from mpi4py import MPI
+
+# mpiexec's exit code when the watchdog ends the job: that of coreutils' timeout.
+EXIT_CODE = 124
+# Seconds between heartbeats (less for a timeout under 10 s); a rank not
+# heard from for SILENT_BEATS of them is named as not answering.
+BEAT_S = 1.0
+SILENT_BEATS = 5
+# How long the rank that prints gives hydra to pass its line on to mpiexec
+# before the abort (which does not wait for it: once, the line was lost);
+# how long a rank that does not print waits for that one to end the job;
+# and how long any rank gives MPI_Abort before it ends by itself.
+LINE_S = 1.0
+GRACE_S = 3.0
+ABORT_WAIT_S = 5
+# The calls of mpi4py's communicators that wait for other ranks.
+BLOCKING = ('Allgather', 'Allgatherv', 'Allreduce', 'Alltoall', 'Alltoallv', 'Barrier',
+            'Bcast', 'Gather', 'Gatherv', 'Reduce', 'Reduce_scatter', 'Reduce_scatter_block',
+            'Scatter', 'Scatterv', 'Recv', 'Send', 'Ssend', 'Sendrecv', 'Split', 'Dup',
+            'allgather', 'allreduce', 'alltoall', 'barrier', 'bcast', 'gather', 'reduce',
+            'scatter', 'recv', 'send', 'ssend', 'sendrecv')
+_TAG = 1
+
+
+class _MainThread:
+    """The blocking call the main thread is in, (name, communicator) or None, and since when.
+
+    ``since`` is when it entered that call, or left the last one.
+    """
+    call = None
+    since = time.monotonic()
+
+
+_main = _MainThread()
+
+
+class WatchedComm(MPI.Intracomm):
+    """The same MPI communicator (not a copy) whose blocking calls tell the watchdog."""
+    label = 'all ranks'
+
+
+def _watched(name: str):
+    call = getattr(MPI.Intracomm, name)
+
+    def watched_call(self, *args, **kwargs):
+        _main.call, _main.since = (name, self), time.monotonic()
+        try:
+            return call(self, *args, **kwargs)
+        finally:
+            _main.call, _main.since = None, time.monotonic()
+
+    watched_call.__name__ = name
+    return watched_call
+
+
+for _name in BLOCKING:
+    setattr(WatchedComm, _name, _watched(_name))
+
+
+def watch(comm, label: str) -> None:
+    """Let the watchdog see the blocking calls of ``comm``, a ChainerMN communicator.
+
+    ``label`` names it in the watchdog's line, with its ranks in the job.
+    """
+    if isinstance(comm.mpi_comm, WatchedComm):
+        return
+    ranks = MPI.Group.Translate_ranks(comm.mpi_comm.Get_group(), range(comm.size),
+                                      MPI.COMM_WORLD.Get_group())
+    watched = WatchedComm(comm.mpi_comm)
+    watched.label = (label if comm.size == MPI.COMM_WORLD.size
+                     else f'{label} (ranks {", ".join(map(str, ranks))})')
+    comm.mpi_comm = watched
+
+
+@contextlib.contextmanager
+def watching(communicators: dict, timeout: float) -> Iterator[None]:
+    """Watch the main thread's exchanges over ``communicators`` ({label: communicator}).
+
+    Collective: every rank enters, with the same ``timeout``, and the first
+    communicator is the whole job's. On leaving, the ranks wait for each
+    other (watched too) so that none stays in MPI_Finalize, where no thread
+    can help, for a rank lost at the very end; if the block raises, the
+    watchdog runs on for the abort that follows.
+    """
+    for label, comm in communicators.items():
+        if comm is not None:
+            watch(comm, label)
+    job = next(iter(communicators.values()))
+    dog = Watchdog(job.mpi_comm, timeout)
+    dog.start()
+    yield
+    dog.finish()
+
+
+class Watchdog:
+    """The watchdog thread of this rank; made collectively over ``job``, the whole job."""
+
+    def __init__(self, job: MPI.Intracomm, timeout: float):
+        self.timeout = timeout
+        self.beat = min(BEAT_S, timeout / 10)
+        self.comm = job.Dup()
+        self.rank, self.size = self.comm.rank, self.comm.size
+        self.hosts = self.comm.allgather(socket.gethostname())
+        self.heard = [time.monotonic()] * self.size
+        # Each rank's last heartbeat: whether it was in a blocking call.
+        self.waiting = [True] * self.size
+        self.sends = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name='watchdog', daemon=True)
+
+    def start(self) -> None:
+        _main.since = time.monotonic()
+        self.thread.start()
+
+    def finish(self) -> None:
+        """Wait for every rank to get here, then stop (collective)."""
+        done = MPI.Intracomm.Ibarrier(self.comm)
+        _main.call, _main.since = ('the last barrier', self.comm), time.monotonic()
+        while not done.Test():
+            time.sleep(0.01)
+        _main.call, _main.since = None, time.monotonic()
+        self.stopped.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        peers = [r for r in range(self.size) if r != self.rank]
+        # One receive per peer: with hosts apart (UCX) and ranks together
+        # (shared memory), a receive from any source got one heartbeat and
+        # no more (measured).
+        incoming = {peer: numpy.zeros(1) for peer in peers}
+        receives = {peer: self.comm.Irecv(incoming[peer], peer, _TAG) for peer in peers}
+        beating = True
+        while not self.stopped.wait(self.beat):
+            now = time.monotonic()
+            try:
+                if beating:
+                    self._send()
+                    self._receive(now, incoming, receives)
+            except MPI.Exception:
+                # Not seen, but this thread must not die of it: without
+                # heartbeats, every other rank reads as silent.
+                beating = False
+            since, call = _main.since, _main.call
+            # Read twice: unchanged, the main thread was in that state all along.
+            if now - since > self.timeout and since == _main.since:
+                self._end(self._line(now - since, call))
+        if beating:
+            for receive in receives.values():
+                receive.Cancel()
+                receive.Wait()
+
+    def _send(self) -> None:
+        # No new heartbeat to a rank that has not taken the last one.
+        self.sends = [(peer, request, buffer) for peer, request, buffer in self.sends
+                      if not request.Test()]
+        pending = {peer for peer, _, _ in self.sends}
+        state = numpy.array([_main.call is not None], dtype=numpy.float64)
+        for peer in range(self.size):
+            if peer != self.rank and peer not in pending:
+                self.sends.append((peer, self.comm.Isend(state, peer, _TAG), state))
+
+    def _receive(self, now: float, incoming: dict, receives: dict) -> None:
+        """Note the heartbeats that came, and post the next receives."""
+        for peer, receive in receives.items():
+            while receive.Test():
+                self.heard[peer] = now
+                self.waiting[peer] = bool(incoming[peer][0])
+                receive = receives[peer] = self.comm.Irecv(incoming[peer], peer, _TAG)
+
+    def _line(self, seconds: float, call) -> str:
+        me = f'rank {self.rank} ({self.hosts[self.rank]})'
+        if call is None:
+            what = f'{me} made no progress outside any exchange for {seconds:.0f} s'
+        else:
+            name, comm = call
+            what = f'{me} waited {seconds:.0f} s in {name} over {comm.label}'
+        now = time.monotonic()
+        silent = self._silent()
+        if silent:
+            quiet = min(now - self.heard[r] for r in silent)
+            why = f'no answer from {self._ranks(silent)} for {quiet:.0f} s'
+        else:
+            busy = [r for r in range(self.size) if r != self.rank and not self.waiting[r]]
+            why = (f'{self._ranks(busy)} answering but busy outside any exchange' if busy
+                   else 'every rank answers and waits in an exchange')
+        return f'train.py: {what}; {why}: ending the job (--timeout {self.timeout:g})'
+
+    def _silent(self) -> list[int]:
+        now = time.monotonic()
+        return [r for r in range(self.size)
+                if r != self.rank and now - self.heard[r] > SILENT_BEATS * self.beat]
+
+    def _ranks(self, ranks: list[int]) -> str:
+        """'ranks 2, 3 (h2), rank 5 (h3)': ``ranks`` by host."""
+        by_host = {}
+        for r in ranks:
+            by_host.setdefault(self.hosts[r], []).append(str(r))
+        return ', '.join(f'{"ranks" if len(rs) > 1 else "rank"} {", ".join(rs)} ({host})'
+                         for host, rs in by_host.items())
+
+    def _end(self, line: str) -> None:
+        silent = self._silent()
+        if self.rank != min(r for r in range(self.size) if r not in silent):
+            time.sleep(GRACE_S)
+        print(line, file=sys.stderr, flush=True)
+        time.sleep(LINE_S)
+        # On the whole job's communicator, MPI_Abort asks mpiexec, through
+        # this host's hydra proxy, to end every rank (on another, MPICH
+        # sends each rank a message, which waits for the lost ones). Cut off
+        # from mpiexec, it returns, and the rank ends itself; should it not
+        # return, the kernel ends the process after ABORT_WAIT_S (SIGALRM,
+        # whose default action Python leaves in place).
+        signal.alarm(ABORT_WAIT_S)
+        MPI.COMM_WORLD.Abort(EXIT_CODE)
+        os._exit(EXIT_CODE)
+

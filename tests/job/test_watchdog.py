@@ -1,0 +1,199 @@
+"""--timeout: a frozen rank, or a lost host, ends the job in bounded time, with one line.
+
+Real mpiexec runs. On this host a rank freezes itself through
+PARALLEL_CONV_FAULT's ``stop`` action (job/faults.py). Across the two hosts
+of tools/two_hosts.py (which need root and iproute2: elsewhere those tests
+skip, and fail where PARALLEL_CONV_TWO_HOSTS=required, as in .ci/run) the
+link goes down, or the second host's ranks are frozen, mid-epoch.
+"""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy
+import pytest
+
+from conftest import (
+    REPO,
+    finish,
+    mpi_env,
+    mpiexec_path,
+    run_mpi,
+    start_job,
+    two_hosts_or_skip,
+)
+from job.watchdog import EXIT_CODE
+
+# Four iterations an epoch: a fault at iteration 6 is mid-epoch 2, after
+# the snapshot of epoch 1.
+RUN = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '16',
+       '--batchsize', '16', '--epoch', '2', '--frequency', '1']
+TIMEOUT_S = 10
+# What the issue allows past the timeout for every rank to end.
+ENDS_WITHIN_S = TIMEOUT_S + 15
+JOB_TIMEOUT_S = 180
+
+
+def process_ids(stdout: str) -> dict[int, tuple[int, str]]:
+    """{rank: (pid, host)} from train.py's 'Process ids by rank' line."""
+    line = re.search(r'^Process ids by rank: (.*)$', stdout, re.MULTILINE)
+    assert line, stdout
+    return {int(rank): (int(pid), host)
+            for rank, pid, host in re.findall(r'(\d+) (\d+)@(\S+?)(?:,|$)', line.group(1))}
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs: exists and is not a zombie (dead, not yet reaped)."""
+    try:
+        with open(f'/proc/{pid}/stat') as file:
+            return file.read().rpartition(')')[2].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def check_gone_by(ranks: dict[int, tuple[int, str]], deadline: float) -> None:
+    """The processes of ``ranks`` (process_ids) have all ended by ``deadline``."""
+    while True:
+        left = {rank: pid for rank, (pid, _) in ranks.items() if running(pid)}
+        if not left or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert not left, f'still running at the deadline: {left} (rank: pid)'
+
+
+def watchdog_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith('train.py: ')]
+
+
+def check_the_line(line: str, why: str) -> None:
+    """The watchdog's line: who waited for what, and ``why`` (a pattern)."""
+    pattern = (rf'train\.py: rank \d+ \(\S+\) waited \d+ s in \w+ over all ranks; {why}: '
+               rf'ending the job \(--timeout {TIMEOUT_S}\)')
+    assert re.fullmatch(pattern, line), line
+
+
+def silent(ranks: str) -> str:
+    """The pattern of the watchdog's words for silent ``ranks``."""
+    return rf'no answer from {re.escape(ranks)} for \d+ s'
+
+
+def check_snapshot_resumes(n: int, out, flags: list[str]) -> None:
+    """snapshot_epoch_1 is whole, and the run continues from it to the end."""
+    assert not [p.name for p in out.iterdir() if '.tmp-' in p.name]
+    run_mpi(n, 'train.py', '--out', str(out), *flags, '--resume',
+            str(out / 'snapshot_epoch_1'), timeout=JOB_TIMEOUT_S)
+    with numpy.load(out / 'snapshot_epoch_2') as resumed:
+        assert resumed['updater/iterator:main/epoch'] == 2
+
+
+@pytest.mark.parametrize('n, frozen', [(3, 1), (2, 0)])
+def test_a_frozen_rank_ends_the_job(n, frozen, tmp_path):
+    out = tmp_path / 'out'
+    flags = [*RUN, '--timeout', str(TIMEOUT_S)]
+    job = start_job(n, out, *flags, env=mpi_env(PARALLEL_CONV_FAULT=f'{frozen}:6:stop'))
+    stdout, stderr = finish(job, out, JOB_TIMEOUT_S)
+    ended = time.time()
+    frozen_at = float(re.search(r'acting now \(time ([0-9.]+)\)', stderr).group(1))
+    assert job.returncode == EXIT_CODE, stderr
+    assert ended - frozen_at < ENDS_WITHIN_S
+    lines = watchdog_lines(stderr)
+    assert len(lines) == 1, stderr
+    check_the_line(lines[0], silent(f'rank {frozen} ({socket.gethostname()})'))
+    # mpiexec ended the frozen one, the others ended themselves.
+    check_gone_by(process_ids(stdout), frozen_at + ENDS_WITHIN_S)
+    assert not (out / 'model.npz').exists()
+    check_snapshot_resumes(n, out, flags)
+
+
+def test_a_rank_stuck_outside_any_exchange_ends_the_job(tmp_path):
+    # Alive and answering, but its main thread never gets to the next exchange.
+    out = tmp_path / 'out'
+    job = start_job(2, out, *RUN, '--timeout', str(TIMEOUT_S),
+                    env=mpi_env(PARALLEL_CONV_FAULT='1:2:hang'))
+    stdout, stderr = finish(job, out, JOB_TIMEOUT_S)
+    ended = time.time()
+    stuck_at = float(re.search(r'acting now \(time ([0-9.]+)\)', stderr).group(1))
+    assert job.returncode == EXIT_CODE, stderr
+    assert ended - stuck_at < ENDS_WITHIN_S
+    lines = watchdog_lines(stderr)
+    assert len(lines) == 1, stderr
+    check_the_line(lines[0], re.escape(f'rank 1 ({socket.gethostname()}) answering but '
+                                       'busy outside any exchange'))
+    check_gone_by(process_ids(stdout), stuck_at + ENDS_WITHIN_S)
+
+
+# --- across two hosts -----------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def hosts():
+    with two_hosts_or_skip() as made:
+        yield made
+
+
+def wait_into_epoch_2(launched: subprocess.Popen, out) -> None:
+    """Until the snapshot of epoch 1 is written, and a moment more."""
+    deadline = time.time() + JOB_TIMEOUT_S
+    while not (out / 'snapshot_epoch_1').exists():
+        if launched.poll() is not None or time.time() > deadline:
+            launched.kill()
+            pytest.fail(f'no snapshot of epoch 1: {launched.communicate()}')
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+
+def freeze_ranks(hosts, host: str) -> None:
+    """SIGSTOP to the training processes of ``host`` (not its hydra proxy)."""
+    for pid in hosts.pids(host):
+        with open(f'/proc/{pid}/cmdline', 'rb') as file:
+            if b'train.py' in file.read():
+                os.kill(pid, signal.SIGSTOP)
+
+
+def check_hosts_empty_by(hosts, deadline: float) -> None:
+    """Nothing runs in either host by ``deadline``: ranks and hydra proxies."""
+    while True:
+        left = {name: hosts.pids(name) for name in hosts.names}
+        if not any(left.values()) or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert not any(left.values()), f'still running at the deadline: {left}'
+
+
+@pytest.mark.parametrize('cut', ['link-down', 'frozen'])
+def test_a_lost_host_ends_the_job(hosts, cut, tmp_path):
+    # 2 hosts x 2 processes: on each side of the cut, one rank prints, the
+    # other hears it and keeps quiet.
+    out = tmp_path / 'out'
+    flags = [*RUN, '--timeout', str(TIMEOUT_S)]
+    launched = hosts.launch(2, [sys.executable, os.path.join(REPO, 'train.py'), '--out',
+                                str(out), *flags],
+                            mpiexec=mpiexec_path(), env=mpi_env(), cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_into_epoch_2(launched, out)
+    cut_at = time.time()
+    try:
+        if cut == 'link-down':
+            hosts.link_down()
+        else:
+            freeze_ranks(hosts, hosts.names[1])
+        try:
+            _, stderr = launched.communicate(timeout=JOB_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            launched.kill()
+            pytest.fail(f'mpiexec still running {JOB_TIMEOUT_S} s after the cut')
+        ended = time.time()
+        check_hosts_empty_by(hosts, cut_at + ENDS_WITHIN_S)
+    finally:
+        if cut == 'link-down':
+            hosts.link_up()
+    assert launched.returncode == EXIT_CODE, stderr
+    assert ended - cut_at < ENDS_WITHIN_S
+    lines = watchdog_lines(stderr)
+    assert len(lines) == 1, stderr
+    check_the_line(lines[0], silent(f'ranks 2, 3 ({hosts.names[1]})'))
+    assert not (out / 'model.npz').exists()
+    check_snapshot_resumes(2, out, flags)
