@@ -58,7 +58,7 @@ def train(args: argparse.Namespace, comm) -> None:
     optimizer.setup(model)
     # Before the weight decay, so that it is added to the averaged gradient.
     if grid.replicas is not None:
-        optimizer.add_hook(MeanOverReplicas(grid.replicas))
+        optimizer.add_hook(MeanOverReplicas(grid.replicas, model))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
 
     shuffle_rng = numpy.random.RandomState(args.seed) if comm.rank == 0 else None

@@ -41,9 +41,9 @@ Reported per configuration, over all timed steps of all rounds: the median
 step time and its spread; on several processes a step's time is the slowest
 rank's. "comm": the share of the step spent in the exchanges of
 models.communication (the channel gathers and reduce-scatters, the sums over
-replicas) and in the gradient all-reduce over replicas (timed by wrapping
-them in the worker process), waiting for the other rank included; the
-largest share over ranks. "floor": one float32 matrix
+replicas, and the gradient all-reduce's starts, progress calls and final
+wait; timed by wrapping them in the worker process), waiting for the other
+rank included; the largest share over ranks. "floor": one float32 matrix
 product with as many multiply-adds as the rank's step (counted from the
 layer shapes: convolutions and fully connected layers, forward, filter and
 input gradients), timed right after the steps with the same processes and
@@ -344,23 +344,23 @@ def build_model(config: Configuration, grid):
     optimizer = chainer.optimizers.MomentumSGD(LEARNING_RATE)
     optimizer.setup(model)
     if grid.replicas is not None:
-        optimizer.add_hook(MeanOverReplicas(grid.replicas))
+        optimizer.add_hook(MeanOverReplicas(grid.replicas, model))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
     return model, optimizer
 
 
 # The exchanges of models.communication that a step makes.
-EXCHANGES = ('allgather_channels', 'reduce_scatter_channels', 'allreduce_sum', 'replica_rows')
+EXCHANGES = ('allgather_channels', 'reduce_scatter_channels', 'allreduce_sum', 'allgather_stack',
+             'replica_rows', 'start_allreduce_sum', 'progress', 'wait')
 
 
-def time_communication(replicas):
+def time_communication():
     """Wrap every exchange a step makes; returns their running total.
 
     The modules of ``models`` that call an exchange by a name of their own
     (imported from models.communication, or the module's own for its
     autograd functions) look it up when they run, so replacing each such
-    name reaches every call; the gradient all-reduce is the replica
-    communicator's method.
+    name reaches every call, the gradient all-reduce's included.
     """
     from models import communication
     spent = [0.0]
@@ -380,8 +380,6 @@ def time_communication(replicas):
             for attribute, value in list(vars(module).items()):
                 if any(value is original for original in originals):
                     setattr(module, attribute, timed(value))
-    if replicas is not None:
-        replicas.multi_node_mean_grad = timed(replicas.multi_node_mean_grad)
     return spent
 
 
@@ -490,7 +488,7 @@ def worker(args: argparse.Namespace) -> None:
     grid = process_grid(comm, config.model_parallel)
     model, optimizer = build_model(config, grid)
     model.to_device(device)
-    comm_spent = time_communication(grid.replicas)
+    comm_spent = time_communication()
     data = numpy.random.RandomState(0)
     # The global batch; each replica computes on its rows.
     mine = slice(*grid.rows(args.batchsize))
