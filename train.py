@@ -15,6 +15,7 @@ from job import checkpoint, faults, gpu, watchdog
 
 import argparse
 import os
+import time
 import warnings
 
 import chainer
@@ -24,10 +25,11 @@ import numpy
 from chainer import training
 from chainer.training import extensions
 
-from job.arguments import channel_group_size, check_args, check_out_dir, parse_args
+from job.arguments import AUTO, channel_group_sizes, check_args, check_out_dir, parse_args
 from job.blas_threads import threads_per_process
-from job.data import load_dataset
+from job.data import IMAGE_SHAPE, load_dataset
 from job.errors import process_ids, run_checked, run_or_abort
+from job.model_parallel import describe, fastest
 from job.run_info import collect_run_info, write_run_info
 from models import NETWORKS
 from models.classifier import classifier
@@ -44,22 +46,23 @@ def train(args: argparse.Namespace, comm) -> None:
     """The recipe: check, data, model, optimizer, iterators, trainer, extensions, run."""
     run_checked(comm, check_args, args, comm.size)
     run_checked(comm, check_out_dir, args.out, only_rank0=True)
-    grid = process_grid(comm, channel_group_size(args, comm.size))
     device = gpu.use_device(args, comm)
-    choose_exchanges(grid, device)
     train_set, test_set, n_classes = read_data(args, comm, args.train_size)
+    started = time.perf_counter()
+    k, seconds = fastest(comm, channel_group_sizes(args, comm.size),
+                         trial_step(args, comm, n_classes, device))
+    # What --model-parallel auto measured, for the header and run.json.
+    auto = ({'seconds_per_step': seconds, 'startup_seconds': time.perf_counter() - started}
+            if args.model_parallel == AUTO else None)
+    grid = process_grid(comm, k)
+    choose_exchanges(grid, device)
     fault = run_checked(comm, faults.fault_injection, comm)
     snapshot = (comm.bcast_obj(run_checked(comm, checkpoint.read_snapshot, args.resume, args,
                                            n_classes, grid.channels.size, only_rank0=True))
                 if args.resume else None)
 
     vgg, model = build_model(args, grid, n_classes, device)
-    optimizer = chainer.optimizers.MomentumSGD(args.learnrate)
-    optimizer.setup(model)
-    # Before the weight decay, so that it is added to the averaged gradient.
-    if grid.replicas is not None:
-        optimizer.add_hook(MeanOverReplicas(grid.replicas))
-    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
+    optimizer = make_optimizer(args, grid, model)
 
     shuffle_rng = numpy.random.RandomState(args.seed) if comm.rank == 0 else None
     train_iter, test_iter = make_iterators(comm, train_set, test_set, args.batchsize, shuffle_rng)
@@ -78,9 +81,11 @@ def train(args: argparse.Namespace, comm) -> None:
     if comm.rank == 0:
         add_reports(trainer, args)
         print_header(args, comm, grid, n_classes, len(train_set), len(test_set))
+        if auto:
+            print(describe(auto['seconds_per_step'], k, auto['startup_seconds']))
         print(f'Process ids by rank: {ids}', flush=True)
         write_run_info(args.out, collect_run_info(args, comm.size, args.conv,
-                                                  grid.channels.size))
+                                                  grid.channels.size, auto))
     if snapshot is not None:
         checkpoint.load_snapshot(trainer, vgg, shuffle_rng, grid, snapshot)
 
@@ -93,7 +98,7 @@ def train(args: argparse.Namespace, comm) -> None:
 def evaluate(args: argparse.Namespace, comm) -> None:
     """--evaluate: print the test loss and accuracy of a saved model; write nothing."""
     run_checked(comm, check_args, args, comm.size)
-    grid = process_grid(comm, channel_group_size(args, comm.size))
+    grid = process_grid(comm, channel_group_sizes(args, comm.size)[0])
     device = gpu.use_device(args, comm)
     choose_exchanges(grid, device)
     # The test set is all it needs: one training example spares reading in the rest.
@@ -125,6 +130,34 @@ def choose_exchanges(grid: ProcessGrid, device: chainer.backend.Device) -> None:
 def communicators(comm, grid: ProcessGrid) -> dict:
     """Every communicator of the run, by the name the watchdog's line gives it."""
     return {'all ranks': comm, 'channel group': grid.channels, 'replica group': grid.replicas}
+
+
+def make_optimizer(args: argparse.Namespace, grid: ProcessGrid, model: chainer.Link):
+    """MomentumSGD with weight decay, and with replicas the gradient all-reduce before it."""
+    optimizer = chainer.optimizers.MomentumSGD(args.learnrate)
+    optimizer.setup(model)
+    # Before the weight decay, so that it is added to the averaged gradient.
+    if grid.replicas is not None:
+        optimizer.add_hook(MeanOverReplicas(grid.replicas, model))
+    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
+    return optimizer
+
+
+def trial_step(args: argparse.Namespace, comm, n_classes: int, device):
+    """For --model-parallel auto: trial(k) sets up the run on channel groups of k processes
+    and returns one training step on a random batch of --batchsize (collective)."""
+    def trial(k: int):
+        grid = process_grid(comm, k)
+        choose_exchanges(grid, device)
+        _, model = build_model(args, grid, n_classes, device)
+        optimizer = make_optimizer(args, grid, model)
+        rng = numpy.random.RandomState(args.seed)
+        mine = slice(*grid.rows(args.batchsize))
+        x = device.send(rng.rand(args.batchsize, *IMAGE_SHAPE).astype(args.dtype)[mine])
+        t = device.send(rng.randint(0, n_classes, args.batchsize).astype(numpy.int32)[mine])
+        return lambda: optimizer.update(model, x, t)
+
+    return trial
 
 
 def read_data(args: argparse.Namespace, comm, train_size: int | None):

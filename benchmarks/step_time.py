@@ -39,19 +39,24 @@ so that load from other programs on a shared machine falls on all of them.
 
 Reported per configuration, over all timed steps of all rounds: the median
 step time and its spread; on several processes a step's time is the slowest
-rank's. "comm": the share of the step spent in the exchanges of
-models.communication (the channel gathers and reduce-scatters, the sums over
-replicas) and in the gradient all-reduce over replicas (timed by wrapping
-them in the worker process), waiting for the other rank included; the
-largest share over ranks. "floor": one float32 matrix
-product with as many multiply-adds as the rank's step (counted from the
-layer shapes: convolutions and fully connected layers, forward, filter and
-input gradients), timed right after the steps with the same processes and
-threads. Neither applies to PyTorch: it has no exchanges, and the floor is
-numpy's BLAS, which PyTorch does not use. "peak": the largest resident set
-size of a rank (ru_maxrss), before the floor's product. Then the issues'
-ratios, of the medians (judged against their targets) and of the minima
-(the nearest to a quiet machine). The table is printed, the numbers are written as JSON (--json).
+rank's. "cpu": the median over steps of the CPU time (all threads) of the
+busiest process in the step, which counts only the time the process ran:
+on a busy machine less noisy than the step's wall time (an MPI process
+that waits for another spins, and that counts). "comm": the share of the
+step spent in the exchanges of models.communication (the channel gathers
+and reduce-scatters, the sums over replicas, and the gradient all-reduce's
+starts, progress calls and final wait; timed by wrapping them in the
+worker process), waiting for the other rank included; the largest share
+over ranks. "floor": one float32 matrix product with as many multiply-adds
+as the rank's step (counted from the layer shapes: convolutions and fully
+connected layers, forward, filter and input gradients), timed right after
+the steps with the same processes and threads. Neither applies to PyTorch:
+it has no exchanges, and the floor is numpy's BLAS, which PyTorch does not
+use. "peak": the largest resident set size of a rank (ru_maxrss), before
+the floor's product. Then the issues' ratios, of the medians (judged
+against their targets), of the minima (the nearest to a quiet machine) and
+of the CPU times. The table is printed, the numbers are written as JSON
+(--json).
 """
 import argparse
 import json
@@ -68,11 +73,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_MARK = 'STEP_TIME_RESULT '
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 # (label, numerators (the faster of them), denominator, target, met(ratio)):
-# issue 3's, and issue 14's: ours on 2 processes, in its faster layout,
-# against PyTorch on the same 2 cores.
+# issue 3's; issue 14's: ours on 2 processes, in its faster layout,
+# against PyTorch on the same 2 cores; and issue 20's: 2 replicas against
+# 1 process.
 TARGETS = (
     ('c / a', ('c',), 'a', '<= 0.35', lambda r: r <= 0.35),
     ('b1 / c', ('b1',), 'c', '>= 1.8', lambda r: r >= 1.8),
+    ('b1 / e', ('b1',), 'e', '>= 1.8', lambda r: r >= 1.8),
     ('b2 / a', ('b2',), 'a', '<= 0.6', lambda r: r <= 0.6),
     ('min(c,e) / pt2', ('c', 'e'), 'pt2', '<= 1.0', lambda r: r <= 1.0),
 )
@@ -194,6 +201,7 @@ def summary(runs: list[dict]) -> dict:
         'steps': steps,
         'median': statistics.median(steps), 'min': min(steps), 'max': max(steps),
         'q1': q1, 'q3': q3,
+        'cpu': statistics.median(c for run in runs for c in run['cpu_seconds']),
         'comm_share': (statistics.median(c for run in runs for c in run['comm_share'])
                        if applies else None),
         'floor': statistics.median(run['floor_seconds'] for run in runs) if applies else None,
@@ -203,7 +211,7 @@ def summary(runs: list[dict]) -> dict:
 
 
 def ratios(summaries: dict) -> list[dict]:
-    """The issue's ratios, of the medians (judged against the targets) and of the minima.
+    """The issues' ratios, of the medians (judged against the targets), minima and CPU times.
 
     On a shared machine, other programs only ever add time, so the fastest
     step of each configuration is the nearest to a quiet machine's.
@@ -214,14 +222,16 @@ def ratios(summaries: dict) -> list[dict]:
                   ('gb / ga', ('gb',), 'ga', None, None))
     for label, tops, bottom, target, met in TARGETS + untargeted:
         if bottom in summaries and all(top in summaries for top in tops):
-            value, of_minima = (min(summaries[top][stat] for top in tops)
-                                / summaries[bottom][stat] for stat in ('median', 'min'))
+            value, of_minima, of_cpu = (min(summaries[top][stat] for top in tops)
+                                        / summaries[bottom][stat]
+                                        for stat in ('median', 'min', 'cpu'))
             found.append({'ratio': label, 'value': value, 'of_minima': of_minima,
-                          'target': target, 'met': met(value) if met else None})
+                          'of_cpu': of_cpu, 'target': target, 'met': met(value) if met else None})
     if 'c' in summaries:
         share = summaries['c']['comm_share']
         found.append({'ratio': 'comm share of c', 'value': share, 'of_minima': None,
-                      'target': f'<= {COMM_TARGET:.2f}', 'met': share <= COMM_TARGET})
+                      'of_cpu': None, 'target': f'<= {COMM_TARGET:.2f}',
+                      'met': share <= COMM_TARGET})
     return found
 
 
@@ -229,7 +239,7 @@ def print_report(summaries: dict, found: list[dict], args) -> None:
     print(f'\nbatch {args.batchsize} float32, {args.steps} timed steps after '
           f'{args.warmup} warm-up, {args.rounds} rounds; seconds per step\n')
     print(f'{"":3} {"configuration":47} {"procs x thr":>11} {"median":>7} {"min":>7} '
-          f'{"max":>7} {"IQR":>13} {"floor":>7} {"comm":>6} {"peak MB":>8}')
+          f'{"max":>7} {"IQR":>13} {"cpu":>7} {"floor":>7} {"comm":>6} {"peak MB":>8}')
     for name, s in summaries.items():
         config = CONFIGURATIONS[name]
         layout = f'{config.processes} x {config.threads}'
@@ -237,15 +247,16 @@ def print_report(summaries: dict, found: list[dict], args) -> None:
         comm = f'{100 * s["comm_share"]:5.1f}%' if config.processes > 1 else '-'
         floor = 'n/a' if s['floor'] is None else f'{s["floor"]:.3f}'
         print(f'{name:3} {config.description:47} {layout:>11} {s["median"]:7.3f} '
-              f'{s["min"]:7.3f} {s["max"]:7.3f} {quartiles:>13} {floor:>7} '
+              f'{s["min"]:7.3f} {s["max"]:7.3f} {quartiles:>13} {s["cpu"]:7.3f} {floor:>7} '
               f'{comm:>6} {s["peak_mb_per_rank"]:8.0f}')
     print()
-    print(f'{"":16} {"medians":>7} {"minima":>7}   target')
+    print(f'{"":16} {"medians":>7} {"minima":>7} {"cpu":>7}   target')
     for r in found:
         verdict = '' if r['met'] is None else ('met' if r['met'] else 'NOT met')
-        of_minima = '' if r['of_minima'] is None else f'{r["of_minima"]:.3f}'
-        print(f'{r["ratio"]:16} {r["value"]:7.3f} {of_minima:>7}   {r["target"] or "":8} '
-              f'{verdict}')
+        of_minima, of_cpu = ('' if r[key] is None else f'{r[key]:.3f}'
+                             for key in ('of_minima', 'of_cpu'))
+        print(f'{r["ratio"]:16} {r["value"]:7.3f} {of_minima:>7} {of_cpu:>7}   '
+              f'{r["target"] or "":8} {verdict}')
 
 
 def machine() -> dict:
@@ -344,23 +355,23 @@ def build_model(config: Configuration, grid):
     optimizer = chainer.optimizers.MomentumSGD(LEARNING_RATE)
     optimizer.setup(model)
     if grid.replicas is not None:
-        optimizer.add_hook(MeanOverReplicas(grid.replicas))
+        optimizer.add_hook(MeanOverReplicas(grid.replicas, model))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
     return model, optimizer
 
 
 # The exchanges of models.communication that a step makes.
-EXCHANGES = ('allgather_channels', 'reduce_scatter_channels', 'allreduce_sum', 'replica_rows')
+EXCHANGES = ('allgather_channels', 'reduce_scatter_channels', 'allreduce_sum', 'allgather_stack',
+             'replica_rows', 'start_allreduce_sum', 'progress', 'wait')
 
 
-def time_communication(replicas):
+def time_communication():
     """Wrap every exchange a step makes; returns their running total.
 
     The modules of ``models`` that call an exchange by a name of their own
     (imported from models.communication, or the module's own for its
     autograd functions) look it up when they run, so replacing each such
-    name reaches every call; the gradient all-reduce is the replica
-    communicator's method.
+    name reaches every call, the gradient all-reduce's included.
     """
     from models import communication
     spent = [0.0]
@@ -380,8 +391,6 @@ def time_communication(replicas):
             for attribute, value in list(vars(module).items()):
                 if any(value is original for original in originals):
                     setattr(module, attribute, timed(value))
-    if replicas is not None:
-        replicas.multi_node_mean_grad = timed(replicas.multi_node_mean_grad)
     return spent
 
 
@@ -450,19 +459,21 @@ def torch_worker(config: Configuration, args: argparse.Namespace) -> None:
     if args.profile:
         import cProfile
         profiler = cProfile.Profile()
-    step_seconds = []
+    step_seconds, cpu_seconds = [], []
     # PyTorch's CPU operations return when done: no synchronization to wait for.
     for index in range(args.warmup + args.steps):
         if profiler and index == args.warmup:
             profiler.enable()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step(x, t)
         step_seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
     if profiler:
         profiler.disable()
         print_profile(profiler)
     print(RESULT_MARK + json.dumps({
-        'step_seconds': step_seconds[args.warmup:], 'comm_share': None,
+        'step_seconds': step_seconds[args.warmup:], 'cpu_seconds': cpu_seconds[args.warmup:],
+        'comm_share': None,
         'peak_mb': [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024],
         'multiply_adds': None, 'floor_seconds': None}), flush=True)
 
@@ -490,7 +501,7 @@ def worker(args: argparse.Namespace) -> None:
     grid = process_grid(comm, config.model_parallel)
     model, optimizer = build_model(config, grid)
     model.to_device(device)
-    comm_spent = time_communication(grid.replicas)
+    comm_spent = time_communication()
     data = numpy.random.RandomState(0)
     # The global batch; each replica computes on its rows.
     mine = slice(*grid.rows(args.batchsize))
@@ -500,17 +511,18 @@ def worker(args: argparse.Namespace) -> None:
     if args.profile and comm.rank == 0:
         import cProfile
         profiler = cProfile.Profile()
-    step_seconds, comm_seconds = [], []
+    step_seconds, cpu_seconds, comm_seconds = [], [], []
     for step in range(args.warmup + args.steps):
         if profiler and step == args.warmup:
             profiler.enable()
         comm.mpi_comm.Barrier()
         synchronize()
         comm_spent[0] = 0.0
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         optimizer.update(model, x, t)
         synchronize()
         step_seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
         comm_seconds.append(comm_spent[0])
     if profiler:
         profiler.disable()
@@ -519,23 +531,26 @@ def worker(args: argparse.Namespace) -> None:
                                        grid.channels.rank)
     comm.mpi_comm.Barrier()
     floor = time_floor(multiply_adds, config.device)
-    report(comm, args, step_seconds[args.warmup:], comm_seconds[args.warmup:], peak_mb,
-           multiply_adds, floor, profiler)
+    report(comm, args, step_seconds[args.warmup:], cpu_seconds[args.warmup:],
+           comm_seconds[args.warmup:], peak_mb, multiply_adds, floor, profiler)
 
 
-def report(comm, args, step_seconds, comm_seconds, peak_mb, multiply_adds, floor, profiler):
+def report(comm, args, step_seconds, cpu_seconds, comm_seconds, peak_mb, multiply_adds, floor,
+           profiler):
     """Rank 0 prints one result line: the slowest rank's times, every rank's peak."""
-    every_rank = comm.gather_obj((step_seconds, comm_seconds, peak_mb, multiply_adds, floor))
+    every_rank = comm.gather_obj((step_seconds, comm_seconds, peak_mb, multiply_adds, floor,
+                                  cpu_seconds))
     if comm.rank != 0:
         return
     steps = [max(times) for times in zip(*(r[0] for r in every_rank))]
+    cpu = [max(times) for times in zip(*(r[5] for r in every_rank))]
     shares = [max(c / s for c, s in zip(comm_step, step_step))
               for comm_step, step_step in zip(zip(*(r[1] for r in every_rank)),
                                               zip(*(r[0] for r in every_rank)))]
     if profiler:
         print_profile(profiler)
     print(RESULT_MARK + json.dumps({
-        'step_seconds': steps, 'comm_share': shares,
+        'step_seconds': steps, 'cpu_seconds': cpu, 'comm_share': shares,
         'peak_mb': [r[2] for r in every_rank],
         'multiply_adds': max(r[3] for r in every_rank),
         'floor_seconds': max(r[4] for r in every_rank)}), flush=True)

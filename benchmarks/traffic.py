@@ -19,9 +19,9 @@ with ring algorithms (an all-gather or a reduce-scatter over K ranks sends
   2 (D - 1) / D (P_conv / K + P_head), P_conv the convolutions' and their
   batch normalizations' parameter bytes (split over the channel group),
   P_head the head's (replicated);
-- small messages: batch normalization's sums over the replicas (3 per
-  layer), the rows and the reported loss; the gathers; ChainerMN's
-  all-reduce of one parameter at a time.
+- messages: batch normalization's over the replicas (2 per layer), the
+  rows and the reported loss; the gathers; the gradient all-reduce's
+  buckets (models/gradients.py).
 
 With channel groups inside nodes, only the gradient all-reduce crosses
 between nodes: each of the K replica groups is a ring through every node,
@@ -37,6 +37,8 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
+from models.gradients import BUCKET_BYTES
+from models.partition import channel_counts
 from models.vgg import HEAD_WIDTH, KERNEL_SIZE, VGG16_BLOCKS
 
 ITEM_BYTES = 4  # float32
@@ -78,16 +80,31 @@ def gradient_bytes(replicas: int, channel_ranks: int) -> float:
     return 2 * (replicas - 1) / replicas * (conv / channel_ranks + head) * ITEM_BYTES
 
 
+def gradient_buckets(channel_ranks: int) -> int:
+    """Buckets of channel rank 0's gradients, in the order the backward pass finishes them."""
+    arrays, in_channels = [], 3
+    for _, channels, *_ in VGG16_BLOCKS:
+        mine = channel_counts(channels, channel_ranks)[0]
+        arrays += [mine * in_channels * KERNEL_SIZE ** 2, mine, mine]  # W, beta, gamma
+        in_channels = channels
+    arrays += [in_channels * HEAD_WIDTH, HEAD_WIDTH, HEAD_WIDTH, HEAD_WIDTH * N_CLASSES]
+    buckets, filling = 0, 0
+    for values in reversed(arrays):
+        filling += values * ITEM_BYTES
+        if filling >= BUCKET_BYTES:
+            buckets, filling = buckets + 1, 0
+    return buckets + (filling > 0)
+
+
 def messages(replicas: int, channel_ranks: int) -> tuple[int, int]:
     """(channel exchanges, replica-group messages) per step of one process."""
     blocks = len(VGG16_BLOCKS)
     channel = 2 * blocks - 1 if channel_ranks > 1 else 0
     if replicas == 1:
         return channel, 0
-    # Batch normalization: forward sums and squares, backward sums, per
-    # layer; the rows and the reported loss; one all-reduce per parameter
-    # array (13 filters, 14 scales and shifts, fc1 and fc2).
-    return channel, 3 * (blocks + 1) + 2 + (blocks + 2 * (blocks + 1) + 2)
+    # Batch normalization: one forward and one backward per layer; the rows
+    # and the reported loss; the gradient buckets.
+    return channel, 2 * (blocks + 1) + 2 + gradient_buckets(channel_ranks)
 
 
 def grids(processes: int) -> list[tuple[int, int]]:

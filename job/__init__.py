@@ -1,7 +1,8 @@
 """What train.py stands on: the parts of a training job that are not the network.
 
 The flags (arguments), the data, the checkpoints, the errors and aborts,
-fault injection, the device choice (gpu), the run record (run_info), and
+fault injection, the device choice (gpu), the run record (run_info), the
+channel group size timed at start-up (model_parallel), and
 two modules that must act before the libraries they adjust are loaded:
 
 - blas_threads sets the BLAS thread count per process, which OpenBLAS and

@@ -17,6 +17,7 @@ from models.vgg import VGG16_BLOCKS
 NARROWEST_LAYER = min(channels for _, channels, *_ in VGG16_BLOCKS)
 # --timeout's default, in seconds: docs/recovery.md#a-lost-host-ends-the-job says why.
 DEFAULT_TIMEOUT_S = 300
+AUTO = 'auto'  # --model-parallel auto: the fastest K, timed at start-up (job/model_parallel.py)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,10 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='use only the first N training examples')
     parser.add_argument('--test-size', type=int, metavar='N',
                         help='use only the first N test examples')
-    parser.add_argument('--model-parallel', type=int, metavar='K',
+    parser.add_argument('--model-parallel', type=_channel_group_size, metavar='K',
                         help='K processes per channel group, which split every convolution; '
                              'the N / K groups are replicas, each on its share of every '
-                             'batch (default: all N processes, one group)')
+                             f'batch (default: all N processes, one group); {AUTO}: the K '
+                             'whose training step is fastest, timed at start-up')
     parser.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT_S, metavar='SECONDS',
                         help='once training has started, end the job when a process waits '
                              'this long for another, or makes no progress (default '
@@ -70,9 +72,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def channel_group_size(args: argparse.Namespace, n_processes: int) -> int:
-    """K, the processes per channel group: --model-parallel, or all of them."""
-    return n_processes if args.model_parallel is None else args.model_parallel
+def _channel_group_size(value: str) -> int | str:
+    if value == AUTO:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{value!r} is neither a number of processes '
+                                         f'nor {AUTO}') from None
+
+
+def channel_group_sizes(args: argparse.Namespace, n_processes: int) -> list[int]:
+    """The K this run may take: --model-parallel's, all processes by default, or with
+    auto every K that divides them and that check_args accepts, in increasing order."""
+    if args.model_parallel != AUTO:
+        return [n_processes if args.model_parallel is None else args.model_parallel]
+    return [k for k in range(1, n_processes + 1)
+            if n_processes % k == 0 and _grid_problem(args, n_processes, k) is None]
 
 
 def check_args(args: argparse.Namespace, n_processes: int) -> None:
@@ -86,8 +102,9 @@ def check_args(args: argparse.Namespace, n_processes: int) -> None:
     if args.frequency == 0 or args.frequency < -1:
         raise UsageError(f'--frequency must be a number of epochs (1 or more) or -1, '
                          f'got {args.frequency}')
+    model_parallel = None if args.model_parallel == AUTO else args.model_parallel
     for flag, value in (('--train-size', args.train_size), ('--test-size', args.test_size),
-                        ('--model-parallel', args.model_parallel)):
+                        ('--model-parallel', model_parallel)):
         if value is not None and value <= 0:
             raise UsageError(f'{flag} must be greater than 0, got {value}')
     if not math.isfinite(args.timeout) or args.timeout <= 0:
@@ -98,41 +115,50 @@ def check_args(args: argparse.Namespace, n_processes: int) -> None:
                          f'(--batchsize {args.batchsize})')
     if args.evaluate and args.resume:
         raise UsageError('--evaluate and --resume exclude each other: give one of them')
-    check_grid(args, n_processes)
+    if args.evaluate and args.model_parallel == AUTO:
+        raise UsageError(f'--model-parallel {AUTO} times training steps, and --evaluate '
+                         'trains none: give a number of processes per channel group')
+    sizes = channel_group_sizes(args, n_processes)
+    # With auto and no K that works, the error of the default K: all processes.
+    problem = _grid_problem(args, n_processes, sizes[0] if sizes else n_processes)
+    if problem:
+        raise UsageError(problem)
 
 
-def check_grid(args: argparse.Namespace, n_processes: int) -> None:
-    """The processes must form replicas of equal channel groups that can run the network."""
-    k = channel_group_size(args, n_processes)
+def _grid_problem(args: argparse.Namespace, n_processes: int, k: int) -> str | None:
+    """What keeps the processes from forming replicas of channel groups of ``k`` that can
+    run the network, in one line; None if nothing."""
     # What fixed K, in the messages.
-    chosen = f'{n_processes} processes' if args.model_parallel is None else f'--model-parallel {k}'
+    chosen = (f'--model-parallel {k}' if isinstance(args.model_parallel, int)
+              else f'{n_processes} processes')
     if k > NARROWEST_LAYER:
         advice = (f'run at most {NARROWEST_LAYER} processes, or replicas of smaller channel '
                   'groups (--model-parallel)' if args.model_parallel is None
                   else f'give at most {NARROWEST_LAYER}')
-        raise UsageError(f'{chosen}, but the narrowest layer has only {NARROWEST_LAYER} '
+        return (f'{chosen}, but the narrowest layer has only {NARROWEST_LAYER} '
                          f'channels to split: {advice}')
     if n_processes % k:
         divisors = [d for d in range(1, min(n_processes, NARROWEST_LAYER) + 1)
                     if n_processes % d == 0]
-        raise UsageError(f'--model-parallel {k} does not divide the {n_processes} processes '
+        return (f'--model-parallel {k} does not divide the {n_processes} processes '
                          f'into channel groups: give {_one_of(divisors)}')
     replicas = n_processes // k
     # An evaluation splits its batches however they come (models/classifier.py).
     if not args.evaluate and args.batchsize % replicas:
-        raise UsageError(f'--batchsize {args.batchsize} does not split evenly over the '
+        return (f'--batchsize {args.batchsize} does not split evenly over the '
                          f'{replicas} replicas of --model-parallel {k} on {n_processes} '
                          f'processes: give a multiple of {replicas}')
     if args.gpu and replicas > 1:
-        raise UsageError(f'--gpu with {replicas} replicas: batch normalization over replicas '
+        return (f'--gpu with {replicas} replicas: batch normalization over replicas '
                          f'runs on CPU only; run without --gpu, or one replica '
                          f'(--model-parallel {n_processes})')
     if args.conv == 'grouped' and any(c % k for c in GROUPED_INPUT_CHANNELS):
         divisor = math.gcd(*GROUPED_INPUT_CHANNELS)
         counts = [n for n in range(1, divisor + 1) if divisor % n == 0]
-        raise UsageError(f'--conv grouped splits every layer\'s input channels into equal '
+        return (f'--conv grouped splits every layer\'s input channels into equal '
                          f'groups, one per process of a channel group, so {chosen} cannot '
                          f'run it: run {_one_of(counts)} processes per channel group')
+    return None
 
 
 def _one_of(numbers: list[int]) -> str:

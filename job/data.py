@@ -31,6 +31,7 @@ CIFAR_FILES = 'https://www.cs.toronto.edu/~kriz/'
 # root; so do we, in the same files and layout, so either reads the other's.
 CHAINER_CACHE = os.path.join('pfnet', 'chainer', 'cifar')
 CACHED_ARRAYS = ('train_x', 'train_y', 'test_x', 'test_y')
+IMAGE_SHAPE = (3, 32, 32)  # every dataset's
 ROW_BYTES = 3 * 32 * 32
 # Per blocking socket operation, so a slow but live download still finishes.
 DOWNLOAD_TIMEOUT_S = 30

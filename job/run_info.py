@@ -15,11 +15,13 @@ SCHEMES = ("exact", "grouped", "plain")
 
 
 def collect_run_info(args: argparse.Namespace, n_processes: int, scheme: str,
-                     model_parallel: int | None = None) -> dict:
+                     model_parallel: int | None = None, auto: dict | None = None) -> dict:
     """Settings of this run from train.py's arguments, plus versions and machine.
 
     ``model_parallel``: the processes per channel group, K (default: all);
-    the run has N / K replicas of it.
+    the run has N / K replicas of it. ``auto``: with --model-parallel auto,
+    what chose K: the seconds per step of each K tried and the start-up
+    seconds the trials took.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
@@ -29,6 +31,7 @@ def collect_run_info(args: argparse.Namespace, n_processes: int, scheme: str,
         "processes": n_processes,
         "replicas": n_processes // model_parallel,
         "model_parallel": model_parallel,
+        "model_parallel_auto": auto,
         "scheme": scheme,
         "dataset": args.dataset,
         "train_size": args.train_size,

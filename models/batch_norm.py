@@ -30,21 +30,26 @@ pixels, whatever the other channels: a channel's result does not depend on
 how the channels are split over processes.
 
 With replicas (models/grid.py) each process holds some rows of the global
-batch, and the statistics must be the global batch's: the per-channel sums
-of the forward (with the count of values) and its centred squares, and the
-two sums of the backward (of gy and of gy times the normalized input), are
-summed over the replica group, and divided by the global count. The
-gradients of gamma and beta are returned as this replica's own sums: the
-gradient all-reduce (models/gradients.py) averages them over the replicas,
-like every other parameter's. Why this is exact, the factor D included:
-docs/design.md. Replicas run on CPU only: there is no GPU path here.
+batch, and the statistics must be the global batch's. Forward, each replica
+centres its rows on its own mean, in the same passes, and sends its mean,
+the sums of squares around it and its count to the others in one message;
+each then combines them into the global mean and variance, and adds the
+difference of the two means to the shift. Backward, the two sums (of gy
+and of gy times the normalized input) are summed over the replica group in
+one message and divided by the global count. Every pass needs its
+message's result before it can go on, so neither message is hidden behind
+arithmetic. The gradients of gamma and beta are returned as this replica's
+own sums: the gradient all-reduce (models/gradients.py) averages them over
+the replicas, like every other parameter's. Why this is exact, the factor
+D included: docs/design.md. Replicas run on CPU only: there is no GPU path
+here.
 """
 import chainer
 import chainer.links as L
 import numpy
 from chainer import function_node
 
-from models.communication import allreduce_sum
+from models.communication import allgather_stack, allreduce_sum
 
 
 class BatchNormalization(L.BatchNormalization):
@@ -133,32 +138,45 @@ class _BatchNormalization(function_node.FunctionNode):
         x, gamma, beta = inputs
         rows = x.reshape(len(x), -1)
         pixels = rows.shape[1] // len(gamma)
-        sums, count = self._sums_and_count(_channel_sums(rows, pixels), len(x) * pixels)
+        count = len(x) * pixels
         # In x's dtype: numpy would turn a float32 array divided by a
         # Python int above 65535 into float64.
+        mean = _channel_sums(rows, pixels) / x.dtype.type(count)
+        y = rows - numpy.repeat(mean, pixels)
+        self.mean, squares, count = self._over_replicas(mean, _channel_dots(y, y, pixels), count)
         self.count = x.dtype.type(count)
-        self.mean = sums / self.count
-        y = rows - numpy.repeat(self.mean, pixels)
-        var = self._over_replicas(_channel_dots(y, y, pixels)) / self.count
+        var = squares / self.count
         self.inv_std = numpy.reciprocal(numpy.sqrt(var + self.eps))
         self.scale = gamma * self.inv_std
         y *= numpy.repeat(self.scale, pixels)
-        y += numpy.repeat(beta, pixels)
+        # y is centred on this replica's mean; (x - global mean) * scale is
+        # that plus (mean - global mean) * scale, added with the shift. With
+        # one replica the two means are one and beta is added unchanged.
+        y += numpy.repeat(beta + (mean - self.mean) * self.scale, pixels)
         if self.running_mean is not None:
             self._update_running_statistics(var, count)
         return y.reshape(x.shape),
 
-    def _sums_and_count(self, sums, count):
-        """The per-channel sums and the count of values per channel, over all replicas."""
-        if self.replicas is None:
-            return sums, count
-        # One message; float64 holds the count exactly, and the float32
-        # sums too.
-        total = allreduce_sum(self.replicas, numpy.append(sums.astype(numpy.float64), count))
-        return total[:-1].astype(sums.dtype), int(total[-1])
+    def _over_replicas(self, mean, squares, count):
+        """The batch's per-channel mean, sums of squares around it and count, from this replica's.
 
-    def _over_replicas(self, sums):
-        return sums if self.replicas is None else allreduce_sum(self.replicas, sums)
+        One message: every replica's mean, squares around it and count.
+        The squares around the global mean are each replica's own plus its
+        count times its mean's squared distance from the global one (Chan,
+        Golub and LeVeque's pairwise update, for all replicas at once),
+        which keeps the two-pass variance's accuracy. In float64, which
+        holds the counts exactly and float32 values too; every replica
+        combines the same numbers in the same order.
+        """
+        if self.replicas is None:
+            return mean, squares, count
+        every = allgather_stack(self.replicas,
+                                numpy.concatenate(([count], mean, squares)).astype(numpy.float64))
+        counts, means, every_squares = numpy.split(every, [1, 1 + len(mean)], axis=1)
+        total = counts.sum()
+        global_mean = (counts * means).sum(axis=0) / total
+        global_squares = (every_squares + counts * (means - global_mean) ** 2).sum(axis=0)
+        return global_mean.astype(mean.dtype), global_squares.astype(mean.dtype), int(total)
 
     def _update_running_statistics(self, var, count):
         # Chainer's expressions, in its order.

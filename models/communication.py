@@ -3,13 +3,14 @@
 Each step that autograd must see is one small Chainer function whose
 docstring states its forward and backward; the parallel layers are built from
 these and nothing else in ``models`` exchanges data over MPI (models/grid.py
-only makes the communicators, and the optimizer hook of models/gradients.py
-calls ChainerMN's gradient all-reduce).
+only makes the communicators).
 
 Two kinds of communicator come here (see models/grid.py): a channel group,
 whose ranks hold the channel slices that the gathers join, and a replica
 group, whose ranks hold the same channels for different rows of the batch
-and sum over them (``allreduce_sum``, ``replica_rows``).
+and sum over them (``allreduce_sum``, ``allgather_stack``, ``replica_rows``,
+and the gradient all-reduce of models/gradients.py: ``start_allreduce_sum``,
+``progress``, ``wait``).
 
 We call mpi4py directly instead of ``chainermn.functions.allgather``. That
 function is exact for a gather that feeds another parallel layer (its
@@ -203,6 +204,38 @@ def allreduce_sum(comm, x):
     total = numpy.empty_like(x)
     comm.mpi_comm.Allreduce(x, total, op=MPI.SUM)
     return device.send(total)
+
+
+def allgather_stack(comm, x: numpy.ndarray) -> numpy.ndarray:
+    """Every rank's host array ``x`` (same shape on each), stacked in rank order, on every rank.
+
+    A new array of shape (ranks,) + x.shape; not differentiable (batch
+    normalization's forward over replicas calls it, models/batch_norm.py).
+    """
+    stacked = numpy.empty((comm.size,) + x.shape, x.dtype)
+    comm.mpi_comm.Allgather(numpy.ascontiguousarray(x), stacked)
+    return stacked
+
+
+def start_allreduce_sum(comm, buffer: numpy.ndarray) -> MPI.Request:
+    """Start summing host array ``buffer`` over the ranks of ``comm``, in place; return the request.
+
+    Not differentiable (models/gradients.py starts one per bucket of
+    gradients during the backward pass). Non-blocking: MPICH moves it on
+    only while this process is inside an MPI call, so call ``progress``
+    now and then, and ``wait`` before reading ``buffer``.
+    """
+    return comm.mpi_comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+
+
+def progress(requests: list[MPI.Request]) -> None:
+    """Let MPI move the started ``requests`` on, without waiting for them."""
+    MPI.Request.Testall(requests)
+
+
+def wait(requests: list[MPI.Request]) -> None:
+    """Wait until every one of the started ``requests`` is complete."""
+    MPI.Request.Waitall(requests)
 
 
 def replica_rows(comm, rows: int) -> tuple[int, int]:

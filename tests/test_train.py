@@ -111,6 +111,23 @@ def test_compare_reads_a_real_run_and_its_printed_table(quick_run, tmp_path):
     assert plot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def test_model_parallel_auto_times_each_k_and_runs_the_fastest(hybrid_run, tmp_path):
+    # On 2 processes: K = 1 (2 replicas) and K = 2 (one group), timed in the
+    # header and in run.json; the run, whichever K won, is the 2 x 2 run's.
+    result = train(2, tmp_path, *HYBRID_RUN, '--model-parallel', 'auto')
+    info = json.loads((tmp_path / 'run.json').read_text())
+    seconds = {int(k): s for k, s in info['model_parallel_auto']['seconds_per_step'].items()}
+    assert sorted(seconds) == [1, 2] and all(s > 0 for s in seconds.values())
+    chosen = min(seconds, key=seconds.get)
+    assert (info['model_parallel'], info['replicas']) == (chosen, 2 // chosen)
+    assert info['model_parallel_auto']['startup_seconds'] > sum(seconds.values())
+    header = [line for line in result.stdout.splitlines()
+              if line.startswith('--model-parallel auto: ')]
+    assert len(header) == 1 and header[0].endswith(' at start-up)'), result.stdout
+    assert f'; K = {chosen} (timed in ' in header[0]
+    check_same_run(tmp_path, hybrid_run[0], HYBRID_TOLERANCE)
+
+
 def test_model_parallel_2_and_4_on_4_processes_are_the_same_run(hybrid_run, tmp_path):
     out, result = hybrid_run
     assert 'CPU, 4 processes (2 replicas x 2 channel ranks)' in result.stdout

@@ -31,6 +31,8 @@ QUICK = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
     (['--timeout', '0'], ['--timeout', 'seconds greater than 0', 'got 0']),
     (['--timeout', '-5'], ['--timeout', 'got -5']),
     (['--timeout', 'nan'], ['--timeout', 'got nan']),
+    (['--model-parallel', 'auto', '--evaluate', 'model.npz'],
+     ['--model-parallel auto', '--evaluate', 'number of processes']),
 ])
 def test_bad_flag_fails_in_one_line(flags, words, earlier_out):
     result = run_mpi(2, 'train.py', '--out', str(earlier_out), *QUICK, *flags, check=False,
@@ -51,6 +53,26 @@ def test_more_processes_than_channels_are_refused():
         check_args(args, 65)
     # Replicas of groups of at most 64 run on more.
     check_args(parse_args(QUICK + ['--model-parallel', '64']), 128)
+
+
+@pytest.mark.parametrize('flags, processes, sizes', [
+    ([], 4, [1, 2, 4]),
+    # 3 replicas of 16 rows do not split evenly, 6 do not either.
+    (['--batchsize', '16'], 6, [3, 6]),
+    # Replicas run on CPU only.
+    (['--gpu'], 4, [4]),
+    # Groups of 3 or 6 cannot split the grouped network's 64 input channels.
+    (['--conv', 'grouped', '--batchsize', '12'], 6, [1, 2]),
+    # Groups of at most 64 processes.
+    (['--batchsize', '128', '--train-size', '128'], 128, [1, 2, 4, 8, 16, 32, 64]),
+])
+def test_auto_tries_every_k_the_run_allows(flags, processes, sizes):
+    from job import arguments
+    args = arguments.parse_args(QUICK + flags + ['--model-parallel', 'auto'])
+    arguments.check_args(args, processes)
+    assert arguments.channel_group_sizes(args, processes) == sizes
+    # A number is that number; no flag, all processes.
+    assert arguments.channel_group_sizes(arguments.parse_args(QUICK), processes) == [processes]
 
 
 def test_missing_dataset_root_names_the_file(tmp_path, earlier_out):

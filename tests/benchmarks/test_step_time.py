@@ -57,6 +57,7 @@ def test_every_configuration_reports_its_numbers(tiny_run):
     for name, result in configurations.items():
         assert len(result['steps']) == 1, name
         assert 0 < result['min'] <= result['median'] <= result['max'], name
+        assert result['cpu'] > 0, name
         assert result['peak_mb_per_rank'] > 50, name
         assert len(result['runs'][0]['peak_mb']) == result['processes'], name
         assert f'\n{name} ' in stdout, name
@@ -82,13 +83,16 @@ def test_ratios_and_targets_are_reported(tiny_run):
     report, stdout = tiny_run
     ratios = {r['ratio']: r for r in report['ratios']}
     torch_ratios = {'min(c,e) / pt2', 'b1 / pt1'} if TORCH else set()
-    assert set(ratios) == {'c / a', 'b1 / c', 'b2 / a', 'comm share of c', 'd / c',
+    assert set(ratios) == {'c / a', 'b1 / c', 'b1 / e', 'b2 / a', 'comm share of c', 'd / c',
                            'e / c'} | torch_ratios
     medians = {name: c['median'] for name, c in report['configurations'].items()}
     assert ratios['c / a']['value'] == pytest.approx(medians['c'] / medians['a'])
     assert ratios['c / a']['met'] == (ratios['c / a']['value'] <= 0.35)
     minima = {name: c['min'] for name, c in report['configurations'].items()}
     assert ratios['b1 / c']['of_minima'] == pytest.approx(minima['b1'] / minima['c'])
+    cpu = {name: c['cpu'] for name, c in report['configurations'].items()}
+    assert ratios['b1 / e']['of_cpu'] == pytest.approx(cpu['b1'] / cpu['e'])
+    assert ratios['b1 / e']['target'] == '>= 1.8'
     assert any(line.startswith('c / a') and '<= 0.35' in line for line in stdout.splitlines())
     if TORCH:
         # Issue 14: ours on 2 processes in the faster of its two layouts.

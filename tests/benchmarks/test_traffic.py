@@ -38,6 +38,17 @@ def test_bytes_per_process_follow_the_formulas(replicas, channel_ranks):
     assert traffic.gradient_bytes(replicas, channel_ranks) == pytest.approx(gradient)
 
 
+def test_messages_of_replicas():
+    # 4 MB buckets of float32 gradients, K = 1: the head with conv5_3
+    # (10.5 MB), conv5_2, conv5_1, conv4_3, conv4_2 (9.4 MB each), conv4_1
+    # (4.7 MB), conv3_3 with conv3_2 (4.7 MB), the rest (2.2 MB); batch
+    # normalization's 2 per layer (14 layers), the rows and the loss.
+    assert traffic.gradient_buckets(1) == 8
+    assert traffic.messages(2, 1) == (0, 8 + 28 + 2)
+    # Channel exchanges only, with one replica.
+    assert traffic.messages(1, 2) == (25, 0)
+
+
 def test_between_nodes_only_the_gradients_unless_a_group_spans_them():
     per_node = 8
     assert traffic.between_nodes(64, 2, 8, per_node) == 8 * traffic.gradient_bytes(2, 8)

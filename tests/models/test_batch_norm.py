@@ -168,7 +168,8 @@ def test_replicas_normalize_with_the_statistics_of_the_whole_batch(tmp_path):
     # (the last with one value per channel in 2-D) and 3, 2 and 2 of 7:
     # their rows of the output and of the input gradient, the running
     # statistics, and the sums over replicas of the gamma and beta
-    # gradients are those of one process on the whole batch.
+    # gradients are those of one process on the whole batch; each pass
+    # sends one message.
     out = tmp_path / 'replicas.pickle'
     run_mpi(3, 'tests/workers/batch_norm_worker.py', str(out))
     ranks = pickle.loads(out.read_bytes())
@@ -196,3 +197,6 @@ def test_replicas_normalize_with_the_statistics_of_the_whole_batch(tmp_path):
         for name, expected in (('avg_mean', link.avg_mean), ('avg_var', link.avg_var)):
             for piece in pieces:
                 assert_close(piece[name], expected, numpy.float64, name)
+        # One message each way: the statistics forward, the two sums backward.
+        for piece in pieces:
+            assert piece['exchanges'] == (['allgather_stack'], ['allreduce_sum'])
