@@ -96,7 +96,7 @@ def test_without_a_gpu_it_says_why_each_gpu_step_was_skipped_and_exits_3(tmp_pat
     steps = {line[3:20].strip(): line[20:] for line in summary.splitlines()
              if line.startswith('== ')}
     assert list(steps) == ['install', 'environment', 'gpu tests', 'train -n 1', 'train -n 2',
-                           'step times 64', 'step times 512']
+                           'step times 64', 'step times 512', 'epoch -n 4']
     assert steps['install'].startswith(f'not asked (no WHEEL_DIR): {sys.executable} ')
     assert steps['environment'].startswith('ok ')
     assert f'   {why}\n' in summary
@@ -105,7 +105,7 @@ def test_without_a_gpu_it_says_why_each_gpu_step_was_skipped_and_exits_3(tmp_pat
     # pytest's own lines: every GPU test skipped, with the reason.
     assert 'test_gpu_device.py:' in summary and f': {why}\n' in summary
     assert any(line.strip().startswith('22 skipped') for line in summary.splitlines())
-    for step in ('train -n 1', 'train -n 2', 'step times 64', 'step times 512'):
+    for step in ('train -n 1', 'train -n 2', 'step times 64', 'step times 512', 'epoch -n 4'):
         assert steps[step] == f'{skipped}  [0 s]', step
     assert 'NCCL exchanges against host-staged ones need 2 GPUs' in summary
     assert summary.rstrip().splitlines()[-1].startswith(
