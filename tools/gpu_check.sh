@@ -363,7 +363,7 @@ if [ -n "$NO_GPU" ]; then
   record_gpu "$name" "skipped: $SKIPPED" 0 ""
 else
   out=$WORK/epoch-n4
-  run 150 epoch-n4.log "$MPIEXEC" -n 4 "$PY" train.py --gpu --dataset synthetic \
+  run 240 epoch-n4.log "$MPIEXEC" -n 4 "$PY" train.py --gpu --dataset synthetic \
     --train-size 50000 --test-size 10000 --epoch 1 --out "$out"
   [ ! -f "$out/log" ] || cp "$out/log" "$LOGS/epoch-n4-log.json"
   elapsed=$("$PY" -c '
