@@ -33,6 +33,7 @@ from job.watchdog import EXIT_CODE
 RUN = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '16',
        '--batchsize', '16', '--epoch', '2', '--frequency', '1']
 TIMEOUT_S = 10
+WATCHED = [*RUN, '--timeout', str(TIMEOUT_S)]
 # What the issue allows past the timeout for every rank to end.
 ENDS_WITHIN_S = TIMEOUT_S + 15
 JOB_TIMEOUT_S = 180
@@ -90,39 +91,36 @@ def check_snapshot_resumes(n: int, out, flags: list[str]) -> None:
         assert resumed['updater/iterator:main/epoch'] == 2
 
 
+def run_to_the_watchdog(n: int, out, fault: str) -> tuple[str, str, float]:
+    """Run with PARALLEL_CONV_FAULT=``fault``, which the watchdog must end in time,
+    with one line: (stdout, that line, when the fault acted)."""
+    job = start_job(n, out, *WATCHED, env=mpi_env(PARALLEL_CONV_FAULT=fault))
+    stdout, stderr = finish(job, out, JOB_TIMEOUT_S)
+    ended = time.time()
+    fault_at = float(re.search(r'acting now \(time ([0-9.]+)\)', stderr).group(1))
+    assert job.returncode == EXIT_CODE, stderr
+    assert ended - fault_at < ENDS_WITHIN_S
+    lines = watchdog_lines(stderr)
+    assert len(lines) == 1, stderr
+    return stdout, lines[0], fault_at
+
+
 @pytest.mark.parametrize('n, frozen', [(3, 1), (2, 0)])
 def test_a_frozen_rank_ends_the_job(n, frozen, tmp_path):
     out = tmp_path / 'out'
-    flags = [*RUN, '--timeout', str(TIMEOUT_S)]
-    job = start_job(n, out, *flags, env=mpi_env(PARALLEL_CONV_FAULT=f'{frozen}:6:stop'))
-    stdout, stderr = finish(job, out, JOB_TIMEOUT_S)
-    ended = time.time()
-    frozen_at = float(re.search(r'acting now \(time ([0-9.]+)\)', stderr).group(1))
-    assert job.returncode == EXIT_CODE, stderr
-    assert ended - frozen_at < ENDS_WITHIN_S
-    lines = watchdog_lines(stderr)
-    assert len(lines) == 1, stderr
-    check_the_line(lines[0], silent(f'rank {frozen} ({socket.gethostname()})'))
+    stdout, line, frozen_at = run_to_the_watchdog(n, out, f'{frozen}:6:stop')
+    check_the_line(line, silent(f'rank {frozen} ({socket.gethostname()})'))
     # mpiexec ended the frozen one, the others ended themselves.
     check_gone_by(process_ids(stdout), frozen_at + ENDS_WITHIN_S)
     assert not (out / 'model.npz').exists()
-    check_snapshot_resumes(n, out, flags)
+    check_snapshot_resumes(n, out, WATCHED)
 
 
 def test_a_rank_stuck_outside_any_exchange_ends_the_job(tmp_path):
     # Alive and answering, but its main thread never gets to the next exchange.
-    out = tmp_path / 'out'
-    job = start_job(2, out, *RUN, '--timeout', str(TIMEOUT_S),
-                    env=mpi_env(PARALLEL_CONV_FAULT='1:2:hang'))
-    stdout, stderr = finish(job, out, JOB_TIMEOUT_S)
-    ended = time.time()
-    stuck_at = float(re.search(r'acting now \(time ([0-9.]+)\)', stderr).group(1))
-    assert job.returncode == EXIT_CODE, stderr
-    assert ended - stuck_at < ENDS_WITHIN_S
-    lines = watchdog_lines(stderr)
-    assert len(lines) == 1, stderr
-    check_the_line(lines[0], re.escape(f'rank 1 ({socket.gethostname()}) answering but '
-                                       'busy outside any exchange'))
+    stdout, line, stuck_at = run_to_the_watchdog(2, tmp_path / 'out', '1:2:hang')
+    check_the_line(line, re.escape(f'rank 1 ({socket.gethostname()}) answering but '
+                                   'busy outside any exchange'))
     check_gone_by(process_ids(stdout), stuck_at + ENDS_WITHIN_S)
 
 
@@ -168,9 +166,8 @@ def test_a_lost_host_ends_the_job(hosts, cut, tmp_path):
     # 2 hosts x 2 processes: on each side of the cut, one rank prints, the
     # other hears it and keeps quiet.
     out = tmp_path / 'out'
-    flags = [*RUN, '--timeout', str(TIMEOUT_S)]
     launched = hosts.launch(2, [sys.executable, os.path.join(REPO, 'train.py'), '--out',
-                                str(out), *flags],
+                                str(out), *WATCHED],
                             mpiexec=mpiexec_path(), env=mpi_env(), cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_into_epoch_2(launched, out)
@@ -196,4 +193,4 @@ def test_a_lost_host_ends_the_job(hosts, cut, tmp_path):
     assert len(lines) == 1, stderr
     check_the_line(lines[0], silent(f'ranks 2, 3 ({hosts.names[1]})'))
     assert not (out / 'model.npz').exists()
-    check_snapshot_resumes(2, out, flags)
+    check_snapshot_resumes(2, out, WATCHED)
