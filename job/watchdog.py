@@ -73,15 +73,20 @@ class WatchedComm(MPI.Intracomm):
     label = 'all ranks'
 
 
+def _noting(name: str, comm: WatchedComm, call, *args, **kwargs):
+    """``call(*args, **kwargs)``, with the main thread noted as waiting in it over ``comm``."""
+    _main.call, _main.since = (name, comm), time.monotonic()
+    try:
+        return call(*args, **kwargs)
+    finally:
+        _main.call, _main.since = None, time.monotonic()
+
+
 def _watched(name: str):
     call = getattr(MPI.Intracomm, name)
 
     def watched_call(self, *args, **kwargs):
-        _main.call, _main.since = (name, self), time.monotonic()
-        try:
-            return call(self, *args, **kwargs)
-        finally:
-            _main.call, _main.since = None, time.monotonic()
+        return _noting(name, self, call, self, *args, **kwargs)
 
     watched_call.__name__ = name
     return watched_call
@@ -89,6 +94,27 @@ def _watched(name: str):
 
 for _name in BLOCKING:
     setattr(WatchedComm, _name, _watched(_name))
+
+
+class WatchedRequest(MPI.Request):
+    """The same request (a copy of its handle) of a watched Iallreduce, whose Wait is watched.
+
+    The gradient buckets of replicas are such all-reduces, waited for at the
+    end of the backward pass (models/gradients.py).
+    """
+    comm = None
+
+    def Wait(self, status=None):
+        return _noting('Iallreduce', self.comm, MPI.Request.Wait, self, status)
+
+
+def _watched_iallreduce(self, *args, **kwargs) -> WatchedRequest:
+    request = WatchedRequest(MPI.Intracomm.Iallreduce(self, *args, **kwargs))
+    request.comm = self
+    return request
+
+
+WatchedComm.Iallreduce = _watched_iallreduce
 
 
 def watch(comm, label: str) -> None:

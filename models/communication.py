@@ -235,7 +235,11 @@ def progress(requests: list[MPI.Request]) -> None:
 
 def wait(requests: list[MPI.Request]) -> None:
     """Wait until every one of the started ``requests`` is complete."""
-    MPI.Request.Waitall(requests)
+    # Each in turn rather than MPI_Waitall (all of them move on in either
+    # wait): a request's own Wait is what --timeout's watchdog sees
+    # (job/watchdog.py).
+    for request in requests:
+        request.Wait()
 
 
 def replica_rows(comm, rows: int) -> tuple[int, int]:

@@ -124,6 +124,21 @@ def test_a_rank_stuck_outside_any_exchange_ends_the_job(tmp_path):
     check_gone_by(process_ids(stdout), stuck_at + ENDS_WITHIN_S)
 
 
+def test_a_wait_for_a_gradient_bucket_is_named():
+    # The replicas' buckets are non-blocking all-reduces, waited for at the
+    # end of the backward pass: the line names that wait, not "no progress".
+    timeout = 2
+    result = run_mpi(2, 'tests/workers/bucket_wait_worker.py', str(timeout), check=False,
+                     timeout=60)
+    assert result.returncode == EXIT_CODE, result.stderr
+    lines = watchdog_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    host = socket.gethostname()
+    assert lines[0] == (f'train.py: rank 0 ({host}) waited {timeout} s in Iallreduce over all '
+                        f'ranks; rank 1 ({host}) answering but busy outside any exchange: '
+                        f'ending the job (--timeout {timeout})'), lines[0]
+
+
 # --- across two hosts -----------------------------------------------------------
 
 @pytest.fixture(scope='module')
