@@ -2,7 +2,8 @@
 
 Marked ``gpu`` (``pytest -m gpu`` runs just these; tools/gpu_check.sh does)
 and skipped, with the reason, where CuPy cannot see a GPU, which is
-everywhere CI runs: these tests have not been run yet (docs/gpu.md).
+everywhere CI runs. On one H200 (2026-12-04, docs/gpu.md) all passed but
+the NCCL one, which needs two GPUs.
 
 Each model case runs tests/workers/vgg_worker.py with real mpiexec and its
 DEVICE argument ``gpu``: every rank takes its GPU as train.py --gpu does, so
