@@ -139,18 +139,24 @@ def measure(args: argparse.Namespace) -> tuple[dict, dict]:
     {name: the bytes the first host sent per step, start-up included}."""
     runs, sent = {}, {}
     with two_hosts() as hosts:
-        for _ in range(args.rounds):
+        for round_index in range(args.rounds):
             for rate in (None, *args.rates):
                 hosts.set_rate(rate)
                 for name in (*GRIDS.values(), DDP):
                     if name == DDP and ddp_missing(runs):
                         continue
+                    progress(round_index, args, rate, name)
                     before = hosts.link_bytes()
                     runs.setdefault((rate, name), []).append(time_config(hosts, name, args))
                     sent.setdefault(name, []).append((hosts.link_bytes() - before)
                                                      / (args.warmup + args.steps))
+                progress(round_index, args, rate, 'train.py --model-parallel auto')
                 runs.setdefault((rate, AUTO), []).append(auto_choice(hosts, args))
     return runs, {name: statistics.median(per_step) for name, per_step in sent.items()}
+
+
+def progress(round_index: int, args: argparse.Namespace, rate: str | None, what: str) -> None:
+    print(f'round {round_index + 1}/{args.rounds}: {rate or "unlimited"}, {what}', flush=True)
 
 
 def ddp_missing(runs: dict) -> str | None:
@@ -247,7 +253,7 @@ def main(argv=None) -> None:
     except SetupError as error:
         sys.exit(f'two_hosts_traffic.py: error: {error}')
     machine = step_time.machine()
-    print(f'2 hosts x 1 process, 1 thread each, batch {args.batchsize}, float32; '
+    print(f'\n2 hosts x 1 process, 1 thread each, batch {args.batchsize}, float32; '
           f'{args.steps} timed steps x {args.rounds} round(s); {machine["cpu"]}, '
           f'{machine["cores"]} cores, Python {machine["python"]}, {datetime.date.today()}; '
           f'load average (1, 5, 15 min) before {load_before}, after {load_average()}\n')
