@@ -23,6 +23,14 @@ it these are reported as not installed, with the command to install it):
   pt2 PyTorch, 1 process, 2 threads (torch.set_num_threads(2)): the cores of c and e
   pt1 PyTorch, 1 process, 1 thread
 
+and only where --configs names it (benchmarks/two_hosts_traffic.py does,
+across two hosts):
+
+  ptd PyTorch's DistributedDataParallel, gloo, 2 processes (mpiexec; rank and
+      size from hydra's PMI_RANK and PMI_SIZE, the rendezvous at MASTER_ADDR,
+      default 127.0.0.1, and MASTER_PORT), 1 thread each: 2 replicas like e,
+      each on its half of the batch, default 25 MB buckets
+
 and, only with --gpu (or named in --configs), on GPU 0, CuPy arrays:
 
   ga  plain single-process Chainer VGG16 (chainer.links), on the GPU
@@ -62,6 +70,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -104,6 +113,7 @@ class Configuration:
     threads: int
     device: str = 'cpu'  # 'cpu', or 'gpu': GPU 0, CuPy arrays
     model_parallel: int | None = None  # ranks per channel group; None: all
+    by_name_only: bool = False  # timed only where --configs names it
 
 
 CONFIGURATIONS = {c.name: c for c in (
@@ -116,10 +126,13 @@ CONFIGURATIONS = {c.name: c for c in (
                   model_parallel=1),
     Configuration('pt2', 'PyTorch VGG16, 1 process, 2 threads', 'torch', 1, 2),
     Configuration('pt1', 'PyTorch VGG16, 1 process, 1 thread', 'torch', 1, 1),
+    Configuration('ptd', 'PyTorch DDP (gloo), 2 processes, 1 thread each', 'torch', 2, 1,
+                  by_name_only=True),
     Configuration('ga', 'plain Chainer VGG16 (chainer.links), GPU', 'plain', 1, CORES, 'gpu'),
     Configuration('gb', 'ours, 1 process, GPU', 'exact', 1, CORES, 'gpu'),
 )}
-CPU_CONFIGURATIONS = tuple(c.name for c in CONFIGURATIONS.values() if c.device == 'cpu')
+CPU_CONFIGURATIONS = tuple(c.name for c in CONFIGURATIONS.values()
+                           if c.device == 'cpu' and not c.by_name_only)
 GPU_CONFIGURATIONS = tuple(c.name for c in CONFIGURATIONS.values() if c.device == 'gpu')
 
 
@@ -167,26 +180,47 @@ def mpiexec_path() -> str:
     return beside_python if os.path.exists(beside_python) else 'mpiexec'
 
 
-def run_worker(config: Configuration, args: argparse.Namespace, profile: bool = False) -> dict:
-    """One fresh run of ``config``; the result rank 0 prints, plus its stdout."""
+def worker_command(config: Configuration, args: argparse.Namespace,
+                   profile: bool = False) -> list[str]:
+    """The worker's command line for one run of ``config`` (without mpiexec)."""
     command = [sys.executable, os.path.abspath(__file__), '--worker', config.name,
                '--batchsize', str(args.batchsize), '--steps', str(args.steps),
                '--warmup', str(args.warmup)]
-    if profile:
-        command.append('--profile=' + config.name)
-    if config.processes > 1:
-        command = [mpiexec_path(), '-n', str(config.processes)] + command
+    return command + ['--profile=' + config.name] if profile else command
+
+
+def worker_env(config: Configuration) -> dict:
+    """The environment of a worker: its threads, and for PyTorch's process
+    group a port of this machine that is free now."""
     threads = str(config.threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
                MKL_NUM_THREADS=threads, PYTHONPATH=REPO)
-    finished = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-    results = [line[len(RESULT_MARK):] for line in finished.stdout.splitlines()
+    if config.network == 'torch' and config.processes > 1:
+        with socket.socket() as probe:
+            probe.bind(('127.0.0.1', 0))
+            env.setdefault('MASTER_PORT', str(probe.getsockname()[1]))
+    return env
+
+
+def read_result(config: Configuration, returncode: int, stdout: str, stderr: str,
+                program: str = 'step_time.py') -> dict:
+    """The result line of a finished worker; exits naming ``config`` if it failed."""
+    results = [line[len(RESULT_MARK):] for line in stdout.splitlines()
                if line.startswith(RESULT_MARK)]
-    if finished.returncode != 0 or not results:
-        last = (finished.stderr.strip().splitlines() or ['no output'])[-1]
-        sys.exit(f'step_time.py: configuration {config.name} failed '
-                 f'(exit {finished.returncode}): {last}')
-    result = json.loads(results[-1])
+    if returncode != 0 or not results:
+        last = (stderr.strip().splitlines() or ['no output'])[-1]
+        sys.exit(f'{program}: configuration {config.name} failed (exit {returncode}): {last}')
+    return json.loads(results[-1])
+
+
+def run_worker(config: Configuration, args: argparse.Namespace, profile: bool = False) -> dict:
+    """One fresh run of ``config``; the result rank 0 prints, plus its stdout."""
+    command = worker_command(config, args, profile)
+    if config.processes > 1:
+        command = [mpiexec_path(), '-n', str(config.processes)] + command
+    finished = subprocess.run(command, capture_output=True, text=True, env=worker_env(config),
+                              cwd=REPO)
+    result = read_result(config, finished.returncode, finished.stdout, finished.stderr)
     result['stdout'] = finished.stdout
     return result
 
@@ -244,7 +278,8 @@ def print_report(summaries: dict, found: list[dict], args) -> None:
         config = CONFIGURATIONS[name]
         layout = f'{config.processes} x {config.threads}'
         quartiles = f'{s["q1"]:.3f}-{s["q3"]:.3f}'
-        comm = f'{100 * s["comm_share"]:5.1f}%' if config.processes > 1 else '-'
+        comm = ('-' if config.processes == 1 or s['comm_share'] is None
+                else f'{100 * s["comm_share"]:5.1f}%')
         floor = 'n/a' if s['floor'] is None else f'{s["floor"]:.3f}'
         print(f'{name:3} {config.description:47} {layout:>11} {s["median"]:7.3f} '
               f'{s["min"]:7.3f} {s["max"]:7.3f} {quartiles:>13} {s["cpu"]:7.3f} {floor:>7} '
@@ -435,7 +470,8 @@ def use_device(config: Configuration):
 
 
 def torch_worker(config: Configuration, args: argparse.Namespace) -> None:
-    """One PyTorch run: one process, nothing of Chainer or MPI imported.
+    """One PyTorch run: nothing of Chainer or MPI imported; with several
+    processes, DistributedDataParallel over gloo, each on its rows of the batch.
 
     Without torch it reports that, as a GPU configuration reports a missing
     GPU; a torch that is there but fails to import is an error. No floor
@@ -447,16 +483,19 @@ def torch_worker(config: Configuration, args: argparse.Namespace) -> None:
     except ModuleNotFoundError as error:
         if error.name != 'torch':
             raise
-        print(RESULT_MARK + json.dumps({'unavailable': TORCH_NOT_INSTALLED}), flush=True)
+        if os.environ.get('PMI_RANK', '0') == '0':
+            print(RESULT_MARK + json.dumps({'unavailable': TORCH_NOT_INSTALLED}), flush=True)
         return
     import torch
     torch.set_num_threads(config.threads)
     torch.manual_seed(0)
-    step = training_step(LEARNING_RATE)
+    rank, size = join_torch_group(config)
+    step = training_step(LEARNING_RATE, distributed=size > 1)
     x = torch.rand(args.batchsize, 3, 32, 32) - 0.5
     t = torch.randint(0, 10, (args.batchsize,))
+    x, t = x.tensor_split(size)[rank], t.tensor_split(size)[rank]
     profiler = None
-    if args.profile:
+    if args.profile and rank == 0:
         import cProfile
         profiler = cProfile.Profile()
     step_seconds, cpu_seconds = [], []
@@ -464,6 +503,8 @@ def torch_worker(config: Configuration, args: argparse.Namespace) -> None:
     for index in range(args.warmup + args.steps):
         if profiler and index == args.warmup:
             profiler.enable()
+        if size > 1:
+            torch.distributed.barrier()
         start, cpu_start = time.perf_counter(), time.process_time()
         step(x, t)
         step_seconds.append(time.perf_counter() - start)
@@ -471,11 +512,39 @@ def torch_worker(config: Configuration, args: argparse.Namespace) -> None:
     if profiler:
         profiler.disable()
         print_profile(profiler)
-    print(RESULT_MARK + json.dumps({
-        'step_seconds': step_seconds[args.warmup:], 'cpu_seconds': cpu_seconds[args.warmup:],
-        'comm_share': None,
-        'peak_mb': [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024],
-        'multiply_adds': None, 'floor_seconds': None}), flush=True)
+    mine = (step_seconds[args.warmup:], cpu_seconds[args.warmup:],
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    every_rank = [mine] * size
+    if size > 1:
+        torch.distributed.all_gather_object(every_rank, mine)
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        print(RESULT_MARK + json.dumps({
+            'step_seconds': slowest(r[0] for r in every_rank),
+            'cpu_seconds': slowest(r[1] for r in every_rank),
+            'comm_share': None, 'peak_mb': [r[2] for r in every_rank],
+            'multiply_adds': None, 'floor_seconds': None}), flush=True)
+
+
+def join_torch_group(config: Configuration) -> tuple[int, int]:
+    """(rank, size) of this PyTorch process: with several, in gloo's process
+    group, whose rendezvous is rank 0's MASTER_ADDR and MASTER_PORT."""
+    if config.processes == 1:
+        return 0, 1
+    import datetime
+
+    import torch.distributed
+    rank, size = int(os.environ['PMI_RANK']), int(os.environ['PMI_SIZE'])
+    os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
+    os.environ.setdefault('MASTER_PORT', '29500')
+    torch.distributed.init_process_group('gloo', rank=rank, world_size=size,
+                                         timeout=datetime.timedelta(seconds=300))
+    return rank, size
+
+
+def slowest(every_rank) -> list[float]:
+    """Step by step, the largest of the ranks' times."""
+    return [max(times) for times in zip(*every_rank)]
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -542,8 +611,8 @@ def report(comm, args, step_seconds, cpu_seconds, comm_seconds, peak_mb, multipl
                                   cpu_seconds))
     if comm.rank != 0:
         return
-    steps = [max(times) for times in zip(*(r[0] for r in every_rank))]
-    cpu = [max(times) for times in zip(*(r[5] for r in every_rank))]
+    steps = slowest(r[0] for r in every_rank)
+    cpu = slowest(r[5] for r in every_rank)
     shares = [max(c / s for c, s in zip(comm_step, step_step))
               for comm_step, step_step in zip(zip(*(r[1] for r in every_rank)),
                                               zip(*(r[0] for r in every_rank)))]

@@ -6,9 +6,10 @@ fc1, bn_fc1, fc2), with PyTorch's own layers and default initializers.
 Batch normalization takes Chainer's defaults (eps 2e-5, running averages
 decaying by 0.9, which is PyTorch's momentum 0.1) so that both compute
 the same function. Used by benchmarks/step_time.py (configurations pt2
-and pt1). PyTorch is optional and not in requirements.txt: this module is
-imported only where torch is, and imports nothing of Chainer, so that a
-PyTorch run loads one framework.
+and pt1, and ptd: DistributedDataParallel on 2 processes). PyTorch is
+optional and not in requirements.txt: this module is imported only where
+torch is, and imports nothing of Chainer, so that a PyTorch run loads one
+framework.
 """
 from collections.abc import Callable
 
@@ -77,9 +78,14 @@ class TorchVGG16(nn.Module):
         return self.fc2(h)
 
 
-def training_step(learning_rate: float, n_classes: int = 10
+def training_step(learning_rate: float, n_classes: int = 10, distributed: bool = False
                   ) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """``step(x, t)``: one training step of a new model, as step_time.py's others.
+
+    ``distributed``: the model in DistributedDataParallel, with its defaults
+    (25 MB buckets, all-reduced during the backward pass; each replica's own
+    batch normalization; rank 0's buffers broadcast at each forward), over
+    the default process group, which must be set up.
 
     Forward in training mode, softmax cross-entropy averaged over the
     batch, backward, and SGD with momentum 0.9 and weight decay 5e-4: the
@@ -88,6 +94,8 @@ def training_step(learning_rate: float, n_classes: int = 10
     gradient before the momentum step.
     """
     model = TorchVGG16(n_classes).train()
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9,
                                 weight_decay=5e-4)
 

@@ -174,7 +174,7 @@ def run_torch_worker(name: str, *python_flags: str, path: str = REPO):
     return json.loads(result)
 
 
-@pytest.mark.parametrize('name', TORCH_CONFIGURATIONS)
+@pytest.mark.parametrize('name', TORCH_CONFIGURATIONS + ['ptd'])
 def test_torch_configurations_report_not_installed_without_torch(name):
     # -S: no site-packages, so no torch, wherever it is installed; nor numpy,
     # Chainer or mpi4py, which the PyTorch worker must not need either.
@@ -194,6 +194,26 @@ def test_torch_worker_times_a_step_without_chainer_or_mpi(tmp_path):
     assert len(result['step_seconds']) == 1 and result['step_seconds'][0] > 0
     assert result['floor_seconds'] is None and result['comm_share'] is None
     assert result['peak_mb'][0] > 50
+
+
+def test_ddp_runs_only_where_named(tmp_path):
+    # PyTorch's DistributedDataParallel over gloo on 2 processes (mpiexec),
+    # each on 2 rows: left out of the default run, timed where named.
+    from benchmarks.step_time import TORCH_NOT_INSTALLED
+    path = tmp_path / 'step_time.json'
+    finished = subprocess.run(
+        [sys.executable, STEP_TIME, '--configs', 'ptd', '--batchsize', '4', '--steps', '1',
+         '--warmup', '0', '--rounds', '1', '--json', str(path)],
+        capture_output=True, text=True, timeout=120, env=mpi_env(), cwd=REPO)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = json.loads(path.read_text())
+    if not TORCH:
+        assert report['unavailable'] == {'ptd': TORCH_NOT_INSTALLED}
+        return
+    ddp = report['configurations']['ptd']
+    assert (ddp['processes'], ddp['threads']) == (2, 1)
+    assert len(ddp['steps']) == 1 and ddp['median'] > 0
+    assert len(ddp['runs'][0]['peak_mb']) == 2 and ddp['comm_share'] is None
 
 
 def test_torch_network_is_ours_layer_for_layer():
