@@ -48,12 +48,7 @@ def train(args: argparse.Namespace, comm) -> None:
     run_checked(comm, check_out_dir, args.out, only_rank0=True)
     device = gpu.use_device(args, comm)
     train_set, test_set, n_classes = read_data(args, comm, args.train_size)
-    started = time.perf_counter()
-    k, seconds = fastest(comm, channel_group_sizes(args, comm.size),
-                         trial_step(args, comm, n_classes, device))
-    # What --model-parallel auto measured, for the header and run.json.
-    auto = ({'seconds_per_step': seconds, 'startup_seconds': time.perf_counter() - started}
-            if args.model_parallel == AUTO else None)
+    k, auto = choose_channel_group_size(args, comm, n_classes, device)
     grid = process_grid(comm, k)
     choose_exchanges(grid, device)
     fault = run_checked(comm, faults.fault_injection, comm)
@@ -141,6 +136,17 @@ def make_optimizer(args: argparse.Namespace, grid: ProcessGrid, model: chainer.L
         optimizer.add_hook(MeanOverReplicas(grid.replicas, model))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
     return optimizer
+
+
+def choose_channel_group_size(args: argparse.Namespace, comm, n_classes: int,
+                              device) -> tuple[int, dict | None]:
+    """(K, what --model-parallel auto measured for the header and run.json, or None)."""
+    started = time.perf_counter()
+    k, seconds = fastest(comm, channel_group_sizes(args, comm.size),
+                         trial_step(args, comm, n_classes, device))
+    if args.model_parallel != AUTO:
+        return k, None
+    return k, {'seconds_per_step': seconds, 'startup_seconds': time.perf_counter() - started}
 
 
 def trial_step(args: argparse.Namespace, comm, n_classes: int, device):

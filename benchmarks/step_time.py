@@ -208,9 +208,14 @@ def read_result(config: Configuration, returncode: int, stdout: str, stderr: str
     results = [line[len(RESULT_MARK):] for line in stdout.splitlines()
                if line.startswith(RESULT_MARK)]
     if returncode != 0 or not results:
-        last = (stderr.strip().splitlines() or ['no output'])[-1]
-        sys.exit(f'{program}: configuration {config.name} failed (exit {returncode}): {last}')
+        exit_failed(program, f'configuration {config.name}', returncode, stderr)
     return json.loads(results[-1])
+
+
+def exit_failed(program: str, what: str, returncode: int, stderr: str) -> None:
+    """Exit with one line: ``what`` failed, with its exit code and last line of stderr."""
+    last = (stderr.strip().splitlines() or ['no output'])[-1]
+    sys.exit(f'{program}: {what} failed (exit {returncode}): {last}')
 
 
 def run_worker(config: Configuration, args: argparse.Namespace, profile: bool = False) -> dict:

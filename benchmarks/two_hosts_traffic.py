@@ -124,9 +124,8 @@ def auto_choice(hosts, args: argparse.Namespace) -> dict:
                    '--epoch', '1', '--model-parallel', 'auto', '--out', out]
         done = run_across(hosts, command, step_time.worker_env(step_time.CONFIGURATIONS['e']))
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ['no output'])[-1]
-            sys.exit(f'two_hosts_traffic.py: train.py --model-parallel auto failed '
-                     f'(exit {done.returncode}): {last}')
+            step_time.exit_failed('two_hosts_traffic.py', 'train.py --model-parallel auto',
+                                  done.returncode, done.stderr)
         with open(os.path.join(out, RUN_INFO_NAME)) as file:
             info = json.load(file)
     return {'k': info['model_parallel'], 'seconds': {

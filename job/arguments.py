@@ -136,28 +136,28 @@ def _grid_problem(args: argparse.Namespace, n_processes: int, k: int) -> str | N
                   'groups (--model-parallel)' if args.model_parallel is None
                   else f'give at most {NARROWEST_LAYER}')
         return (f'{chosen}, but the narrowest layer has only {NARROWEST_LAYER} '
-                         f'channels to split: {advice}')
+                f'channels to split: {advice}')
     if n_processes % k:
         divisors = [d for d in range(1, min(n_processes, NARROWEST_LAYER) + 1)
                     if n_processes % d == 0]
         return (f'--model-parallel {k} does not divide the {n_processes} processes '
-                         f'into channel groups: give {_one_of(divisors)}')
+                f'into channel groups: give {_one_of(divisors)}')
     replicas = n_processes // k
     # An evaluation splits its batches however they come (models/classifier.py).
     if not args.evaluate and args.batchsize % replicas:
         return (f'--batchsize {args.batchsize} does not split evenly over the '
-                         f'{replicas} replicas of --model-parallel {k} on {n_processes} '
-                         f'processes: give a multiple of {replicas}')
+                f'{replicas} replicas of --model-parallel {k} on {n_processes} '
+                f'processes: give a multiple of {replicas}')
     if args.gpu and replicas > 1:
         return (f'--gpu with {replicas} replicas: batch normalization over replicas '
-                         f'runs on CPU only; run without --gpu, or one replica '
-                         f'(--model-parallel {n_processes})')
+                f'runs on CPU only; run without --gpu, or one replica '
+                f'(--model-parallel {n_processes})')
     if args.conv == 'grouped' and any(c % k for c in GROUPED_INPUT_CHANNELS):
         divisor = math.gcd(*GROUPED_INPUT_CHANNELS)
         counts = [n for n in range(1, divisor + 1) if divisor % n == 0]
         return (f'--conv grouped splits every layer\'s input channels into equal '
-                         f'groups, one per process of a channel group, so {chosen} cannot '
-                         f'run it: run {_one_of(counts)} processes per channel group')
+                f'groups, one per process of a channel group, so {chosen} cannot '
+                f'run it: run {_one_of(counts)} processes per channel group')
     return None
 
 

@@ -62,6 +62,8 @@ class MeanOverReplicas(chainer.LinkHook):
     def __init__(self, replicas, model: chainer.Link, bucket_bytes: int = BUCKET_BYTES):
         self.replicas = replicas
         self.bucket_bytes = bucket_bytes
+        # id(link): the (name, parameter) it holds itself, for every link that holds any.
+        self._own = {id(link): own for link in model.links() if (own := _own_parameters(link))}
         self._swapped = {}  # id(link): its own (name, parameter) while its forward runs
         self._handed_in = set()  # id of each parameter whose gradient came this step
         self._filling = []  # (parameter, gradient) handed in, not yet sent
@@ -70,7 +72,7 @@ class MeanOverReplicas(chainer.LinkHook):
         # One per bucket, kept from step to step: new ones would cost page faults.
         self._buffers = []
         for link in model.links():
-            if _own_parameters(link):
+            if id(link) in self._own:
                 link.add_hook(self)
 
     def forward_preprocess(self, args) -> None:
@@ -78,8 +80,7 @@ class MeanOverReplicas(chainer.LinkHook):
         if not chainer.config.enable_backprop:
             return
         link = args.link
-        own = _own_parameters(link)
-        self._swapped[id(link)] = own
+        own = self._swapped[id(link)] = self._own[id(link)]
         for name, param in own:
             setattr(link, name, _GradientReady(self, param).apply(args.args[:1] + (param,))[0])
 
