@@ -243,9 +243,10 @@ def wait(requests: list[MPI.Request]) -> None:
 # bytes at the rate its sums have been completing, and never fewer than
 # PIECES_IN_FLIGHT pieces of PIECE_BYTES; its thread looks every NAP_S.
 # Across two hosts at 1 Gbit/s (2 replicas at batch 32) a step took
-# 0.74 s with two 1 MB pieces on their way (2 MB: 16 ms of that link),
-# against 0.95 s with every bucket started at once; the rate term keeps a
-# fast link (shared memory, an unlimited veth) unthrottled
+# 0.73 to 0.77 s with two 1 MB pieces on their way (2 MB: 16 ms of that
+# link), against 0.95 to 0.99 s with every bucket started at once, and
+# 0.73 to 0.78 s with 512 KB pieces. Two pieces alone slowed shared memory
+# by 5 to 11%; the rate term lets a fast link take everything at once
 # (docs/speed.md, "Pacing the gradient buckets").
 QUEUE_S = 0.016
 PIECE_BYTES = 2**20

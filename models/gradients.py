@@ -7,8 +7,8 @@ normalization's scale and shift, and the replicated head.
 
 The sums travel in buckets of about BUCKET_BYTES, in the order the backward
 pass finishes the gradients (the head, then conv5_3, ..., conv1_1), each
-started, non-blocking, as soon as its last gradient is final, while the
-backward pass goes on below it. Chainer writes the gradients of parameters
+sent as soon as its last gradient is final, while the backward pass goes
+on below it. Chainer writes the gradients of parameters
 only at the end of the backward pass, so each parameter enters its layer
 through an identity node (``_GradientReady``) whose backward receives the
 parameter's final gradient; a LinkHook puts these nodes in, during the
@@ -17,8 +17,8 @@ normalized weight. Before the update, the optimizer hook waits for every
 bucket and writes the means into the gradients, so that weight decay, a
 later hook, is added to the averaged gradient, as one process would.
 
-The buckets do not go on the wire all at once: a thread sends them a
-few small pieces at a time (models.communication.PacedSums). On a slow
+Sent means handed to a thread that puts the buckets on the wire a few
+small pieces at a time (models.communication.PacedSums). On a slow
 link, batch normalization's sums over the replicas, which the backward
 pass waits for at every layer, would otherwise queue behind megabytes of
 gradients (docs/speed.md, "Pacing the gradient buckets"). The thread
@@ -125,7 +125,7 @@ class MeanOverReplicas(chainer.LinkHook):
         self._handed_in, self._started, self._sums = set(), [], None
 
     def _send(self) -> None:
-        """Start the sum over the replicas of the bucket being filled."""
+        """Hand the bucket being filled to this step's sums over the replicas."""
         grads = [grad for _, grad in self._filling]
         buffer = self._buffer(len(self._started), sum(g.size for g in grads),
                               numpy.result_type(*grads))
