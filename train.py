@@ -124,7 +124,8 @@ def choose_exchanges(grid: ProcessGrid, device: chainer.backend.Device) -> None:
 
 def communicators(comm, grid: ProcessGrid) -> dict:
     """Every communicator of the run, by the name the watchdog's line gives it."""
-    return {'all ranks': comm, 'channel group': grid.channels, 'replica group': grid.replicas}
+    return {'all ranks': comm, 'channel group': grid.channels, 'replica group': grid.replicas,
+            'gradient buckets': grid.gradients}
 
 
 def make_optimizer(args: argparse.Namespace, grid: ProcessGrid, model: chainer.Link):
@@ -133,7 +134,7 @@ def make_optimizer(args: argparse.Namespace, grid: ProcessGrid, model: chainer.L
     optimizer.setup(model)
     # Before the weight decay, so that it is added to the averaged gradient.
     if grid.replicas is not None:
-        optimizer.add_hook(MeanOverReplicas(grid.replicas, model))
+        optimizer.add_hook(MeanOverReplicas(grid.gradients, model))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
     return optimizer
 

@@ -46,17 +46,18 @@ configurations take turns, round after round (a, b1, b2, c, d, e, pt2, pt1, a, .
 so that load from other programs on a shared machine falls on all of them.
 
 Reported per configuration, over all timed steps of all rounds: the median
-step time and its spread; on several processes a step's time is the slowest
-rank's. "cpu": the median over steps of the CPU time (all threads) of the
-busiest process in the step, which counts only the time the process ran:
-on a busy machine less noisy than the step's wall time (an MPI process
-that waits for another spins, and that counts). "comm": the share of the
-step spent in the exchanges of models.communication (the channel gathers
-and reduce-scatters, the sums over replicas, and the gradient all-reduce's
-starts, progress calls and final wait; timed by wrapping them in the
-worker process), waiting for the other rank included; the largest share
-over ranks. "floor": one float32 matrix product with as many multiply-adds
-as the rank's step (counted from the layer shapes: convolutions and fully
+step time and its spread; on several processes a step's time is the
+slowest rank's. "cpu": the median over steps of the CPU time (all threads)
+of the busiest process in the step, which counts only the time the process
+ran: on a busy machine less noisy than the step's wall time (an MPI
+process that waits for another spins, and that counts). "comm": the share
+of the step spent in the exchanges of models.communication (the channel
+gathers and reduce-scatters, the sums over replicas, and the gradient all-
+reduce's final wait; timed by wrapping them in the worker process; not the
+pieces that models.communication.PacedSums's thread starts meanwhile),
+waiting for the other rank included; the largest share over ranks.
+"floor": one float32 matrix product with as many multiply-adds as the
+rank's step (counted from the layer shapes: convolutions and fully
 connected layers, forward, filter and input gradients), timed right after
 the steps with the same processes and threads. Neither applies to PyTorch:
 it has no exchanges, and the floor is numpy's BLAS, which PyTorch does not
@@ -395,14 +396,14 @@ def build_model(config: Configuration, grid):
     optimizer = chainer.optimizers.MomentumSGD(LEARNING_RATE)
     optimizer.setup(model)
     if grid.replicas is not None:
-        optimizer.add_hook(MeanOverReplicas(grid.replicas, model))
+        optimizer.add_hook(MeanOverReplicas(grid.gradients, model))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
     return model, optimizer
 
 
 # The exchanges of models.communication that a step makes.
 EXCHANGES = ('allgather_channels', 'reduce_scatter_channels', 'allreduce_sum', 'allgather_stack',
-             'replica_rows', 'start_allreduce_sum', 'progress', 'wait')
+             'replica_rows', 'wait')
 
 
 def time_communication():

@@ -7,8 +7,8 @@ normalization's scale and shift, and the replicated head.
 
 The sums travel in buckets of about BUCKET_BYTES, in the order the backward
 pass finishes the gradients (the head, then conv5_3, ..., conv1_1), each
-started, non-blocking, as soon as its last gradient is final, while the
-backward pass goes on below it. Chainer writes the gradients of parameters
+sent as soon as its last gradient is final, while the backward pass goes
+on below it. Chainer writes the gradients of parameters
 only at the end of the backward pass, so each parameter enters its layer
 through an identity node (``_GradientReady``) whose backward receives the
 parameter's final gradient; a LinkHook puts these nodes in, during the
@@ -17,12 +17,14 @@ normalized weight. Before the update, the optimizer hook waits for every
 bucket and writes the means into the gradients, so that weight decay, a
 later hook, is added to the averaged gradient, as one process would.
 
-MPICH moves a non-blocking all-reduce on only inside an MPI call of this
-process, so every gradient handed in also lets the started buckets move on
-(models.communication.progress), and so does every blocking exchange of the
-backward pass (batch normalization's sums). A communication thread, or
-MPICH's own progress thread, would spin on a core while it waits, a core
-that the arithmetic needs where every core computes (docs/speed.md).
+Sent means handed to a thread that puts the buckets on the wire a few
+small pieces at a time (models.communication.PacedSums). On a slow
+link, batch normalization's sums over the replicas, which the backward
+pass waits for at every layer, would otherwise queue behind megabytes of
+gradients (docs/speed.md, "Pacing the gradient buckets"). The thread
+needs a communicator that no other thread uses, since MPI orders the
+collectives of a communicator by call, not by thread: the replica group's
+second communicator, ``grid.gradients`` (models/grid.py).
 
 Not ChainerMN's multi-node optimizer: its first update only broadcasts the
 parameters and does not update them, so step 1 would not be the single
@@ -33,7 +35,7 @@ import chainer
 import numpy
 from chainer import function_node
 
-from models.communication import progress, start_allreduce_sum, wait
+from models.communication import PacedSums
 
 # Bytes of gradients per all-reduce. Across two hosts at 1 Gbit/s a step
 # spent 0.66 s in the exchanges with 1 MB and with 4 MB buckets, 0.83 s with
@@ -54,6 +56,8 @@ class MeanOverReplicas(chainer.LinkHook):
     in the same gradients in the same order, so the buckets match.
     Parameters that got no gradient from the backward pass go last, in
     the order of their names. Host arrays only: replicas run on CPU.
+    ``replicas`` is the replica group's communicator for the gradients
+    alone, ``grid.gradients``: a thread sends on it during the backward pass.
     """
     name = 'MeanOverReplicas'
     call_for_each_param = False
@@ -68,7 +72,7 @@ class MeanOverReplicas(chainer.LinkHook):
         self._handed_in = set()  # id of each parameter whose gradient came this step
         self._filling = []  # (parameter, gradient) handed in, not yet sent
         self._started = []  # ([(parameter, gradient)], buffer) of each bucket sent
-        self._requests = []
+        self._sums = None  # of this step's buckets, from the first one sent
         # One per bucket, kept from step to step: new ones would cost page faults.
         self._buffers = []
         for link in model.links():
@@ -89,7 +93,7 @@ class MeanOverReplicas(chainer.LinkHook):
             setattr(args.link, name, param)
 
     def add(self, param: chainer.Parameter, grad: numpy.ndarray) -> None:
-        """Take ``param``'s final gradient; send its bucket once full; move the others on."""
+        """Take ``param``'s final gradient; send its bucket once full."""
         if id(param) in self._handed_in:
             raise RuntimeError(f'parameter {param.name} was used twice in one forward pass: '
                                'MeanOverReplicas needs its gradient whole')
@@ -97,7 +101,6 @@ class MeanOverReplicas(chainer.LinkHook):
         self._filling.append((param, grad))
         if sum(g.nbytes for _, g in self._filling) >= self.bucket_bytes:
             self._send()
-        progress(self._requests)
 
     def __call__(self, optimizer: chainer.Optimizer) -> None:
         """Before the update: send what is left, wait for every bucket, write the means."""
@@ -106,7 +109,8 @@ class MeanOverReplicas(chainer.LinkHook):
                 self.add(param, param.grad)
         if self._filling:
             self._send()
-        wait(self._requests)
+        if self._sums is not None:
+            self._sums.finish()
         # ChainerMN's multi_node_mean_grad scales the same way.
         scale = 1.0 / self.replicas.size
         for pairs, buffer in self._started:
@@ -118,15 +122,17 @@ class MeanOverReplicas(chainer.LinkHook):
                 numpy.multiply(buffer[offset:offset + grad.size].reshape(grad.shape), scale,
                                out=grad)
                 offset += grad.size
-        self._handed_in, self._started, self._requests = set(), [], []
+        self._handed_in, self._started, self._sums = set(), [], None
 
     def _send(self) -> None:
-        """Start the sum over the replicas of the bucket being filled."""
+        """Hand the bucket being filled to this step's sums over the replicas."""
         grads = [grad for _, grad in self._filling]
         buffer = self._buffer(len(self._started), sum(g.size for g in grads),
                               numpy.result_type(*grads))
         numpy.concatenate([g.reshape(-1) for g in grads], out=buffer)
-        self._requests.append(start_allreduce_sum(self.replicas, buffer))
+        if self._sums is None:
+            self._sums = PacedSums(self.replicas)
+        self._sums.add(buffer)
         self._started.append((self._filling, buffer))
         self._filling = []
 

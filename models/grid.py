@@ -11,6 +11,12 @@ belongs to two groups:
   them what needs the whole batch (batch normalization, the reported loss
   and accuracy, the gradients).
 
+The replica group has two communicators: ``replicas``, for the main
+thread's sums, and ``gradients``, the same ranks, for the gradient buckets
+that a thread sends during the backward pass (models/gradients.py): MPI
+orders the collectives of one communicator by call, not by thread, so two
+threads must not share one.
+
 Every rank receives the global batch that one process would draw; replica d
 computes on its rows ``channel_range(B, D, d)``, the rule that splits
 channels over ranks (models/partition.py): contiguous, as even as possible.
@@ -22,10 +28,11 @@ from models.partition import channel_range
 
 @dataclass(frozen=True)
 class ProcessGrid:
-    """This rank's place in the grid and its two communicators."""
+    """This rank's place in the grid and its communicators."""
     rank: int  # in the whole job
     channels: object  # ChainerMN communicator of the channel group, size K
     replicas: object | None  # of the replica group, size D; None with one replica
+    gradients: object | None  # the replica group again, for the gradient buckets alone
     replica: int  # d
     n_replicas: int  # D
 
@@ -46,8 +53,9 @@ def process_grid(comm, model_parallel: int | None = None) -> ProcessGrid:
     if size < 1 or comm.size % size:
         raise ValueError(f'{size} ranks per channel group do not divide {comm.size} ranks')
     if size == comm.size:
-        return ProcessGrid(comm.rank, comm, None, 0, 1)
+        return ProcessGrid(comm.rank, comm, None, None, 0, 1)
     return ProcessGrid(rank=comm.rank,
                        channels=comm.split(color=comm.rank // size, key=comm.rank),
                        replicas=comm.split(color=comm.rank % size, key=comm.rank),
+                       gradients=comm.split(color=comm.rank % size, key=comm.rank),
                        replica=comm.rank // size, n_replicas=comm.size // size)

@@ -117,7 +117,7 @@ def test_gpu_header_says_how_many_processes_share_each_gpu(monkeypatch, capsys):
     args = train.parse_args(['--gpu', '--dataset', 'synthetic'])
     from models.grid import ProcessGrid
     comm = types.SimpleNamespace(size=2, intra_size=2)
-    train.print_header(args, comm, ProcessGrid(0, comm, None, 0, 1), 10, 640, 128)
+    train.print_header(args, comm, ProcessGrid(0, comm, None, None, 0, 1), 10, 640, 128)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == 'GPU, 2 processes, 2 per GPU, 1 BLAS threads per process'
 

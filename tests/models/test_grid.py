@@ -22,13 +22,16 @@ def test_rank_r_is_channel_rank_r_mod_k_of_replica_r_div_k(tmp_path):
             assert grid['channel_group'] == list(range(d * k, (d + 1) * k)), (k, rank)
             assert grid['replica_group'] == (None if replicas == 1
                                              else list(range(rank % k, 4, k))), (k, rank)
+            # The same ranks, on a communicator of their own: a thread uses it.
+            assert grid['gradients_group'] == grid['replica_group'], (k, rank)
+            assert grid['gradients_apart'] == (None if replicas == 1 else True), (k, rank)
             assert grid['rows'] == rows[replicas][d], (k, rank)
 
 
 def test_one_replica_is_the_communicator_itself():
     comm = chainermn.create_communicator('naive')
     grid = process_grid(comm)
-    assert grid.channels is comm and grid.replicas is None
+    assert grid.channels is comm and grid.replicas is None and grid.gradients is None
     assert (grid.replica, grid.n_replicas, grid.rows(7)) == (0, 1, (0, 7))
 
 

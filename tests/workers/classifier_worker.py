@@ -75,7 +75,7 @@ def main(out_path: str) -> None:
     x, t = data(TRAIN_BATCH, TRAIN_BATCH)
     optimizer = chainer.optimizers.SGD()
     optimizer.setup(model)
-    optimizer.add_hook(MeanOverReplicas(grid.replicas, model))
+    optimizer.add_hook(MeanOverReplicas(grid.gradients, model))
     model.cleargrads()
     model(x[start:stop], t[start:stop]).backward()
     optimizer.call_hooks('pre')

@@ -7,7 +7,8 @@ batch, whose optimizer has MeanOverReplicas with BUCKET_BYTES, then a probe
 where weight decay would be. The rank records, during one
 ``optimizer.update``, in order: each backward of a function that uses a
 parameter (by its label) and each bucket sent (a copy of its buffer as
-sent); then the gradients the probe sees. A second copy of the model,
+handed to models.communication.PacedSums, which puts it on the wire);
+then the gradients the probe sees. A second copy of the model,
 without the hook, gives the rank's own gradients of the same step, and
 their mean over the replicas by ChainerMN's ``multi_node_mean_grad``, the
 all-reduce used before the buckets.
@@ -48,13 +49,12 @@ class Recorder(chainer.FunctionHook):
 
 def record_sends(events: list) -> None:
     """Every bucket that models.gradients sends is logged, as sent, then sent."""
-    send = models.gradients.start_allreduce_sum
+    class Recorded(models.gradients.PacedSums):
+        def add(self, buffer):
+            events.append(('send', buffer.copy()))
+            super().add(buffer)
 
-    def recorded(comm, buffer):
-        events.append(('send', buffer.copy()))
-        return send(comm, buffer)
-
-    models.gradients.start_allreduce_sum = recorded
+    models.gradients.PacedSums = Recorded
 
 
 def model_and_data(grid):
@@ -70,7 +70,7 @@ def bucketed_step(grid) -> dict:
     model, x, t = model_and_data(grid)
     optimizer = chainer.optimizers.SGD(0.01)
     optimizer.setup(model)
-    optimizer.add_hook(models.gradients.MeanOverReplicas(grid.replicas, model, BUCKET_BYTES))
+    optimizer.add_hook(models.gradients.MeanOverReplicas(grid.gradients, model, BUCKET_BYTES))
     seen = {}
 
     def probe(optimizer):

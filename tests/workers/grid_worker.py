@@ -3,14 +3,16 @@
 Usage: mpiexec -n N python tests/workers/grid_worker.py OUT.pickle
 
 For each K, every rank reports its replica, the world ranks of its channel
-group and of its replica group (in their ranks' order), and its rows of a
-batch of 10.
+group, of its replica group and of the replica group's second communicator,
+for the gradients (in their ranks' order), whether that one is a
+communicator apart, and its rows of a batch of 10.
 """
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
 import sys
 
 import chainermn
+from mpi4py import MPI
 
 from models.grid import process_grid
 from workers.gathered import write_gathered
@@ -30,6 +32,10 @@ def main(out_path: str) -> None:
         seen[k] = {'replica': grid.replica, 'replicas': grid.n_replicas,
                    'channel_group': members(grid.channels, comm.rank),
                    'replica_group': members(grid.replicas, comm.rank),
+                   'gradients_group': members(grid.gradients, comm.rank),
+                   'gradients_apart': (None if grid.gradients is None else
+                                       MPI.Comm.Compare(grid.gradients.mpi_comm,
+                                                        grid.replicas.mpi_comm) != MPI.IDENT),
                    'rows': grid.rows(BATCH)}
     write_gathered(comm, seen, out_path)
 

@@ -139,7 +139,7 @@ def train(comm, out, model_parallel=None, device='cpu'):
     optimizer = chainer.optimizers.MomentumSGD(lr=0.01)
     optimizer.setup(loss_of)
     if grid.replicas is not None:
-        optimizer.add_hook(MeanOverReplicas(grid.replicas, loss_of))
+        optimizer.add_hook(MeanOverReplicas(grid.gradients, loss_of))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
     reporter = chainer.Reporter()
     reporter.add_observer('main', loss_of)
