@@ -133,7 +133,7 @@ def make_optimizer(args: argparse.Namespace, grid: ProcessGrid, model: chainer.L
     optimizer = chainer.optimizers.MomentumSGD(args.learnrate)
     optimizer.setup(model)
     # Before the weight decay, so that it is added to the averaged gradient.
-    if grid.replicas is not None:
+    if grid.gradients is not None:
         optimizer.add_hook(MeanOverReplicas(grid.gradients, model))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
     return optimizer

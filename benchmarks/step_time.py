@@ -395,7 +395,7 @@ def build_model(config: Configuration, grid):
     model = classifier(network, grid.replicas)
     optimizer = chainer.optimizers.MomentumSGD(LEARNING_RATE)
     optimizer.setup(model)
-    if grid.replicas is not None:
+    if grid.gradients is not None:
         optimizer.add_hook(MeanOverReplicas(grid.gradients, model))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
     return model, optimizer

@@ -282,8 +282,7 @@ class PacedSums:
         self._piece_bytes = piece_bytes
         self._in_flight = in_flight
         self._pieces = collections.deque()  # handed in, not started
-        self._started = []  # the request of every piece started
-        self._on_the_way = []  # (request, bytes) of those not yet seen complete
+        self._on_the_way = []  # (request, bytes) of the pieces started, not yet seen complete
         self._first_start = None
         self._bytes_done = 0
         self._finishing = False
@@ -309,7 +308,7 @@ class PacedSums:
             raise self._error
         while self._pieces:
             self._start_next()
-        wait(self._started)
+        wait([request for request, _ in self._on_the_way])
 
     def _pace(self) -> None:
         try:
@@ -345,9 +344,7 @@ class PacedSums:
         if self._first_start is None:
             self._first_start = time.perf_counter()
         piece = self._pieces.popleft()
-        request = start_allreduce_sum(self._comm, piece)
-        self._started.append(request)
-        self._on_the_way.append((request, piece.nbytes))
+        self._on_the_way.append((start_allreduce_sum(self._comm, piece), piece.nbytes))
 
 
 def replica_rows(comm, rows: int) -> tuple[int, int]:
