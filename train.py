@@ -11,7 +11,7 @@ share of every batch, still exactly the single-process run (models/grid.py).
 Rank 0 prints the log and writes the files in --out.
 """
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
-from job import checkpoint, faults, gpu, watchdog
+from job import checkpoint, faults, gpu, recipe, watchdog
 
 import argparse
 import os
@@ -20,24 +20,19 @@ import warnings
 
 import chainer
 import chainermn
-import matplotlib
 import numpy
 from chainer import training
 from chainer.training import extensions
 
 from job.arguments import AUTO, channel_group_sizes, check_args, check_out_dir, parse_args
 from job.blas_threads import threads_per_process
-from job.data import IMAGE_SHAPE, load_dataset
+from job.data import load_dataset
 from job.errors import process_ids, run_checked, run_or_abort
-from job.model_parallel import describe, fastest
+from job.fastest_k import describe, fastest
+from job.reports import add_reports
 from job.run_info import collect_run_info, write_run_info
-from models import NETWORKS
-from models.classifier import classifier
-from models.communication import use_exchanges
-from models.gradients import MeanOverReplicas
 from models.grid import ProcessGrid, process_grid
 
-matplotlib.use('Agg')
 # ChainerMN marks its iterators and collectives experimental, on every rank.
 warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)
 
@@ -50,14 +45,15 @@ def train(args: argparse.Namespace, comm) -> None:
     train_set, test_set, n_classes = read_data(args, comm, args.train_size)
     k, auto = choose_channel_group_size(args, comm, n_classes, device)
     grid = process_grid(comm, k)
-    choose_exchanges(grid, device)
+    recipe.choose_exchanges(grid, device)
     fault = run_checked(comm, faults.fault_injection, comm)
     snapshot = (comm.bcast_obj(run_checked(comm, checkpoint.read_snapshot, args.resume, args,
                                            n_classes, grid.channels.size, only_rank0=True))
                 if args.resume else None)
 
-    vgg, model = build_model(args, grid, n_classes, device)
-    optimizer = make_optimizer(args, grid, model)
+    vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype)
+    model = recipe.build_classifier(vgg, grid, device)
+    optimizer = recipe.make_optimizer(model, grid, args.learnrate)
 
     shuffle_rng = numpy.random.RandomState(args.seed) if comm.rank == 0 else None
     train_iter, test_iter = make_iterators(comm, train_set, test_set, args.batchsize, shuffle_rng)
@@ -74,7 +70,7 @@ def train(args: argparse.Namespace, comm) -> None:
         trainer.extend(fault)
     ids = process_ids(comm)
     if comm.rank == 0:
-        add_reports(trainer, args)
+        add_reports(trainer)
         print_header(args, comm, grid, n_classes, len(train_set), len(test_set))
         if auto:
             print(describe(auto['seconds_per_step'], k, auto['startup_seconds']))
@@ -95,12 +91,13 @@ def evaluate(args: argparse.Namespace, comm) -> None:
     run_checked(comm, check_args, args, comm.size)
     grid = process_grid(comm, channel_group_sizes(args, comm.size)[0])
     device = gpu.use_device(args, comm)
-    choose_exchanges(grid, device)
+    recipe.choose_exchanges(grid, device)
     # The test set is all it needs: one training example spares reading in the rest.
     _, test_set, n_classes = read_data(args, comm, 1)
     weights = comm.bcast_obj(run_checked(comm, checkpoint.read_model, args.evaluate, args,
                                          n_classes, grid.channels.size, only_rank0=True))
-    vgg, model = build_model(args, grid, n_classes, device)
+    vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype)
+    model = recipe.build_classifier(vgg, grid, device)
     run_checked(comm, checkpoint.load_model, vgg, grid, weights, args.evaluate)
     # The Evaluator the training runs, on the same batches: the same means.
     with watchdog.watching(communicators(comm, grid), args.timeout):
@@ -113,30 +110,10 @@ def evaluate(args: argparse.Namespace, comm) -> None:
               f'images, batch size {args.batchsize}, {args.evaluate})', flush=True)
 
 
-def choose_exchanges(grid: ProcessGrid, device: chainer.backend.Device) -> None:
-    """NCCL or host staging for the channel group's device arrays, decided once (collective).
-
-    Only the channel group: replicas run on the CPU (docs/design.md), so the
-    replica group's sums are host arrays, which always take MPI.
-    """
-    use_exchanges(grid.channels, device)
-
-
 def communicators(comm, grid: ProcessGrid) -> dict:
     """Every communicator of the run, by the name the watchdog's line gives it."""
     return {'all ranks': comm, 'channel group': grid.channels, 'replica group': grid.replicas,
             'gradient buckets': grid.gradients}
-
-
-def make_optimizer(args: argparse.Namespace, grid: ProcessGrid, model: chainer.Link):
-    """MomentumSGD with weight decay, and with replicas the gradient all-reduce before it."""
-    optimizer = chainer.optimizers.MomentumSGD(args.learnrate)
-    optimizer.setup(model)
-    # Before the weight decay, so that it is added to the averaged gradient.
-    if grid.gradients is not None:
-        optimizer.add_hook(MeanOverReplicas(grid.gradients, model))
-    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
-    return optimizer
 
 
 def choose_channel_group_size(args: argparse.Namespace, comm, n_classes: int,
@@ -144,27 +121,10 @@ def choose_channel_group_size(args: argparse.Namespace, comm, n_classes: int,
     """(K, what --model-parallel auto measured for the header and run.json, or None)."""
     started = time.perf_counter()
     k, seconds = fastest(comm, channel_group_sizes(args, comm.size),
-                         trial_step(args, comm, n_classes, device))
+                         recipe.trial_step(args, comm, n_classes, device))
     if args.model_parallel != AUTO:
         return k, None
     return k, {'seconds_per_step': seconds, 'startup_seconds': time.perf_counter() - started}
-
-
-def trial_step(args: argparse.Namespace, comm, n_classes: int, device):
-    """For --model-parallel auto: trial(k) sets up the run on channel groups of k processes
-    and returns one training step on a random batch of --batchsize (collective)."""
-    def trial(k: int):
-        grid = process_grid(comm, k)
-        choose_exchanges(grid, device)
-        _, model = build_model(args, grid, n_classes, device)
-        optimizer = make_optimizer(args, grid, model)
-        rng = numpy.random.RandomState(args.seed)
-        mine = slice(*grid.rows(args.batchsize))
-        x = device.send(rng.rand(args.batchsize, *IMAGE_SHAPE).astype(args.dtype)[mine])
-        t = device.send(rng.randint(0, n_classes, args.batchsize).astype(numpy.int32)[mine])
-        return lambda: optimizer.update(model, x, t)
-
-    return trial
 
 
 def read_data(args: argparse.Namespace, comm, train_size: int | None):
@@ -173,18 +133,6 @@ def read_data(args: argparse.Namespace, comm, train_size: int | None):
         comm, load_dataset, args.dataset, args.dataset_root, train_size,
         args.test_size, args.seed, only_rank0=True) or (None, None, None)
     return train_set, test_set, comm.bcast_obj(n_classes)
-
-
-def build_model(args: argparse.Namespace, grid: ProcessGrid, n_classes: int, device):
-    """The network --conv names, in --dtype, and the classifier around it, on ``device``.
-
-    Split over the channel group; with replicas, this replica's copy.
-    """
-    chainer.global_config.dtype = numpy.dtype(args.dtype)
-    vgg = NETWORKS[args.conv](grid.channels, n_classes, seed=args.seed, replicas=grid.replicas)
-    model = classifier(vgg, grid.replicas)
-    model.to_device(device)
-    return vgg, model
 
 
 def make_iterators(comm, train, test, batchsize: int, shuffle_rng):
@@ -220,20 +168,6 @@ def my_rows_in_model_dtype(grid: ProcessGrid):
         return images[mine].astype(chainer.get_dtype(), copy=False), labels[mine]
 
     return convert
-
-
-def add_reports(trainer, args: argparse.Namespace) -> None:
-    """What rank 0 shows and writes: log, table, plots, progress, graph."""
-    trainer.extend(extensions.DumpGraph('main/loss'))
-    trainer.extend(extensions.LogReport())
-    trainer.extend(extensions.PlotReport(['main/loss', 'validation/main/loss'],
-                                         'epoch', file_name='loss.png'))
-    trainer.extend(extensions.PlotReport(['main/accuracy', 'validation/main/accuracy'],
-                                         'epoch', file_name='accuracy.png'))
-    trainer.extend(extensions.PrintReport(
-        ['epoch', 'main/loss', 'validation/main/loss',
-         'main/accuracy', 'validation/main/accuracy', 'elapsed_time']))
-    trainer.extend(extensions.ProgressBar(update_interval=1))
 
 
 def print_header(args: argparse.Namespace, comm, grid: ProcessGrid, n_classes: int,

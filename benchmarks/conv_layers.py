@@ -1,7 +1,7 @@
 """Time forward+backward of one rank's slice of each VGG16 convolution.
 
 For VGG16's 13 convolutions on 32x32 CIFAR images, with the output channels
-split over --processes ranks, compares models.conv_cpu.convolution_2d with
+split over --processes ranks, compares models.kernels.conv_cpu.convolution_2d with
 chainer.functions.convolution_2d and with the GEMM floor: the same layer's
 three matrix products (forward, filter gradient, input gradient; the first
 layer has no input gradient) as plain contiguous float32 matmuls of the
@@ -28,7 +28,7 @@ import chainer
 import chainer.functions as F
 import numpy
 
-from models import conv_cpu
+from models.kernels import conv_cpu
 
 # (input channels, output channels, image size) of VGG16's convolutions on
 # 32x32 images; each block ends with a 2x2 max pooling.

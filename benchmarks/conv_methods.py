@@ -1,6 +1,6 @@
-"""Time the convolution methods of models.conv_cpu on VGG16's shapes.
+"""Time the convolution methods of models.kernels.conv_cpu on VGG16's shapes.
 
-The data behind models/conv_cpu.py's cost constants: for every convolution
+The data behind models/kernels/conv_cpu.py's cost constants: for every convolution
 that VGG16 on 32x32 images runs with its output channels split over 1, 2
 or 4 ranks (--batch images, default 64), the time of a layer's forward and
 backward through convolution_2d with each method forced (shifted windows,
@@ -26,7 +26,7 @@ import job  # noqa: F401  (first: BLAS threads before numpy, compat before chain
 import chainer
 
 from benchmarks.conv_layers import KERNEL, PAD, VGG16_CONVS
-from models import conv_cpu
+from models.kernels import conv_cpu
 
 METHODS = {conv_cpu._ShiftedWindows: 'windows', conv_cpu._Im2col: 'im2col',
            conv_cpu.Winograd2x2: 'winograd2', conv_cpu.Winograd4x4: 'winograd4'}

@@ -21,7 +21,7 @@ with ring algorithms (an all-gather or a reduce-scatter over K ranks sends
   P_head the head's (replicated);
 - messages: batch normalization's over the replicas (2 per layer), the
   rows and the reported loss; the gathers; the gradient all-reduce's
-  buckets (models/gradients.py).
+  buckets (models/data_parallel/gradient_mean.py).
 
 With channel groups inside nodes, only the gradient all-reduce crosses
 between nodes: each of the K replica groups is a ring through every node,
@@ -37,7 +37,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
-from models.gradients import BUCKET_BYTES
+from models.data_parallel.gradient_mean import BUCKET_BYTES
 from models.partition import channel_counts
 from models.vgg import HEAD_WIDTH, KERNEL_SIZE, VGG16_BLOCKS
 

@@ -7,7 +7,9 @@ VGG16 from chainer.links (benchmarks/plain_vgg.py) in one process with all
 cores: what a user would run without this example. Same data (job/data.py),
 mini-batch, learning rate, weight decay, evaluation and reports as
 train.py, so the LogReport's elapsed_time of the two can be set side by
-side, e.g. with `python compare.py result result-plain`.
+side, e.g. with `python compare.py result result-plain`. As a reference
+independent of this project's code, it builds its own optimizer (MomentumSGD
+and WeightDecay, as job/recipe.py does) rather than calling the recipe.
 """
 import argparse
 import pathlib
@@ -27,8 +29,8 @@ from job.arguments import check_out_dir
 from job.blas_threads import threads_per_process
 from job.data import DataError, load_dataset
 from job.errors import UsageError
+from job.reports import add_reports
 from job.run_info import collect_run_info, write_run_info
-from train import add_reports
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,7 +72,7 @@ def main(argv=None) -> None:
     trainer = training.Trainer(training.StandardUpdater(train_iter, optimizer),
                                (args.epoch, 'epoch'), out=args.out)
     trainer.extend(extensions.Evaluator(test_iter, model))
-    add_reports(trainer, args)
+    add_reports(trainer)
     print(f'Plain Chainer VGG16 on {args.dataset} ({len(train_set)} train / '
           f'{len(test_set)} test images), 1 process, {threads_per_process()} '
           f'BLAS threads, minibatch {args.batchsize}', flush=True)

@@ -16,7 +16,7 @@ backward and update, the slowest rank's time):
               reduce-scatters cross (configuration c)
   auto        what `train.py --model-parallel auto` chooses on these hosts:
               train.py itself, one epoch of one step on synthetic data
-              (job/model_parallel.py's trial steps at start-up), its choice
+              (job/fastest_k.py's trial steps at start-up), its choice
               and each K's trial time read from its run.json; its step is
               the measured step of the K it chose, in the same round
   DDP         PyTorch's DistributedDataParallel, gloo, 2 x 1, default 25 MB
@@ -53,11 +53,13 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
-from benchmarks import step_time, traffic
+from benchmarks import traffic
+from benchmarks.step_configs import CONFIGURATIONS, REPO
+from benchmarks.step_report import machine
+from benchmarks.step_runs import exit_failed, read_result, worker_command, worker_env
 from job.run_info import RUN_INFO_NAME
 from tools.two_hosts import ADDRESSES, LINK, SetupError, two_hosts
 
-REPO = step_time.REPO
 # (D, K): step_time.py's configuration for it on 2 processes.
 GRIDS = {(2, 1): 'e', (1, 2): 'c'}
 DDP = 'ptd'  # step_time.py's PyTorch DistributedDataParallel, 2 x 1
@@ -105,11 +107,11 @@ def run_across(hosts, command: list[str], env: dict) -> subprocess.CompletedProc
 def time_config(hosts, name: str, args: argparse.Namespace) -> dict:
     """One run of step_time.py's configuration ``name`` across the hosts: the
     result line of its worker (step_seconds, comm_share, ...; or unavailable)."""
-    config = step_time.CONFIGURATIONS[name]
+    config = CONFIGURATIONS[name]
     # PyTorch's rendezvous at the first host, and gloo on the link.
-    env = dict(step_time.worker_env(config), MASTER_ADDR=ADDRESSES[0], GLOO_SOCKET_IFNAME=LINK)
-    done = run_across(hosts, step_time.worker_command(config, args), env)
-    return step_time.read_result(config, done.returncode, done.stdout, done.stderr,
+    env = dict(worker_env(config), MASTER_ADDR=ADDRESSES[0], GLOO_SOCKET_IFNAME=LINK)
+    done = run_across(hosts, worker_command(config, args), env)
+    return read_result(config, done.returncode, done.stdout, done.stderr,
                                  'two_hosts_traffic.py')
 
 
@@ -122,9 +124,9 @@ def auto_choice(hosts, args: argparse.Namespace) -> dict:
         command = [sys.executable, os.path.join(REPO, 'train.py'), '--dataset', 'synthetic',
                    '--train-size', batch, '--test-size', batch, '--batchsize', batch,
                    '--epoch', '1', '--model-parallel', 'auto', '--out', out]
-        done = run_across(hosts, command, step_time.worker_env(step_time.CONFIGURATIONS['e']))
+        done = run_across(hosts, command, worker_env(CONFIGURATIONS['e']))
         if done.returncode != 0:
-            step_time.exit_failed('two_hosts_traffic.py', 'train.py --model-parallel auto',
+            exit_failed('two_hosts_traffic.py', 'train.py --model-parallel auto',
                                   done.returncode, done.stderr)
         with open(os.path.join(out, RUN_INFO_NAME)) as file:
             info = json.load(file)
@@ -251,10 +253,10 @@ def main(argv=None) -> None:
         runs, sent = measure(args)
     except SetupError as error:
         sys.exit(f'two_hosts_traffic.py: error: {error}')
-    machine = step_time.machine()
+    this = machine()
     print(f'\n2 hosts x 1 process, 1 thread each, batch {args.batchsize}, float32; '
-          f'{args.steps} timed steps x {args.rounds} round(s); {machine["cpu"]}, '
-          f'{machine["cores"]} cores, Python {machine["python"]}, {datetime.date.today()}; '
+          f'{args.steps} timed steps x {args.rounds} round(s); {this["cpu"]}, '
+          f'{this["cores"]} cores, Python {this["python"]}, {datetime.date.today()}; '
           f'load average (1, 5, 15 min) before {load_before}, after {load_average()}\n')
     print_traffic(runs, sent, args)
     print()

@@ -17,7 +17,7 @@ from models.vgg import VGG16_BLOCKS
 NARROWEST_LAYER = min(channels for _, channels, *_ in VGG16_BLOCKS)
 # --timeout's default, in seconds: docs/recovery.md#a-lost-host-ends-the-job says why.
 DEFAULT_TIMEOUT_S = 300
-AUTO = 'auto'  # --model-parallel auto: the fastest K, timed at start-up (job/model_parallel.py)
+AUTO = 'auto'  # --model-parallel auto: the fastest K, timed at start-up (job/fastest_k.py)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

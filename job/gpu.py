@@ -11,7 +11,7 @@ which is why train.py makes the naive one).
 
 The GPU path is kept to this module, the exchanges of
 models/communication.py (host-staged, or NCCL through models/nccl_exchange.py)
-and dropout's kernel, models/philox_kernel.py (see README, "On GPU", and
+and dropout's kernel, models/kernels/philox_kernel.py (see README, "On GPU", and
 docs/versions.md).
 """
 import argparse

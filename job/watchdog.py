@@ -4,9 +4,10 @@ MPI over TCP waits for a lost host as long as TCP retransmits, and for a
 frozen process for ever, busy-polling. So while training runs, each rank
 has a watchdog thread that knows two things:
 
-- What the main thread does. Every blocking call of the communicators given
-  to ``watching`` notes when it started and when it ended: two timestamps
-  and no lock or system call, all the hot path pays.
+- What the main thread does. Every exchange passes one seam
+  (models/seam.py), which tells the watchdog when it started and when it
+  ended: the exchange functions of the model, MPI's and NCCL's, and every
+  blocking call of the communicators given to ``watching``.
 - Who is alive. Every second the watchdogs send each other a heartbeat on a
   communicator of their own, which MPI serves while the main thread waits
   in another call (mpi4py starts MPI with MPI_THREAD_MULTIPLE, and releases
@@ -34,6 +35,8 @@ from collections.abc import Iterator
 import numpy
 from mpi4py import MPI
 
+from models import seam
+
 # mpiexec's exit code when the watchdog ends the job: that of coreutils' timeout.
 EXIT_CODE = 124
 # Seconds between heartbeats (less for a timeout under 10 s); a rank not
@@ -47,89 +50,33 @@ SILENT_BEATS = 5
 LINE_S = 1.0
 GRACE_S = 3.0
 ABORT_WAIT_S = 5
-# The calls of mpi4py's communicators that wait for other ranks.
-BLOCKING = ('Allgather', 'Allgatherv', 'Allreduce', 'Alltoall', 'Alltoallv', 'Barrier',
-            'Bcast', 'Gather', 'Gatherv', 'Reduce', 'Reduce_scatter', 'Reduce_scatter_block',
-            'Scatter', 'Scatterv', 'Recv', 'Send', 'Ssend', 'Sendrecv', 'Split', 'Dup',
-            'allgather', 'allreduce', 'alltoall', 'barrier', 'bcast', 'gather', 'reduce',
-            'scatter', 'recv', 'send', 'ssend', 'sendrecv')
 _TAG = 1
 
 
 class _MainThread:
-    """The blocking call the main thread is in, (name, communicator) or None, and since when.
+    """A seam observer (models/seam.py): the exchange the main thread is in, and since when.
 
-    ``since`` is when it entered that call, or left the last one.
+    ``call`` is (name, communicator's label) of the innermost exchange it
+    is in, or None; ``since`` is when it entered or left one last. Two
+    attribute writes per transition, all the hot path pays; the watchdog
+    thread reads them without a lock.
     """
-    call = None
-    since = time.monotonic()
+
+    def __init__(self):
+        self.calls = []
+        self.call = None
+        self.since = time.monotonic()
+
+    def entered(self, name: str, label: str) -> None:
+        self.calls.append((name, label))
+        self.call, self.since = self.calls[-1], time.monotonic()
+
+    def left(self, name: str, label: str) -> None:
+        self.calls.pop()
+        self.call, self.since = (self.calls[-1] if self.calls else None), time.monotonic()
 
 
 _main = _MainThread()
-
-
-class WatchedComm(MPI.Intracomm):
-    """The same MPI communicator (not a copy) whose blocking calls tell the watchdog."""
-    label = 'all ranks'
-
-
-def _noting(name: str, comm: WatchedComm, call, *args, **kwargs):
-    """``call(*args, **kwargs)``, with the main thread noted as waiting in it over ``comm``."""
-    _main.call, _main.since = (name, comm), time.monotonic()
-    try:
-        return call(*args, **kwargs)
-    finally:
-        _main.call, _main.since = None, time.monotonic()
-
-
-def _watched(name: str):
-    call = getattr(MPI.Intracomm, name)
-
-    def watched_call(self, *args, **kwargs):
-        return _noting(name, self, call, self, *args, **kwargs)
-
-    watched_call.__name__ = name
-    return watched_call
-
-
-for _name in BLOCKING:
-    setattr(WatchedComm, _name, _watched(_name))
-
-
-class WatchedRequest(MPI.Request):
-    """The same request (a copy of its handle) of a watched Iallreduce, whose Wait is watched.
-
-    The gradient buckets of replicas are such all-reduces, waited for at the
-    end of the backward pass (models/gradients.py).
-    """
-    comm = None
-
-    def Wait(self, status=None):
-        return _noting('Iallreduce', self.comm, MPI.Request.Wait, self, status)
-
-
-def _watched_iallreduce(self, *args, **kwargs) -> WatchedRequest:
-    request = WatchedRequest(MPI.Intracomm.Iallreduce(self, *args, **kwargs))
-    request.comm = self
-    return request
-
-
-WatchedComm.Iallreduce = _watched_iallreduce
-
-
-def watch(comm, label: str) -> None:
-    """Let the watchdog see the blocking calls of ``comm``, a ChainerMN communicator.
-
-    ``label`` names it in the watchdog's line, with its ranks in the job.
-    """
-    if isinstance(comm.mpi_comm, WatchedComm):
-        return
-    ranks = MPI.Group.Translate_ranks(comm.mpi_comm.Get_group(), range(comm.size),
-                                      MPI.COMM_WORLD.Get_group())
-    watched = WatchedComm(comm.mpi_comm)
-    watched.label = (label if comm.size == MPI.COMM_WORLD.size
-                     else f'{label} (ranks {", ".join(map(str, ranks))})')
-    comm.mpi_comm = watched
 
 
 @contextlib.contextmanager
@@ -144,12 +91,15 @@ def watching(communicators: dict, timeout: float) -> Iterator[None]:
     """
     for label, comm in communicators.items():
         if comm is not None:
-            watch(comm, label)
+            seam.observe_mpi(comm, label)
     job = next(iter(communicators.values()))
     dog = Watchdog(job.mpi_comm, timeout)
+    # Not removed if the block raises: the abort that follows is watched too.
+    seam.add_observer(_main)
     dog.start()
     yield
     dog.finish()
+    seam.remove_observer(_main)
 
 
 class Watchdog:
@@ -175,10 +125,10 @@ class Watchdog:
     def finish(self) -> None:
         """Wait for every rank to get here, then stop (collective)."""
         done = MPI.Intracomm.Ibarrier(self.comm)
-        _main.call, _main.since = ('the last barrier', self.comm), time.monotonic()
+        _main.entered('the last barrier', 'all ranks')
         while not done.Test():
             time.sleep(0.01)
-        _main.call, _main.since = None, time.monotonic()
+        _main.left('the last barrier', 'all ranks')
         self.stopped.set()
         self.thread.join()
 
@@ -232,8 +182,8 @@ class Watchdog:
         if call is None:
             what = f'{me} made no progress outside any exchange for {seconds:.0f} s'
         else:
-            name, comm = call
-            what = f'{me} waited {seconds:.0f} s in {name} over {comm.label}'
+            name, label = call
+            what = f'{me} waited {seconds:.0f} s in {name} over {label}'
         now = time.monotonic()
         silent = self._silent()
         if silent:

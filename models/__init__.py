@@ -1,7 +1,7 @@
 """The channel-parallel VGG16 and its parts (see docs/design.md)."""
 import os
 
-# The compiled loops (models/winograd.py, models/pooling.py) keep numba's
+# The compiled loops (models/kernels/winograd.py, models/kernels/pooling.py) keep numba's
 # cache in the user's cache folder rather than beside the sources in the
 # repository; numba reads this when it is first imported, below.
 os.environ.setdefault('NUMBA_CACHE_DIR', os.path.join(

@@ -39,7 +39,7 @@ and of gy times the normalized input) are summed over the replica group in
 one message and divided by the global count. Every pass needs its
 message's result before it can go on, so neither message is hidden behind
 arithmetic. The gradients of gamma and beta are returned as this replica's
-own sums: the gradient all-reduce (models/gradients.py) averages them over
+own sums: the gradient all-reduce (models/data_parallel/gradient_mean.py) averages them over
 the replicas, like every other parameter's. Why this is exact, the factor
 D included: docs/design.md. Replicas run on CPU only: there is no GPU path
 here.

@@ -2,7 +2,7 @@
 
 With D replicas (models/grid.py) each holds some rows of the global batch.
 Each computes, as L.Classifier does, the mean loss over its own rows and
-backpropagates it; the gradient all-reduce (models/gradients.py) averages
+backpropagates it; the gradient all-reduce (models/data_parallel/gradient_mean.py) averages
 over the replicas, which gives the gradient of the global batch's mean loss
 when the rows are split evenly (training: the batch size is a multiple of
 D). What is reported is the global batch's: the loss summed over all rows

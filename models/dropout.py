@@ -19,7 +19,7 @@ and draws through the gaps between them only where skipping a gap would
 cost more than drawing it.
 
 On a GPU the same numbers are drawn there, by a kernel that computes
-numpy's Philox (models/philox_kernel.py), one thread per counter step of a
+numpy's Philox (models/kernels/philox_kernel.py), one thread per counter step of a
 run: GPU and CPU runs drop the same units, and no mask crosses from the
 host.
 """
@@ -27,7 +27,7 @@ import chainer
 import chainer.functions as F
 import numpy
 
-from models import philox_kernel
+from models.kernels import philox_kernel
 
 # Philox hands out its 64-bit numbers in blocks of four per counter step,
 # and each 64-bit number holds two of the 32-bit numbers used here.

@@ -13,7 +13,7 @@ belongs to two groups:
 
 The replica group has two communicators: ``replicas``, for the main
 thread's sums, and ``gradients``, the same ranks, for the gradient buckets
-that a thread sends during the backward pass (models/gradients.py): MPI
+that a thread sends during the backward pass (models/data_parallel/gradient_mean.py): MPI
 orders the collectives of one communicator by call, not by thread, so two
 threads must not share one.
 

@@ -3,8 +3,11 @@
 For a communicator whose ranks each have a GPU of their own (NCCL refuses
 two ranks on one device): the all-gather, the reduce-scatter and the sum run
 on the current CuPy stream, with no copy through the host. Which
-communicators take this path is decided once, in
-``models.communication.use_exchanges``.
+communicators take this path is decided once, collectively, by
+``use_exchanges``, which keeps each one's NCCL exchange where
+models/communication.py finds it (``nccl_of``). Each NCCL call passes the
+seam (models/seam.py) under NCCL's name for it, so that the watchdog names
+it as it names MPI's calls.
 
 NCCL's allGather and reduceScatter move the same number of elements for
 every rank, while channel slices may differ by one channel
@@ -17,9 +20,58 @@ back, so it is left uninitialized.
 The layout functions take the array module (numpy or cupy) as ``xp``: the
 GPU runs them on CuPy arrays, the tests on numpy ones.
 """
+import weakref
+from collections.abc import Hashable, Sequence
+
+import chainer
 import numpy
+from mpi4py import MPI
 
 from models.partition import channel_counts
+from models.seam import passing
+
+# The NCCL exchange of each communicator that use_exchanges gave one. Weak:
+# a communicator's NCCL communicator goes with it.
+_NCCL = weakref.WeakKeyDictionary()
+
+
+def exchange_path(gpus: Sequence[Hashable | None], nccl_loaded: Sequence[bool]) -> str:
+    """How a communicator exchanges device arrays: 'nccl', or 'host' (staged through MPI).
+
+    ``gpus`` names each rank's GPU, equal names for one GPU (use_exchanges:
+    the node and the PCI bus id), None for a rank on the CPU;
+    ``nccl_loaded`` says, for each rank, whether its CuPy loads NCCL. NCCL
+    needs two ranks or more, each on a GPU of its own, and NCCL on all.
+    """
+    if len(gpus) < 2 or None in gpus or not all(nccl_loaded):
+        return 'host'
+    return 'nccl' if len(set(gpus)) == len(gpus) else 'host'
+
+
+def use_exchanges(comm, device: chainer.backend.Device) -> str:
+    """Choose, once, how ``comm`` exchanges device arrays (``exchange_path``); return the choice.
+
+    Collective over ``comm``, with ``device`` each rank's, already current:
+    with 'nccl' it makes the communicator's NCCL communicator.
+    """
+    mine = None
+    if isinstance(device, chainer.backend.GpuDevice):
+        import cupy
+        from chainermn import nccl
+        mine = (MPI.Get_processor_name(), cupy.cuda.runtime.deviceGetPCIBusId(device.device.id),
+                nccl._available)
+    # Every rank decides from the same list, so all make the NCCL communicator or none.
+    ranks = comm.mpi_comm.allgather(mine)
+    path = exchange_path([None if r is None else r[:2] for r in ranks],
+                         [r is not None and r[2] for r in ranks])
+    if path == 'nccl':
+        _NCCL[comm] = NcclExchange(comm)
+    return path
+
+
+def nccl_of(comm, x):
+    """The NCCL exchange that ``x`` takes on ``comm``; None for the host-staged MPI path."""
+    return None if isinstance(x, numpy.ndarray) else _NCCL.get(comm)
 
 
 def padded_block(counts: list[int], per_channel: int) -> int:
@@ -107,8 +159,8 @@ class NcclExchange:
         block = padded_block(counts, x.size // counts[self.comm.rank])
         send = gather_send_buffer(x, block, cupy)
         received = cupy.empty(block * self.comm.size, dtype=x.dtype)
-        self._nccl_comm.allGather(send.data.ptr, received.data.ptr, block, self._type(x.dtype),
-                                  self._stream())
+        passing('ncclAllGather', self.comm, self._nccl_comm.allGather, send.data.ptr,
+                received.data.ptr, block, self._type(x.dtype), self._stream())
         return gathered_from_padded(received, counts, x.shape, axis, cupy)
 
     def reduce_scatter_channels(self, partial, axis: int):
@@ -116,15 +168,15 @@ class NcclExchange:
         counts = channel_counts(partial.shape[axis], self.comm.size)
         send = scatter_send_buffer(partial, counts, axis, cupy)
         received = cupy.empty(send.shape[1], dtype=partial.dtype)
-        self._nccl_comm.reduceScatter(send.data.ptr, received.data.ptr, send.shape[1],
-                                      self._type(partial.dtype), self._nccl.NCCL_SUM,
-                                      self._stream())
+        passing('ncclReduceScatter', self.comm, self._nccl_comm.reduceScatter,
+                send.data.ptr, received.data.ptr, send.shape[1], self._type(partial.dtype),
+                self._nccl.NCCL_SUM, self._stream())
         return mine_from_padded(received, partial.shape, axis, counts[self.comm.rank])
 
     def allreduce_sum(self, x):
         import cupy
         x = cupy.ascontiguousarray(x)
         total = cupy.empty_like(x)
-        self._nccl_comm.allReduce(x.data.ptr, total.data.ptr, x.size, self._type(x.dtype),
-                                  self._nccl.NCCL_SUM, self._stream())
+        passing('ncclAllReduce', self.comm, self._nccl_comm.allReduce, x.data.ptr,
+                total.data.ptr, x.size, self._type(x.dtype), self._nccl.NCCL_SUM, self._stream())
         return total

@@ -4,10 +4,10 @@ import chainer.functions as F
 import numpy
 
 from models.batch_norm import BatchNormalization
-from models.conv_cpu import convolution_2d
 from models.dropout import channel_slice_dropout
+from models.kernels.conv_cpu import convolution_2d
+from models.kernels.pooling import max_pooling_2x2
 from models.partition import channel_range
-from models.pooling import max_pooling_2x2
 
 
 def lecun_normal(shape: tuple, rng: numpy.random.Generator) -> numpy.ndarray:

@@ -1,4 +1,5 @@
-"""models/classifier.py and models/gradients.py: two replicas on real MPI processes.
+"""models/classifier.py and the gradient mean (models/data_parallel/): two replicas on real
+MPI processes.
 
 What each replica reports is the whole batch's loss and accuracy, even split
 unevenly or with a replica holding no rows; the replicas' averaged gradients

@@ -18,7 +18,7 @@ NCCL. In float64:
   five steps on the CPU (one process), to 1e-8: the losses and the full
   parameters and batch-norm statistics.
 
-Dropout's masks drawn on the GPU (models/philox_kernel.py) against the
+Dropout's masks drawn on the GPU (models/kernels/philox_kernel.py) against the
 CPU's, bit for bit, and the kernel's numbers against numpy's Philox.
 
 The exchanges themselves (tests/workers/communication_worker.py, 2
@@ -33,10 +33,10 @@ import numpy
 import pytest
 
 from conftest import relative_error
-from models import philox_kernel
+from kernels.test_philox_kernel import KEYS, numpy_numbers
 from models.dropout import channel_slice_dropout, dropout_key
+from models.kernels import philox_kernel
 from test_communication import check_exchanges, run_exchanges
-from test_philox_kernel import KEYS, numpy_numbers
 from test_vgg import TOLERANCE, TRAINING_TOLERANCE, check_against_reference, run_worker
 
 pytestmark = pytest.mark.gpu

@@ -4,7 +4,7 @@ Usage: mpiexec -n 2 python tests/workers/bucket_wait_worker.py TIMEOUT
 
 Under job.watchdog.watching, as train.py trains: the all-reduce is started
 and waited for by models.communication's start_allreduce_sum and wait, as
-models/gradients.py does with each bucket. Rank 1 stays out of it (busy
+models/data_parallel/gradient_mean.py does with each bucket. Rank 1 stays out of it (busy
 outside any exchange) for longer than the timeout, so the watchdog ends
 the job; tests/job/test_watchdog.py reads its line.
 """
@@ -24,4 +24,4 @@ comm = chainermn.create_communicator('naive')
 with watchdog.watching({'all ranks': comm}, timeout):
     if comm.rank == 1:
         time.sleep(10 * timeout)
-    wait([start_allreduce_sum(comm, numpy.ones(4))])
+    wait(comm, [start_allreduce_sum(comm, numpy.ones(4))])

@@ -19,7 +19,7 @@ import chainermn
 import numpy
 
 from models.classifier import ReplicaClassifier
-from models.gradients import MeanOverReplicas
+from models.data_parallel.gradient_mean import MeanOverReplicas
 from models.grid import process_grid
 from workers.gathered import write_gathered
 

@@ -3,7 +3,7 @@
 Usage: mpiexec -n N python tests/workers/communication_worker.py OUT.pickle [DEVICE]
 DEVICE: cpu (the default); gpu, each rank's GPU as train.py --gpu picks it
   (gpu.device_of); or gpu0, every rank on GPU 0, sharing it. The
-  communicator first chooses its exchanges (models.communication.use_exchanges;
+  communicator first chooses its exchanges (models.nccl_exchange.use_exchanges;
   saved as 'path'). On a GPU the functions run a second time, on a copy of
   the communicator that made no choice and so stages every device array
   through the host ('host-staged'). The arrays saved are host copies.
@@ -22,8 +22,8 @@ from models.communication import (
     gather_into_parallel,
     gather_into_replicated,
     replica_rows,
-    use_exchanges,
 )
+from models.nccl_exchange import use_exchanges
 from models.partition import channel_range
 from workers.gathered import write_gathered
 

@@ -7,7 +7,7 @@ batch, whose optimizer has MeanOverReplicas with BUCKET_BYTES, then a probe
 where weight decay would be. The rank records, during one
 ``optimizer.update``, in order: each backward of a function that uses a
 parameter (by its label) and each bucket sent (a copy of its buffer as
-handed to models.communication.PacedSums, which puts it on the wire);
+handed to models.data_parallel.pacing.PacedSums, which puts it on the wire);
 then the gradients the probe sees. A second copy of the model,
 without the hook, gives the rank's own gradients of the same step, and
 their mean over the replicas by ChainerMN's ``multi_node_mean_grad``, the
@@ -21,9 +21,10 @@ import chainer
 import chainermn
 import numpy
 
-import models.gradients
+import models.data_parallel.gradient_mean
 from models import VGG16
 from models.classifier import classifier
+from models.data_parallel.gradient_mean import MeanOverReplicas
 from models.grid import process_grid
 from workers.gathered import write_gathered
 
@@ -48,13 +49,13 @@ class Recorder(chainer.FunctionHook):
 
 
 def record_sends(events: list) -> None:
-    """Every bucket that models.gradients sends is logged, as sent, then sent."""
-    class Recorded(models.gradients.PacedSums):
+    """Every bucket that models.data_parallel.gradient_mean sends is logged, as sent, then sent."""
+    class Recorded(models.data_parallel.gradient_mean.PacedSums):
         def add(self, buffer):
             events.append(('send', buffer.copy()))
             super().add(buffer)
 
-    models.gradients.PacedSums = Recorded
+    models.data_parallel.gradient_mean.PacedSums = Recorded
 
 
 def model_and_data(grid):
@@ -70,7 +71,7 @@ def bucketed_step(grid) -> dict:
     model, x, t = model_and_data(grid)
     optimizer = chainer.optimizers.SGD(0.01)
     optimizer.setup(model)
-    optimizer.add_hook(models.gradients.MeanOverReplicas(grid.gradients, model, BUCKET_BYTES))
+    optimizer.add_hook(MeanOverReplicas(grid.gradients, model, BUCKET_BYTES))
     seen = {}
 
     def probe(optimizer):

@@ -19,6 +19,7 @@ import numpy
 from mpi4py import MPI
 
 import models.communication
+from models.data_parallel.pacing import PacedSums
 from workers.gathered import write_gathered
 
 LENGTHS = (13, 1, 27, 5)
@@ -47,7 +48,7 @@ def main(out_path: str) -> None:
     starts = []
     record_starts(starts)
     summed = buffers(comm.rank)
-    sums = models.communication.PacedSums(comm, PIECE_BYTES, IN_FLIGHT)
+    sums = PacedSums(comm, PIECE_BYTES, IN_FLIGHT)
     for buffer in summed:
         sums.add(buffer)
     # Time for the thread to start pieces by itself, before finish would.

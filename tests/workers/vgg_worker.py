@@ -16,6 +16,7 @@ DEVICE: cpu (the default), or gpu: each rank's GPU as train.py --gpu picks it
   arrays saved are host copies.
 """
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
+from job import recipe
 
 import hashlib
 import pickle
@@ -25,10 +26,8 @@ import chainer
 import chainermn
 import numpy
 
-from models import NETWORKS, VGG16
-from models.classifier import classifier
-from models.communication import allgather_channels, allreduce_sum, use_exchanges
-from models.gradients import MeanOverReplicas
+from models import NETWORKS
+from models.communication import allgather_channels, allreduce_sum
 from models.grid import process_grid
 from models.serialization import full_state
 
@@ -64,7 +63,7 @@ def use_device(comm, grid, name: str) -> chainer.backend.Device:
         device = chainer.get_device(
             f'@cupy:{gpu.device_of(comm.intra_rank, gpu.gpu_count())}')
         device.use()
-    use_exchanges(grid.channels, device)
+    recipe.choose_exchanges(grid, device)
     return device
 
 
@@ -132,15 +131,10 @@ def train(comm, out, model_parallel=None, device='cpu'):
     # training discontinuous: in float32 a rounding difference of 1e-7 that
     # flips one unit changes the next gradient by ~1e-3 (measured), so
     # float32 runs that differ only in summation order drift apart by chance.
-    with chainer.using_config('dtype', numpy.float64):
-        model = VGG16(grid.channels, seed=0, replicas=grid.replicas)
-    loss_of = classifier(model, grid.replicas)
-    loss_of.to_device(device)
-    optimizer = chainer.optimizers.MomentumSGD(lr=0.01)
-    optimizer.setup(loss_of)
-    if grid.replicas is not None:
-        optimizer.add_hook(MeanOverReplicas(grid.gradients, loss_of))
-    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
+    # train.py's recipe: MomentumSGD, the replicas' gradient mean, weight decay.
+    model = recipe.build_network('exact', grid, 10, seed=0, dtype='float64')
+    loss_of = recipe.build_classifier(model, grid, device)
+    optimizer = recipe.make_optimizer(loss_of, grid, learnrate=0.01)
     reporter = chainer.Reporter()
     reporter.add_observer('main', loss_of)
     start, stop = grid.rows(TRAIN_BATCH)

@@ -1,4 +1,4 @@
-"""models.conv_cpu.convolution_2d against chainer.functions.convolution_2d.
+"""models.kernels.conv_cpu.convolution_2d against chainer.functions.convolution_2d.
 
 The reference runs in float64 on the same values, so a comparison measures
 only our float32 rounding. Tolerance: the norm of the difference over the
@@ -14,7 +14,7 @@ import numpy
 import pytest
 from chainer import gradient_check
 
-from models import conv_cpu
+from models.kernels import conv_cpu
 
 TOLERANCE = 1e-5
 

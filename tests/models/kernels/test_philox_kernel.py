@@ -1,6 +1,6 @@
 """The GPU's Philox kernel source, compiled for the CPU, against numpy bit for bit.
 
-models/philox_kernel.py's PHILOX_SOURCE, the very string the GPU compiles,
+models/kernels/philox_kernel.py's PHILOX_SOURCE, the very string the GPU compiles,
 is compiled here by the system's C++ compiler into a shared library, after
 a few lines that stand in for what CUDA provides (its qualifiers, the
 64-bit high product, the thread indices), and launched by a loop over every
@@ -16,7 +16,7 @@ import subprocess
 import numpy
 import pytest
 
-from models.philox_kernel import PHILOX_SOURCE, launch_shape, steps_per_run
+from models.kernels.philox_kernel import PHILOX_SOURCE, launch_shape, steps_per_run
 
 COMPILER = shutil.which('g++') or shutil.which('c++')
 

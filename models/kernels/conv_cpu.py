@@ -17,13 +17,13 @@ core, C=64, c_out=32: 78 against 51 GFLOP/s).
   positions of the first method, and few input channels): one copy into a
   gemm-ready matrix.
 - Winograd F(2x2, 3x3) and F(4x4, 3x3) (3x3 kernels on small images with
-  many channels, most of VGG16; models/winograd.py): 2.25 and 4 times fewer
+  many channels, most of VGG16; models/kernels/winograd.py): 2.25 and 4 times fewer
   products, paid for with transforms of the input, output and filters.
 
 The input gradient of the direct methods is the correlation of the output
 gradient with the flipped, transposed filters, so it reuses the same
 forward code (by whichever method suits that correlation); Winograd's is
-its own adjoint (models/winograd.py).
+its own adjoint (models/kernels/winograd.py).
 """
 
 import chainer
@@ -32,7 +32,7 @@ import numpy
 from chainer import function_node
 from numpy.lib.stride_tricks import sliding_window_view
 
-from models.winograd import Winograd, Winograd2x2, Winograd4x4
+from models.kernels.winograd import Winograd, Winograd2x2, Winograd4x4
 
 # Rows of the running sum in _sum_of_window_products: the block of outputs
 # and one product of that size stay in L2 cache, while each product, at least
@@ -160,7 +160,7 @@ class _SliceConvolutionGrad(function_node.FunctionNode):
 
     def backward(self, indexes, grad_outputs):
         raise NotImplementedError(
-            'models.conv_cpu.convolution_2d does not support double backprop')
+            'models.kernels.conv_cpu.convolution_2d does not support double backprop')
 
 
 def _method_for(x_shape, k: int, pad: int, c_out: int):

@@ -1,10 +1,10 @@
-"""models.pooling.max_pooling_2x2 against chainer.functions.max_pooling_2d."""
+"""models.kernels.pooling.max_pooling_2x2 against chainer.functions.max_pooling_2d."""
 import chainer
 import chainer.functions as F
 import numpy
 import pytest
 
-from models.pooling import max_pooling_2x2
+from models.kernels.pooling import max_pooling_2x2
 
 
 def pooled_with_gradient(pool, x, upstream):

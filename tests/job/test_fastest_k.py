@@ -1,10 +1,10 @@
-"""job/model_parallel.py: --model-parallel auto times each K and takes the fastest."""
+"""job/fastest_k.py: --model-parallel auto times each K and takes the fastest."""
 import time
 
 import chainermn
 import pytest
 
-from job.model_parallel import TRIAL_STEPS, describe, fastest
+from job.fastest_k import TRIAL_STEPS, describe, fastest
 
 
 def sleeping_trial(seconds: dict[int, float], calls: list[int]):

@@ -1,4 +1,4 @@
-"""The gradient all-reduce of the hybrid scheme, overlapped with the backward pass.
+"""The mean of the gradients over the replicas, overlapped with the backward pass.
 
 Each replica's gradients come from the mean loss over its own rows; their
 mean over the D replicas is the gradient of the global batch's mean loss
@@ -18,7 +18,7 @@ bucket and writes the means into the gradients, so that weight decay, a
 later hook, is added to the averaged gradient, as one process would.
 
 Sent means handed to a thread that puts the buckets on the wire a few
-small pieces at a time (models.communication.PacedSums). On a slow
+small pieces at a time (pacing.py, ``PacedSums``). On a slow
 link, batch normalization's sums over the replicas, which the backward
 pass waits for at every layer, would otherwise queue behind megabytes of
 gradients (docs/speed.md, "Pacing the gradient buckets"). The thread
@@ -35,13 +35,11 @@ import chainer
 import numpy
 from chainer import function_node
 
-from models.communication import PacedSums
+from models.data_parallel.pacing import PacedSums
 
-# Bytes of gradients per all-reduce. Across two hosts at 1 Gbit/s a step
-# spent 0.66 s in the exchanges with 1 MB and with 4 MB buckets, 0.83 s with
-# 16 MB and 0.72 s with one bucket (64 MB); on one machine the sizes did not
-# differ measurably (docs/speed.md, "Overlapping the gradient all-reduce").
-# 4 MB: 8 messages a step for VGG16, against 11 with 1 MB.
+# Bytes of gradients per all-reduce: 8 messages a step for VGG16. Chosen by
+# measuring 1 MB to one bucket for all, across two hosts and on one
+# machine: docs/speed.md, "Overlapping the gradient all-reduce".
 BUCKET_BYTES = 4 * 2**20
 
 

@@ -1,4 +1,4 @@
-"""models.winograd's F(2x2, 3x3) and F(4x4, 3x3) against Chainer's convolution in float64.
+"""models.kernels.winograd's F(2x2, 3x3) and F(4x4, 3x3) against Chainer's convolution in float64.
 
 In float64 the transforms' rounding is far below 1e-12, so any misplaced
 tile, wrong transform entry or lost half tile shows as an error of order 1.
@@ -10,7 +10,7 @@ import chainer.functions as F
 import numpy
 import pytest
 
-from models.winograd import Winograd2x2, Winograd4x4
+from models.kernels.winograd import Winograd2x2, Winograd4x4
 
 METHODS = [Winograd2x2, Winograd4x4]
 

@@ -1,4 +1,4 @@
-"""models/gradients.py: the bucketed gradient all-reduce, on real MPI processes.
+"""models/data_parallel/gradient_mean.py: the bucketed gradient all-reduce, on real MPI processes.
 
 The buckets hold the gradients in the order the backward pass finishes
 them, are cut at the bucket size, are each sent as soon as their last
@@ -15,7 +15,7 @@ import numpy
 import pytest
 
 from conftest import run_mpi
-from models.gradients import MeanOverReplicas
+from models.data_parallel.gradient_mean import MeanOverReplicas
 from models.vgg import VGG16_BLOCKS
 from workers import gradients_worker
 

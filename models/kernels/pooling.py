@@ -62,7 +62,7 @@ class _MaxPooling2x2Grad(function_node.FunctionNode):
 
     def backward(self, indexes, grad_outputs):
         raise NotImplementedError(
-            'models.pooling.max_pooling_2x2 does not support double backprop')
+            'models.kernels.pooling.max_pooling_2x2 does not support double backprop')
 
 
 @numba.njit(cache=True)
