@@ -247,7 +247,7 @@ def wait(requests: list[MPI.Request]) -> None:
 # link), against 0.95 to 0.99 s with every bucket started at once, and
 # 0.73 to 0.78 s with 512 KB pieces. Two pieces alone slowed shared memory
 # by 5 to 11%; the rate term lets a fast link take everything at once
-# (docs/speed.md, "Pacing the gradient buckets").
+# (docs/speed-record.md, "Pacing the gradient buckets").
 QUEUE_S = 0.016
 PIECE_BYTES = 2**20
 PIECES_IN_FLIGHT = 2

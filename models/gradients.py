@@ -21,8 +21,8 @@ Sent means handed to a thread that puts the buckets on the wire a few
 small pieces at a time (models.communication.PacedSums). On a slow
 link, batch normalization's sums over the replicas, which the backward
 pass waits for at every layer, would otherwise queue behind megabytes of
-gradients (docs/speed.md, "Pacing the gradient buckets"). The thread
-needs a communicator that no other thread uses, since MPI orders the
+gradients (docs/speed-record.md, "Pacing the gradient buckets"). The
+thread needs a communicator that no other thread uses, since MPI orders the
 collectives of a communicator by call, not by thread: the replica group's
 second communicator, ``grid.gradients`` (models/grid.py).
 
@@ -40,7 +40,7 @@ from models.communication import PacedSums
 # Bytes of gradients per all-reduce. Across two hosts at 1 Gbit/s a step
 # spent 0.66 s in the exchanges with 1 MB and with 4 MB buckets, 0.83 s with
 # 16 MB and 0.72 s with one bucket (64 MB); on one machine the sizes did not
-# differ measurably (docs/speed.md, "Overlapping the gradient all-reduce").
+# differ measurably (docs/speed-record.md, "Overlapping the gradient all-reduce").
 # 4 MB: 8 messages a step for VGG16, against 11 with 1 MB.
 BUCKET_BYTES = 4 * 2**20
 
