@@ -21,7 +21,7 @@ Sent means handed to a thread that puts the buckets on the wire a few
 small pieces at a time (pacing.py, ``PacedSums``). On a slow
 link, batch normalization's sums over the replicas, which the backward
 pass waits for at every layer, would otherwise queue behind megabytes of
-gradients (docs/speed.md, "Pacing the gradient buckets"). The thread
+gradients (docs/speed-record.md, "Pacing the gradient buckets"). The thread
 needs a communicator that no other thread uses, since MPI orders the
 collectives of a communicator by call, not by thread: the replica group's
 second communicator, ``grid.gradients`` (models/grid.py).
@@ -39,7 +39,7 @@ from models.data_parallel.pacing import PacedSums
 
 # Bytes of gradients per all-reduce: 8 messages a step for VGG16. Chosen by
 # measuring 1 MB to one bucket for all, across two hosts and on one
-# machine: docs/speed.md, "Overlapping the gradient all-reduce".
+# machine: docs/speed-record.md, "Overlapping the gradient all-reduce".
 BUCKET_BYTES = 4 * 2**20
 
 

@@ -19,7 +19,7 @@ from models import communication
 # bytes at the rate its sums have been completing, and never fewer than
 # PIECES_IN_FLIGHT pieces of PIECE_BYTES; its thread looks every NAP_S.
 # The values were chosen by measuring across two hosts and on one machine:
-# docs/speed.md, "Pacing the gradient buckets".
+# docs/speed-record.md, "Pacing the gradient buckets".
 QUEUE_S = 0.016
 PIECE_BYTES = 2**20
 PIECES_IN_FLIGHT = 2
