@@ -37,9 +37,8 @@ _PER_COUNTER_STEP = 8
 _MAX_SITES = 256
 # Gaps between a replica's runs up to this many 32-bit numbers are drawn
 # through rather than skipped: one advance and one more call to the
-# generator cost about as much as drawing 1,500 numbers (measured on VGG16's
-# shapes at batch 64; drawing through a gap of 512 took half the time of
-# skipping it, one of 2,048 the same, one of 8,192 three times as long).
+# generator cost about as much as drawing that many numbers
+# (docs/speed-record.md, "Measurements behind the code's constants").
 _DRAW_THROUGH = 2048
 
 

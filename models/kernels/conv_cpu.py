@@ -48,9 +48,9 @@ _BLOCK_ROWS = 1024
 # and through its input or output transform (compiled loops; F(4x4, 3x3)'s
 # have more terms per value). Fitted to CPU times of a layer's forward and
 # backward by each method on VGG16's shapes at batch 32 and 64, split over
-# 1, 2 and 4 ranks, on this machine (benchmarks/conv_methods.py): the picks'
-# total comes within 0.5% of the fastest methods'. They only steer speed,
-# every method gives the same result up to rounding.
+# 1, 2 and 4 ranks (benchmarks/conv_methods.py; how close the picks came:
+# docs/speed-record.md, "Measurements behind the code's constants"). They
+# only steer speed: every method gives the same result up to rounding.
 _COPY_COST = 20.0
 _ADD_COST = 5.0
 _FILTER_COPY_COST = 160.0
@@ -281,8 +281,9 @@ def _sum_of_window_products(matrix, offsets, factors, n):
     """out[q] = sum_i matrix[offsets[i] + q] @ factors[i] for q < n.
 
     Summed block of rows by block: summing whole (n, c) products costs an
-    extra pass over memory per term (measured 15-40% slower in all on
-    VGG16's 32x32 and 16x16 shapes).
+    extra pass over memory per term, measurably slower on VGG16's 32x32 and
+    16x16 shapes (docs/speed-record.md, "Measurements behind the code's
+    constants").
     """
     out = numpy.empty((n, factors[0].shape[1]), matrix.dtype)
     term = numpy.empty((min(n, _BLOCK_ROWS), out.shape[1]), matrix.dtype)

@@ -25,17 +25,17 @@ The transforms are small matrices applied along both axes of every tile.
 numpy cannot do that without a pass over memory per term (or a 6-D gather
 and a BLAS product with a 36-long inner dimension, as slow), so two compiled
 loops (numba) do it, one tile at a time, reading and writing each array
-once: measured on 32 x 128 x 16 x 16 float32, one core, 3.6 ms for the
-input transform against 11.3 ms for padding, gather and product in numpy.
+once, about three times as fast as numpy's padding, gather and product
+(docs/speed-record.md, "Measurements behind the code's constants").
 
 It pays where the products dominate: many channels, small images. The
 larger tile saves more products, but its filters take n*n / 9 = 4 times the
 memory of the 3x3 taps and its last tile is mostly padding on 4x4 and 2x2
 images; conv_cpu's cost model decides. Rounding: F(2x2, 3x3) differs from
-direct convolution's by a few units of the last place (measured about 5e-7
-relative in float32), F(4x4, 3x3), whose matrices hold 4, 5, 1/6 and 1/24,
-by about 3e-6 (measured on VGG16's layer shapes, tests/test_conv_cpu.py);
-in float64 both by about 1e-15.
+direct convolution's by a few units of the last place, F(4x4, 3x3), whose
+matrices hold 4, 5, 1/6 and 1/24, by somewhat more; both stay within the
+tests' budget (tests/models/kernels/test_winograd.py; the figures:
+docs/design.md, Module by module).
 """
 import numba
 import numpy
