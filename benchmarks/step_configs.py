@@ -26,6 +26,9 @@ across two hosts):
       size from hydra's PMI_RANK and PMI_SIZE, the rendezvous at MASTER_ADDR,
       default 127.0.0.1, and MASTER_PORT), 1 thread each: 2 replicas like e,
       each on its half of the batch, default 25 MB buckets
+  ck  c, each convolution keeping its gathered input for the backward pass
+      (VGG16's keep_gathered, the path before the slices: docs/memory.md)
+  ek  e, the same: each convolution keeping its laid-out input
 
 and, only with --gpu (or named in --configs), on GPU 0, CuPy arrays:
 
@@ -74,6 +77,7 @@ class Configuration:
     device: str = 'cpu'  # 'cpu', or 'gpu': GPU 0, CuPy arrays
     model_parallel: int | None = None  # ranks per channel group; None: all
     by_name_only: bool = False  # timed only where --configs names it
+    keep_gathered: bool = False  # each convolution keeps its gathered input (VGG16's option)
 
 
 CONFIGURATIONS = {c.name: c for c in (
@@ -84,6 +88,10 @@ CONFIGURATIONS = {c.name: c for c in (
     Configuration('d', 'grouped (original), 2 processes, 1 thread each', 'grouped', 2, 1),
     Configuration('e', 'ours, 2 replicas x 1 process, 1 thread each', 'exact', 2, 1,
                   model_parallel=1),
+    Configuration('ck', 'c, keeping the gathered inputs', 'exact', 2, 1, by_name_only=True,
+                  keep_gathered=True),
+    Configuration('ek', 'e, keeping the laid-out inputs', 'exact', 2, 1, model_parallel=1,
+                  by_name_only=True, keep_gathered=True),
     Configuration('pt2', 'PyTorch VGG16, 1 process, 2 threads', 'torch', 1, 2),
     Configuration('pt1', 'PyTorch VGG16, 1 process, 1 thread', 'torch', 1, 1),
     Configuration('ptd', 'PyTorch DDP (gloo), 2 processes, 1 thread each', 'torch', 2, 1,

@@ -29,7 +29,8 @@ from models.grid import process_grid
 def build_model(config: Configuration, grid):
     """(the classifier, its optimizer) of ``config``: train.py's recipe (job/recipe.py)."""
     network = (PlainVGG16(10) if config.network == 'plain'
-               else recipe.build_network(config.network, grid, 10))
+               else recipe.build_network(config.network, grid, 10,
+                                         keep_gathered=config.keep_gathered))
     model = recipe.build_classifier(network, grid, chainer.get_device('@numpy'))
     return model, recipe.make_optimizer(model, grid, LEARNING_RATE)
 

@@ -22,13 +22,15 @@ WEIGHT_DECAY = 5e-4
 
 
 def build_network(conv: str, grid: ProcessGrid, n_classes: int, seed: int = 0,
-                  dtype: str = 'float32') -> chainer.Chain:
+                  dtype: str = 'float32', keep_gathered: bool = False) -> chainer.Chain:
     """The network --conv names (a key of models.NETWORKS), in ``dtype``.
 
     Split over the channel group; with replicas, this replica's copy.
+    ``keep_gathered``: see models.vgg.VGG16.
     """
     chainer.global_config.dtype = numpy.dtype(dtype)
-    return NETWORKS[conv](grid.channels, n_classes, seed=seed, replicas=grid.replicas)
+    return NETWORKS[conv](grid.channels, n_classes, seed=seed, replicas=grid.replicas,
+                          keep_gathered=keep_gathered)
 
 
 def build_classifier(network: chainer.Chain, grid: ProcessGrid,

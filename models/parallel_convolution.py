@@ -1,11 +1,25 @@
-"""The convolution split by output channel, and the block built around it."""
+"""The convolution split by output channel, and the block built around it.
+
+A convolution needs every input channel, and its filter gradient needs the
+input again in the backward pass. Holding the gathered input until then
+would keep a full-size copy per layer on every rank, so that per-rank memory
+would fall far less than 1/K. So a convolution fed by another parallel
+layer takes that layer's slice and gathers it itself
+(``_GatheredSliceConvolution``): it keeps only the slice, and gathers it
+again in the backward pass, where the gathered input, its layout for the
+method and the partial input gradient live only while that one layer runs
+(docs/memory.md). ``keep_gathered`` keeps the gathered input instead: one
+all-gather fewer per layer, for more memory.
+"""
 import chainer
 import chainer.functions as F
 import numpy
+from chainer import function_node
 
 from models.batch_norm import BatchNormalization
+from models.communication import allgather_channels, gather_into_parallel, reduce_scatter_channels
 from models.dropout import channel_slice_dropout
-from models.kernels.conv_cpu import convolution_2d
+from models.kernels.conv_cpu import SlicePlan, check_arguments, convolution_2d
 from models.kernels.pooling import max_pooling_2x2
 from models.partition import channel_range
 
@@ -27,11 +41,16 @@ def lecun_normal(shape: tuple, rng: numpy.random.Generator) -> numpy.ndarray:
 class ParallelConvolution2D(chainer.Link):
     """The filters of this rank's output channels, over all input channels.
 
-    Input: the full tensor (batch, in_channels, H, W), the same on every rank.
+    Input: the full tensor (batch, in_channels, H, W), the same on every rank;
+    with ``gathers_input``, this rank's channel slice of it, which the
+    convolution gathers itself (see the module's docstring), over ``comm``.
     Output: this rank's slice of the output, (batch, stop - start, H', W'),
-    where (start, stop) = ``self.channels``. The slices are gathered later, by
-    the caller, after the per-channel layers that follow (see ``Block``), so
-    that batch normalization, ReLU and pooling run on the slice alone.
+    where (start, stop) = ``self.channels``. The output's slices are gathered
+    later, after the per-channel layers that follow (see ``Block``), so that
+    batch normalization, ReLU and pooling run on the slice alone.
+
+    ``keep_gathered``: keep the input laid out between the passes, as a full
+    tensor on every rank (fewer exchanges, more memory), instead of its slice.
 
     The full weight tensor is drawn from ``rng`` on every rank, identically,
     and each rank keeps its rows: the initial model does not depend on the
@@ -39,9 +58,14 @@ class ParallelConvolution2D(chainer.Link):
     """
 
     def __init__(self, comm, in_channels: int, out_channels: int,
-                 ksize: int, pad: int, rng: numpy.random.Generator):
+                 ksize: int, pad: int, rng: numpy.random.Generator,
+                 gathers_input: bool = False, keep_gathered: bool = False):
         super().__init__()
+        self.comm = comm
         self.pad = pad
+        self.in_channels = in_channels
+        self.gathers_input = gathers_input
+        self.keep_gathered = keep_gathered
         self.channels = channel_range(out_channels, comm.size, comm.rank)
         full_W = lecun_normal((out_channels, in_channels, ksize, ksize), rng)
         start, stop = self.channels
@@ -49,7 +73,62 @@ class ParallelConvolution2D(chainer.Link):
             self.W = chainer.Parameter(full_W[start:stop].copy())
 
     def forward(self, x):
-        return convolution_2d(x, self.W, pad=self.pad)
+        if not self.gathers_input:
+            return convolution_2d(x, self.W, self.pad, keep_laid_out=self.keep_gathered)
+        if self.keep_gathered or chainer.backend.get_array_module(x) is not numpy:
+            # On a GPU, Chainer's convolution keeps its input: gathered here.
+            x = gather_into_parallel(self.comm, x, self.in_channels)
+            return convolution_2d(x, self.W, self.pad)
+        y, = _GatheredSliceConvolution(self.comm, self.in_channels, self.pad).apply((x, self.W))
+        return y
+
+
+class _GatheredSliceConvolution(function_node.FunctionNode):
+    """Forward: all-gather the input's channel slices, then convolve by my filters;
+    backward: all-gather again, then reduce-scatter the partial input gradients.
+
+    Retains only the input's slice and the filters: the gathered input and
+    its layout exist only while this layer's forward, then its backward,
+    runs. The gradients are those of gather_into_parallel followed by
+    convolution_2d, exactly: the same gathers, the same arithmetic.
+    """
+
+    def __init__(self, comm, in_channels: int, pad: int):
+        self.comm = comm
+        self.in_channels = in_channels
+        self.pad = pad
+
+    def forward_cpu(self, inputs):
+        x, W = inputs
+        self.retain_inputs((0, 1))
+        full = allgather_channels(self.comm, x, self.in_channels)
+        check_arguments(full, W, self.pad)
+        self.plan = SlicePlan(full.shape, W.shape, self.pad)
+        return self.plan.forward(full, W, keep=False),
+
+    def backward(self, indexes, grad_outputs):
+        x, W = self.get_retained_inputs()
+        gx, gW = _GatheredSliceConvolutionGrad(self).apply((x, W) + grad_outputs)
+        return tuple((gx, gW)[i] for i in indexes)
+
+
+class _GatheredSliceConvolutionGrad(function_node.FunctionNode):
+    """Both gradients of _GatheredSliceConvolution; not differentiable again."""
+
+    def __init__(self, convolution: _GatheredSliceConvolution):
+        self.convolution = convolution
+
+    def forward_cpu(self, inputs):
+        x, W, gy = inputs
+        convolution = self.convolution
+        full = allgather_channels(convolution.comm, x, convolution.in_channels)
+        convolution.plan.lay_out(full, W)
+        del full
+        gW, partial = convolution.plan.gradients(gy, input_grad_needed=True)
+        return reduce_scatter_channels(convolution.comm, partial), gW
+
+    def backward(self, indexes, grad_outputs):
+        raise NotImplementedError('a parallel convolution does not support double backprop')
 
 
 class Block(chainer.Chain):

@@ -42,12 +42,18 @@ class VGG16(chainer.Chain):
     channel group. The input is then this replica's rows of the global
     batch, and batch normalization and dropout act as on the global batch.
     None (the default): one replica, the input is the whole batch.
+
+    ``keep_gathered``: each convolution keeps its gathered input, laid out,
+    for its backward pass, instead of its slice, gathered again there
+    (models/parallel_convolution.py): less exchange, more memory. The same
+    numbers either way.
     """
 
     def __init__(self, comm, n_classes: int = 10, seed: int = 0, dropout: bool = True,
-                 replicas=None):
+                 replicas=None, keep_gathered: bool = False):
         super().__init__()
         self.comm = comm
+        self.keep_gathered = keep_gathered
         self.replicas = replicas
         self.seed = seed
         self.head_dropout = HEAD_DROPOUT if dropout else 0.0
@@ -73,8 +79,12 @@ class VGG16(chainer.Chain):
 
     def make_convolution(self, comm, index: int, in_channels: int, out_channels: int,
                          rng: numpy.random.Generator) -> chainer.Link:
-        """Block ``index``'s convolution: this rank's output channels, all inputs."""
-        return ParallelConvolution2D(comm, in_channels, out_channels, KERNEL_SIZE, PAD, rng)
+        """Block ``index``'s convolution: this rank's output channels, all inputs.
+
+        After the first, each takes the previous block's slice and gathers it.
+        """
+        return ParallelConvolution2D(comm, in_channels, out_channels, KERNEL_SIZE, PAD, rng,
+                                     gathers_input=index > 0, keep_gathered=self.keep_gathered)
 
     def sliced_channels(self) -> dict[str, int]:
         """Full output channels of each block, whose arrays are all sliced."""
@@ -92,9 +102,12 @@ class VGG16(chainer.Chain):
             h = block(h, dropout_key(self.seed, step, site), *rows)
             # The last block feeds the replicated head, the others feed
             # another parallel convolution: their gradients differ (see
-            # models.communication).
-            gather = gather_into_replicated if block is blocks[-1] else gather_into_parallel
-            h = gather(self.comm, h, block.out_channels)
+            # models.communication). A convolution that gathers its input
+            # itself takes the slice.
+            if block is blocks[-1]:
+                h = gather_into_replicated(self.comm, h, block.out_channels)
+            elif not blocks[site + 1].conv.gathers_input:
+                h = gather_into_parallel(self.comm, h, block.out_channels)
         site = len(blocks)
         h = F.reshape(h, (h.shape[0], -1))
         h = channel_slice_dropout(h, self.head_dropout, 0, h.shape[1],

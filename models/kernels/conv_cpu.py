@@ -60,19 +60,21 @@ _TRANSFORM_COST = {Winograd2x2: 30.0, Winograd4x4: 45.0}
 
 def convolution_2d(x: chainer.Variable | numpy.ndarray,
                    W: chainer.Variable | numpy.ndarray,
-                   pad: int) -> chainer.Variable:
+                   pad: int, keep_laid_out: bool = True) -> chainer.Variable:
     """Stride-1 convolution without bias of the full input by a filter slice.
 
     x: (B, C_in, H, W) float array or Variable; W: (c_out, C_in, k, k) with k
     odd; 0 <= pad <= k // 2. Returns a Variable of shape (B, c_out, H_out,
     W_out). Its backward gives the exact filter gradient and, only if x
-    requires a gradient, this slice's partial input gradient. CuPy arrays go
-    to chainer.functions.convolution_2d.
+    requires a gradient, this slice's partial input gradient. Between the
+    two passes it keeps x laid out for its method (``keep_laid_out``, the
+    faster), or else x itself, laid out again in the backward pass (see
+    ``SlicePlan``). CuPy arrays go to chainer.functions.convolution_2d.
     """
     if chainer.backend.get_array_module(x, W) is not numpy:
         return F.convolution_2d(x, W, pad=pad)
-    _check_arguments(_array(x), _array(W), pad)
-    y, = _SliceConvolution(pad).apply((x, W))
+    check_arguments(_array(x), _array(W), pad)
+    y, = _SliceConvolution(pad, keep_laid_out).apply((x, W))
     return y
 
 
@@ -80,7 +82,7 @@ def _array(a):
     return a.array if isinstance(a, chainer.Variable) else a
 
 
-def _check_arguments(x, W, pad: int) -> None:
+def check_arguments(x, W, pad: int) -> None:
     if x.ndim != 4 or W.ndim != 4:
         raise ValueError(
             f'convolution_2d needs x of shape (B, C, H, W) and W of shape '
@@ -104,30 +106,91 @@ def _check_arguments(x, W, pad: int) -> None:
             f'{W.dtype}')
 
 
-class _SliceConvolution(function_node.FunctionNode):
+class SlicePlan:
+    """One convolution by a filter slice on CPU: its method, and what it keeps.
 
-    def __init__(self, pad: int):
+    For the function nodes that convolve: ``forward(x, W)`` returns the
+    output and keeps, with ``keep=True``, what the filter gradient needs
+    (the input laid out for the method; for Winograd the transformed input,
+    larger than the input itself, and the transformed filters). With
+    ``keep=False`` it keeps nothing, and ``lay_out(x, W)`` makes that again,
+    from the same x, before ``gradients``: a caller that keeps only a slice
+    of x between the two passes (models/parallel_convolution.py) then holds
+    no full-size copy of it in between.
+    """
+
+    def __init__(self, x_shape: tuple, W_shape: tuple, pad: int):
         self.pad = pad
+        self.method = _method_for(x_shape, W_shape[2], pad, W_shape[0])
+        self.taps = None
+
+    def forward(self, x: numpy.ndarray, W: numpy.ndarray, keep: bool) -> numpy.ndarray:
+        if isinstance(self.method, Winograd):
+            # It transforms the filters straight from W's own layout, and its
+            # input gradient needs no taps (see gradients).
+            y = self.method.forward(x, W.transpose(2, 3, 1, 0))
+        else:
+            # Each tap's (c_out, C) matrix, contiguous. The forward multiplies
+            # by their transposes, the input gradient by themselves; BLAS reads
+            # both without a copy.
+            self.taps = numpy.ascontiguousarray(W.transpose(2, 3, 0, 1))
+            y = self.method.forward(x, self.taps.transpose(0, 1, 3, 2))
+        if not keep:
+            self.forget()
+        return y
+
+    def lay_out(self, x: numpy.ndarray, W: numpy.ndarray) -> None:
+        """Lay x out again, as ``forward`` did, for ``gradients``."""
+        if isinstance(self.method, Winograd):
+            self.method.lay_out(x, W.transpose(2, 3, 1, 0))
+        else:
+            self.taps = numpy.ascontiguousarray(W.transpose(2, 3, 0, 1))
+            self.method.lay_out(x)
+
+    def forget(self) -> None:
+        self.method.forget()
+        self.taps = None
+
+    def gradients(self, gy: numpy.ndarray, input_grad_needed: bool):
+        """(filter gradient, the slice's partial input gradient or None); then forgets."""
+        gW = self.method.weight_grad(gy)
+        if not input_grad_needed:
+            gx = None
+        elif isinstance(self.method, Winograd):
+            # From the transformed output gradient that weight_grad made
+            # and the forward's transformed filters: no transform repeated.
+            gx = self.method.input_grad()
+        else:
+            # The adjoint of a correlation with padding p is the correlation
+            # of the output gradient with padding k-1-p and the flipped taps,
+            # each tap's matrix transposed: (c_out, C) maps gy's channels to x's.
+            k = self.taps.shape[0]
+            method = _method_for(gy.shape, k, k - 1 - self.pad, self.taps.shape[3])
+            gx = method.forward(gy, self.taps[::-1, ::-1])
+        self.forget()
+        return gW, gx
+
+
+class _SliceConvolution(function_node.FunctionNode):
+    """Forward: x convolved by W; with ``keep``, the laid-out x is kept for the
+    backward pass, otherwise x itself is retained and laid out again there."""
+
+    def __init__(self, pad: int, keep: bool):
+        self.pad = pad
+        self.keep = keep
 
     def forward_cpu(self, inputs):
         x, W = inputs
-        # The method keeps what the filter gradient needs (the laid-out
-        # input), so neither x nor W is retained.
-        self.method = _method_for(x.shape, W.shape[2], self.pad, W.shape[0])
-        if isinstance(self.method, Winograd):
-            # It transforms the filters straight from W's own layout, and its
-            # input gradient needs no taps (see _SliceConvolutionGrad).
-            self.taps = None
-            return self.method.forward(x, W.transpose(2, 3, 1, 0)),
-        # Each tap's (c_out, C) matrix, contiguous. The forward multiplies by
-        # their transposes, the input gradient by themselves; BLAS reads both
-        # without a copy.
-        self.taps = numpy.ascontiguousarray(W.transpose(2, 3, 0, 1))
-        return self.method.forward(x, self.taps.transpose(0, 1, 3, 2)),
+        self.plan = SlicePlan(x.shape, W.shape, self.pad)
+        if not self.keep:
+            self.retain_inputs((0, 1))
+        return self.plan.forward(x, W, self.keep),
 
     def backward(self, indexes, grad_outputs):
-        grad = _SliceConvolutionGrad(self.method, self.taps, self.pad,
-                                     0 in indexes)
+        if not self.keep:
+            x, W = self.get_retained_inputs()
+            self.plan.lay_out(x.array, W.array)
+        grad = _SliceConvolutionGrad(self.plan, 0 in indexes)
         gW, *gx = grad.apply(grad_outputs)
         return tuple(gx[0] if i == 0 else gW for i in indexes)
 
@@ -135,28 +198,14 @@ class _SliceConvolution(function_node.FunctionNode):
 class _SliceConvolutionGrad(function_node.FunctionNode):
     """Both gradients of _SliceConvolution; not differentiable again."""
 
-    def __init__(self, method, taps, pad: int, input_grad_needed: bool):
-        self.method = method
-        self.taps = taps
-        self.pad = pad
+    def __init__(self, plan: SlicePlan, input_grad_needed: bool):
+        self.plan = plan
         self.input_grad_needed = input_grad_needed
 
     def forward_cpu(self, inputs):
         gy, = inputs
-        gW = self.method.weight_grad(gy)
-        if not self.input_grad_needed:
-            return gW,
-        if isinstance(self.method, Winograd):
-            # From the transformed output gradient that weight_grad made
-            # and the forward's transformed filters: no transform repeated.
-            return gW, self.method.input_grad()
-        # The adjoint of a correlation with padding p is the correlation of
-        # the output gradient with padding k-1-p and the flipped taps, each
-        # tap's matrix transposed: (c_out, C) maps gy's channels to x's.
-        k = self.taps.shape[0]
-        gx_pad = k - 1 - self.pad
-        method = _method_for(gy.shape, k, gx_pad, self.taps.shape[3])
-        return gW, method.forward(gy, self.taps[::-1, ::-1])
+        gW, gx = self.plan.gradients(gy, self.input_grad_needed)
+        return (gW,) if gx is None else (gW, gx)
 
     def backward(self, indexes, grad_outputs):
         raise NotImplementedError(
@@ -246,12 +295,19 @@ class _ShiftedWindows:
                 :, :, :height, :width] = images.transpose(1, 0, 2, 3)
         return grid
 
-    def forward(self, x, taps):
+    def lay_out(self, x, taps=None):
         k, pad = self.k, self.pad
         # Output q reads up to q + (k-1)*(row+1); pixel (0, 0) of image 0
         # sits pad rows and pad columns after output (0, 0).
         self.grid = self._on_grid(x, pad * self.row + pad,
                                   self.n + (k - 1) * (self.row + 1))
+
+    def forget(self):
+        self.grid = None
+
+    def forward(self, x, taps):
+        k = self.k
+        self.lay_out(x)
         y = _sum_of_window_products(numpy.ascontiguousarray(self.grid.T),
                                     self.offsets,
                                     [taps[kh, kw] for kh in range(k)
@@ -311,7 +367,7 @@ class _Im2col:
     def __init__(self, x_shape, k: int, pad: int):
         self.k, self.pad = k, pad
 
-    def forward(self, x, taps):
+    def lay_out(self, x, taps=None):
         batch, channels, height, width = x.shape
         k, pad = self.k, self.pad
         padded = numpy.zeros(
@@ -323,8 +379,14 @@ class _Im2col:
         self.out_hw = patches.shape[1:3]
         self.patches = numpy.ascontiguousarray(
             patches.transpose(0, 1, 2, 4, 5, 3)).reshape(-1, k * k * channels)
+
+    def forget(self):
+        self.patches = None
+
+    def forward(self, x, taps):
+        self.lay_out(x)
         y = self.patches @ _patch_filters(taps)
-        return _to_nchw(y.reshape(batch, *self.out_hw, -1))
+        return _to_nchw(y.reshape(x.shape[0], *self.out_hw, -1))
 
     def weight_grad(self, gy):
         gy_rows = _pixel_rows(gy).reshape(-1, gy.shape[1])

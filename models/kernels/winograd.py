@@ -49,8 +49,10 @@ class Winograd:
     (B, c_out, H_out, W_out) output and keeps the transformed input for
     ``weight_grad(gy)``, which returns the (c_out, C, 3, 3) filter gradient
     and keeps the transformed gy for ``input_grad()``, the (B, C, H, W)
-    input gradient. Subclasses give the output tile size m and the three
-    transforms.
+    input gradient. ``forget()`` drops what it keeps, and ``lay_out(x,
+    taps)`` makes it again, for a caller that keeps only x between the
+    forward and the backward pass. Subclasses give the output tile size m
+    and the three transforms.
     """
     m: int
     input_transform: numpy.ndarray   # B^T, (n, n)
@@ -77,10 +79,18 @@ class Winograd:
         self.batch = batch
 
     def forward(self, x: numpy.ndarray, taps: numpy.ndarray) -> numpy.ndarray:
+        self.lay_out(x, taps)
+        return self._output_transform(numpy.matmul(self.transformed, self.filters))
+
+    def lay_out(self, x: numpy.ndarray, taps: numpy.ndarray) -> None:
+        """Transform the input and the filters, for the products that follow."""
         self.input_shape = x.shape
         self.transformed = self._input_transform(x)
         self.filters = self._filters(taps)
-        return self._output_transform(numpy.matmul(self.transformed, self.filters))
+
+    def forget(self) -> None:
+        """Drop the transformed input, filters and output gradient."""
+        self.transformed = self.filters = self.gy_transformed = None
 
     def weight_grad(self, gy: numpy.ndarray) -> numpy.ndarray:
         self.gy_transformed = self._output_transform_adjoint(gy)

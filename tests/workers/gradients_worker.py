@@ -34,7 +34,8 @@ BATCH = 6
 BUCKET_BYTES = 3 * 2**20
 # The functions that use parameters: the head's fully connected layers,
 # batch normalization, and the convolutions.
-USES_PARAMETERS = ('LinearFunction', '_BatchNormalization', '_SliceConvolution')
+USES_PARAMETERS = ('LinearFunction', '_BatchNormalization', '_SliceConvolution',
+                   '_GatheredSliceConvolution')
 
 
 class Recorder(chainer.FunctionHook):
