@@ -52,13 +52,13 @@ def train_accepts_width() -> bool:
     return '--width' in shown.stdout
 
 
-def available_mb() -> float:
-    """MemAvailable of /proc/meminfo, in MB (2**20 bytes)."""
+def meminfo_mb(field: str = 'MemAvailable') -> float:
+    """A field of /proc/meminfo (MemAvailable, MemTotal), in MB (2**20 bytes)."""
     with open('/proc/meminfo') as meminfo:
         for line in meminfo:
-            if line.startswith('MemAvailable:'):
+            if line.startswith(f'{field}:'):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError('no MemAvailable in /proc/meminfo')
+    raise RuntimeError(f'no {field} in /proc/meminfo')
 
 
 def run_job(processes: int, width: int, batch: int) -> tuple[list[float], dict]:
@@ -164,7 +164,7 @@ def measure(processes: list[int], batches: list[int], widths: list[int],
             for b in sorted(batches):
                 key = (n, w, b)
                 estimate = estimate_mb(peaks, n, w, b)
-                limit = available_mb() * SHARE_OF_AVAILABLE if limit_mb is None else limit_mb
+                limit = meminfo_mb() * SHARE_OF_AVAILABLE if limit_mb is None else limit_mb
                 if w != 1 and not has_width:
                     peaks[key], notes[key] = None, NEEDS_WIDTH
                 elif estimate is not None and n * estimate > limit:
@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(peaks)
     print(format_table(peaks, notes, summary), end='')
     if info:
-        print(f"\n{info['machine']['cpu']}, {info['machine']['logical_cores']} cores; "
+        print(f"\n{info['machine']['cpu']}, {info['machine']['logical_cores']} cores, "
+              f"{meminfo_mb('MemTotal') / 1024:.1f} GB memory; "
               f"Python {info['versions']['python']}, numpy {info['versions']['numpy']}, "
               f"{time.strftime('%Y-%m-%d')}")
     if args.json:

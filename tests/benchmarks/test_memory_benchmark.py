@@ -109,3 +109,20 @@ def test_runs_tiny_and_reads_each_ranks_peak(tmp_path):
     assert part['per_image_mb'] == pytest.approx((peaks[16][0] - peaks[8][0]) / 8)
     assert part['per_image_vs_1_process'] == 1
     assert f"| 1 | 1 | 16 | {peaks[16][0]:.0f} |" in result.stdout
+
+
+def test_stages_show_each_ranks_peak_rising():
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'benchmarks', 'memory_stages.py'),
+         '--batchsize', '1', '--steps', '1'],
+        capture_output=True, text=True, timeout=300, env=mpi_env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split(' | ') for line in result.stdout.splitlines()[2:]]
+    assert [row[0] for row in rows] == [
+        "| train.py's libraries", '| MPI and the data (rank 0)',
+        '| the network and its optimizer', '| training step 1, batch 1',
+        '| evaluation, batch 64']
+    peaks = [float(row[1]) for row in rows]
+    assert peaks == sorted(peaks) and peaks[0] > 100
+    rises = [float(row[2].rstrip(' |')) for row in rows]
+    assert sum(rises) == pytest.approx(peaks[-1], abs=len(rows))  # each rounded
