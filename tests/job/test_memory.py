@@ -1,11 +1,13 @@
 """job/memory.py: each rank's peak memory, in the log every epoch and in run.json at the end."""
+from job import gpu
+
 import json
 
 import numpy
 import pytest
 
 from conftest import run_mpi
-from job.memory import HOST_FIELD, HOST_KEY, host_peak_mb
+from job.memory import DEVICE_FIELD, DEVICE_KEY, HOST_FIELD, HOST_KEY, host_peak_mb
 
 # Two epochs, so that the log has the value once per epoch.
 TINY = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
@@ -64,3 +66,17 @@ def test_run_json_has_every_ranks_peak_at_the_end(tiny_run):
 def test_printed_table_keeps_its_columns(tiny_run):
     _, result = tiny_run
     assert 'memory' not in result.stdout
+
+
+@pytest.mark.gpu
+def test_a_gpu_run_also_has_cupys_pool(tmp_path):
+    why = gpu.why_no_gpu()
+    if why:
+        pytest.skip(f'no GPU: {why}')
+    run_mpi(1, 'train.py', '--out', str(tmp_path), '--gpu', *TINY)
+    log = json.loads((tmp_path / 'log').read_text())
+    # VGG16's float32 parameters alone are 57 MB, on the device.
+    assert all(entry[DEVICE_KEY] > 57 for entry in log)
+    info = json.loads((tmp_path / 'run.json').read_text())
+    assert len(info[DEVICE_FIELD]) == 1 and info[DEVICE_FIELD][0] >= log[-1][DEVICE_KEY] - 0.1
+    assert len(info[HOST_FIELD]) == 1
