@@ -29,6 +29,7 @@ from job.blas_threads import threads_per_process
 from job.data import load_dataset
 from job.errors import process_ids, run_checked, run_or_abort
 from job.fastest_k import describe, fastest
+from job.memory import PeakMemory
 from job.reports import add_reports
 from job.run_info import collect_run_info, write_run_info
 from models.grid import ProcessGrid, process_grid
@@ -68,6 +69,9 @@ def train(args: argparse.Namespace, comm) -> None:
                    name='snapshot')
     if fault is not None:
         trainer.extend(fault)
+    # Every rank measures; rank 0 reports the largest, and LogReport logs it.
+    peak_memory = PeakMemory(comm, gpu=bool(args.gpu))
+    trainer.extend(peak_memory)
     ids = process_ids(comm)
     if comm.rank == 0:
         add_reports(trainer)
@@ -84,6 +88,7 @@ def train(args: argparse.Namespace, comm) -> None:
     with watchdog.watching(communicators(comm, grid), args.timeout):
         trainer.run()
         checkpoint.save_model(vgg, grid, os.path.join(args.out, 'model.npz'))
+        peak_memory.write_run_info(args.out)
 
 
 def evaluate(args: argparse.Namespace, comm) -> None:

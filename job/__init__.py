@@ -2,8 +2,9 @@
 
 The flags (arguments), the data, the checkpoints, the errors and aborts,
 fault injection, the device choice (gpu), the run record (run_info), the
-channel group size timed at start-up (model_parallel), and
-two modules that must act before the libraries they adjust are loaded:
+channel group size timed at start-up (model_parallel), each rank's peak
+memory (memory), and two modules that must act before the libraries they
+adjust are loaded:
 
 - blas_threads sets the BLAS thread count per process, which OpenBLAS and
   MKL read once, when numpy loads them: it must run before numpy is imported.

@@ -209,8 +209,10 @@ def relative_error(actual, expected) -> float:
 
 
 def log_without_time(out) -> list[dict]:
-    """The LogReport entries of the run in ``out``, without their elapsed time."""
-    return [{k: v for k, v in entry.items() if k != 'elapsed_time'}
+    """The LogReport entries of the run in ``out``, without their elapsed time and
+    memory peaks (job/memory.py): what two runs of the same computation share."""
+    return [{k: v for k, v in entry.items()
+             if k != 'elapsed_time' and not k.startswith('memory/')}
             for entry in json.loads((out / 'log').read_text())]
 
 

@@ -323,7 +323,8 @@ import json, sys
 entry = json.load(open(sys.argv[1]))[-1]
 print(", ".join(f"{k} {entry[k]:.4g}" if isinstance(entry[k], float) else f"{k} {entry[k]}"
                 for k in ("epoch", "main/loss", "validation/main/loss", "main/accuracy",
-                          "validation/main/accuracy", "elapsed_time") if k in entry))
+                          "validation/main/accuracy", "elapsed_time", "memory/peak_mb",
+                          "memory/gpu_pool_peak_mb") if k in entry))
 ' "$out/log" 2>/dev/null || true)
   header=$(grep -E '^(GPU|CPU), ' "$LOGS/train-n$n.log" || true)
   if [ "$RC" -eq 0 ]; then
