@@ -26,7 +26,7 @@ from chainer.training import extensions
 
 from job.arguments import AUTO, channel_group_sizes, check_args, check_out_dir, parse_args
 from job.blas_threads import threads_per_process
-from job.data import load_dataset
+from job.data import batch_converter, load_dataset
 from job.errors import process_ids, run_checked, run_or_abort
 from job.fastest_k import describe, fastest
 from job.memory import PeakMemory
@@ -58,7 +58,9 @@ def train(args: argparse.Namespace, comm) -> None:
 
     shuffle_rng = numpy.random.RandomState(args.seed) if comm.rank == 0 else None
     train_iter, test_iter = make_iterators(comm, train_set, test_set, args.batchsize, shuffle_rng)
-    converter = my_rows_in_model_dtype(grid)
+    # Every rank receives the whole batch (the multi-node iterator) and keeps
+    # its replica's rows; with one replica, all of them.
+    converter = batch_converter(args.dataset, grid.rows)
     updater = training.StandardUpdater(train_iter, optimizer, converter=converter,
                                        device=device)
     trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=args.out)
@@ -107,7 +109,7 @@ def evaluate(args: argparse.Namespace, comm) -> None:
     # The Evaluator the training runs, on the same batches: the same means.
     with watchdog.watching(communicators(comm, grid), args.timeout):
         result = extensions.Evaluator(make_test_iterator(comm, test_set, args.batchsize),
-                                      model, converter=my_rows_in_model_dtype(grid),
+                                      model, converter=batch_converter(args.dataset, grid.rows),
                                       device=device)()
     if comm.rank == 0:
         print(f'test loss {float(result["main/loss"]):.7g}, accuracy '
@@ -157,22 +159,6 @@ def make_test_iterator(comm, test, batchsize: int):
     test_iter = (chainer.iterators.SerialIterator(test, batchsize, repeat=False, shuffle=False)
                  if comm.rank == 0 else None)
     return chainermn.iterators.create_multi_node_iterator(test_iter, comm)
-
-
-def my_rows_in_model_dtype(grid: ProcessGrid):
-    """The converter: this replica's rows of a mini-batch, images in the model's dtype.
-
-    Every rank receives the whole batch (the multi-node iterator); with one
-    replica its rows are all of it. In an evaluation's last, smaller batch a
-    replica may have none: an empty array, which the classifier skips.
-    """
-    @chainer.dataset.converter()
-    def convert(batch, device):
-        images, labels = chainer.dataset.concat_examples(batch, device)
-        mine = slice(*grid.rows(len(labels)))
-        return images[mine].astype(chainer.get_dtype(), copy=False), labels[mine]
-
-    return convert
 
 
 def print_header(args: argparse.Namespace, comm, grid: ProcessGrid, n_classes: int,

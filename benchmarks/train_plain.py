@@ -27,7 +27,7 @@ from chainer.training import extensions
 from benchmarks.plain_vgg import PlainVGG16
 from job.arguments import check_out_dir
 from job.blas_threads import threads_per_process
-from job.data import DataError, load_dataset
+from job.data import DataError, batch_converter, load_dataset
 from job.errors import UsageError
 from job.reports import add_reports
 from job.run_info import collect_run_info, write_run_info
@@ -69,9 +69,14 @@ def main(argv=None) -> None:
         order_sampler=chainer.iterators.ShuffleOrderSampler(numpy.random.RandomState(args.seed)))
     test_iter = chainer.iterators.SerialIterator(test_set, args.batchsize,
                                                  repeat=False, shuffle=False)
-    trainer = training.Trainer(training.StandardUpdater(train_iter, optimizer),
+    # Chainer's default converter gave the float32 images the sets once held,
+    # whatever CHAINER_DTYPE says; this one gives the same from the uint8
+    # they hold now, as a plain Chainer run on get_cifar10() would see them.
+    converter = batch_converter(args.dataset, dtype=numpy.float32)
+    trainer = training.Trainer(training.StandardUpdater(train_iter, optimizer,
+                                                        converter=converter),
                                (args.epoch, 'epoch'), out=args.out)
-    trainer.extend(extensions.Evaluator(test_iter, model))
+    trainer.extend(extensions.Evaluator(test_iter, model, converter=converter))
     add_reports(trainer)
     print(f'Plain Chainer VGG16 on {args.dataset} ({len(train_set)} train / '
           f'{len(test_set)} test images), 1 process, {threads_per_process()} '

@@ -5,8 +5,13 @@ folder) in a directory the user names, or else from the tarball that chainer's
 download helper fetches and caches. Either way its pickled batches are read by
 safe_pickle, which builds data and refuses anything that would run code.
 'synthetic' is a generated CIFAR-shaped set for offline runs and tests.
-Every dataset gives float32 images in [0, 1] of shape (3, 32, 32) and int32
-labels, the same values as chainer.datasets.get_cifar10(scale=1.).
+Every dataset gives images of shape (3, 32, 32) and int32 labels. CIFAR's
+images stay uint8, as the files hold them, a quarter of the memory of
+float32: batch_converter turns each mini-batch into float32 in [0, 1] with
+the multiply of chainer.datasets.get_cifar10(scale=1.), so a run sees the
+numbers it saw when the sets were held as float32. The synthetic images
+are generated in float32 and held so: they are not whole multiples of
+1/255, and rounding them would change every run on them.
 """
 
 from job import safe_pickle
@@ -17,11 +22,15 @@ import os
 import socket
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import chainer
 import numpy
 from chainer.dataset import download
 from chainer.datasets import TupleDataset
+from chainer.types import NdArray
+from numpy.typing import DTypeLike
 
 DATASETS = ('cifar10', 'cifar100', 'synthetic')
 
@@ -256,18 +265,9 @@ def _checked(rows, labels, where: str, cifar: _Cifar,
     return rows, labels.astype(numpy.int32)
 
 
-def _to_float(rows: numpy.ndarray) -> numpy.ndarray:
-    """uint8 rows (R plane, G plane, B plane, each 32x32 row-major) to images."""
-    images = rows.reshape(-1, 3, 32, 32).astype(numpy.float32)
-    # The same float32 multiply as chainer's get_cifar10(scale=1.), so the two
-    # paths give bit-identical images.
-    images *= numpy.float32(1. / 255.)
-    return images
-
-
 def _as_dataset(images: numpy.ndarray, labels: numpy.ndarray, size: int | None,
                 split: str, name: str) -> TupleDataset:
-    """The first `size` examples (all for None), as float32 images."""
+    """The first `size` examples (all for None), images uint8 (N, 3, 32, 32)."""
     if size is not None:
         if not 1 <= size <= len(labels):
             raise DataError(f'--{split}-size {size} is out of range for {name}, '
@@ -275,9 +275,54 @@ def _as_dataset(images: numpy.ndarray, labels: numpy.ndarray, size: int | None,
                             f'{len(labels)}, or leave it out for all')
         # Copies, so that the unused rest of a full-size array can be freed.
         images, labels = images[:size].copy(), labels[:size].copy()
-    # Both sources give uint8 rows, converted only now, once, and only for
-    # the examples kept.
-    return TupleDataset(_to_float(images), labels)
+    # A row is the R plane, then G, then B, each 32x32 row-major: reshaped
+    # in place, not copied.
+    return TupleDataset(images.reshape(-1, *IMAGE_SHAPE), labels)
+
+
+# --- mini-batches in the model's dtype --------------------------------------
+
+def in_dtype(images: NdArray, dtype: DTypeLike, from_bytes: bool) -> NdArray:
+    """A mini-batch's images (numpy or CuPy) in dtype.
+
+    from_bytes: they are CIFAR's bytes, whole numbers from 0 to 255: uint8
+    as the set holds them on rank 0, float32 on the other ranks, as
+    ChainerMN's multi-node iterator casts every batch it sends to float32
+    (exactly, for bytes). Either way they become float32 in [0, 1] first,
+    by the float32 multiply of chainer's get_cifar10(scale=1.), and only
+    then dtype: a float64 run gets the float32 values widened, as it did
+    when the sets held float32. Otherwise (synthetic) they are float32 in
+    [0, 1] already, and only cast.
+    """
+    if from_bytes:
+        images = images.astype(numpy.float32)
+        images *= numpy.float32(1. / 255.)
+    return images.astype(dtype, copy=False)
+
+
+def batch_converter(dataset: str, rows: Callable[[int], tuple[int, int]] | None = None,
+                    dtype: DTypeLike | None = None) -> chainer.dataset.Converter:
+    """The converter of the updater and the evaluator for a run on dataset:
+    a mini-batch stacked on the device, the rows `rows(batch size)` gives
+    as (start, stop) kept (all for None), their images in dtype (None:
+    chainer.get_dtype() at each call).
+
+    Every rank makes its own, and every rank knows the dataset's name, where
+    only rank 0 holds the set. The rows are cut before the conversion, so a
+    replica converts only its own, and the batch goes to a GPU as it came,
+    to be converted there. An evaluation's last, smaller batch may leave a
+    replica no rows: an empty array, which the classifier skips.
+    """
+    from_bytes = dataset in _CIFAR
+
+    @chainer.dataset.converter()
+    def convert(batch, device):
+        images, labels = chainer.dataset.concat_examples(batch, device)
+        mine = slice(None) if rows is None else slice(*rows(len(labels)))
+        model_dtype = chainer.get_dtype() if dtype is None else dtype
+        return in_dtype(images[mine], model_dtype, from_bytes), labels[mine]
+
+    return convert
 
 
 # --- synthetic ------------------------------------------------------------

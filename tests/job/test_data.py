@@ -10,16 +10,21 @@ from job import data
 
 import hashlib
 import os
+import pickle
 import socket
 import subprocess
 import sys
+import tracemalloc
 
 import chainer
 import numpy
 import pytest
+from chainer.datasets import TupleDataset
+from chainer.iterators import SerialIterator, ShuffleOrderSampler
 
 from cifar_files import Cifar, code_runners, python2_pickle, rows
-from conftest import REPO
+from conftest import REPO, run_mpi
+from models.partition import channel_range
 
 CHAINER_URL = 'https://www.cs.toronto.edu/~kriz/{}-python.tar.gz'
 # batches.meta of the authors' cifar-10-python.tar.gz (from a public copy of
@@ -48,17 +53,27 @@ def chainer_root(tmp_path):
     chainer.dataset.set_dataset_root(previous)
 
 
-def _arrays(dataset):
+def _held(dataset):
+    """The images and labels as the dataset holds them."""
     images = numpy.stack([image for image, _ in dataset])
     labels = numpy.array([label for _, label in dataset])
     return images, labels
 
 
+def _batch(dataset, name='cifar10', dtype=numpy.float32):
+    """The whole dataset as one mini-batch through the runs' converter (the
+    same for either CIFAR)."""
+    return data.batch_converter(name, dtype=dtype)(list(dataset), None)
+
+
 def _check_values(dataset, uint8_images, labels):
-    images, loaded_labels = _arrays(dataset)
+    held, held_labels = _held(dataset)
+    assert held.dtype == numpy.uint8 and held_labels.dtype == numpy.int32
+    numpy.testing.assert_array_equal(held, uint8_images)
+    numpy.testing.assert_array_equal(held_labels, labels)
+    images, batch_labels = _batch(dataset)
     assert images.dtype == numpy.float32 and images.shape == uint8_images.shape
-    assert loaded_labels.dtype == numpy.int32
-    numpy.testing.assert_array_equal(loaded_labels, labels)
+    numpy.testing.assert_array_equal(batch_labels, labels)
     numpy.testing.assert_allclose(images, uint8_images / 255., rtol=1e-6, atol=0)
     assert images.min() >= 0 and images.max() <= 1
 
@@ -86,8 +101,8 @@ def test_row_layout_is_red_then_green_then_blue_planes_row_major(tmp_path):
     row = rows(cifar.train_images)[3]
     image = train[3][0]
     # green plane, y=2, x=5 is byte 1024 + 2 * 32 + 5 of the row
-    assert image[1, 2, 5] == pytest.approx(row[1024 + 69] / 255., rel=1e-6)
-    assert image[2, 31, 0] == pytest.approx(row[2048 + 31 * 32] / 255., rel=1e-6)
+    assert image[1, 2, 5] == row[1024 + 69]
+    assert image[2, 31, 0] == row[2048 + 31 * 32]
 
 
 def test_extracted_folder_gives_the_same_as_the_tarball(cifar, tmp_path):
@@ -96,7 +111,7 @@ def test_extracted_folder_gives_the_same_as_the_tarball(cifar, tmp_path):
     from_folder = data.load_dataset(cifar.variant, str(tmp_path / 'folder'), None, None, 0)
     from_tarball = data.load_dataset(cifar.variant, str(tmp_path), None, None, 0)
     for folder_split, tarball_split in zip(from_folder[:2], from_tarball[:2]):
-        for folder_array, tarball_array in zip(_arrays(folder_split), _arrays(tarball_split)):
+        for folder_array, tarball_array in zip(_held(folder_split), _held(tarball_split)):
             numpy.testing.assert_array_equal(folder_array, tarball_array)
     assert from_folder[2] == from_tarball[2]
 
@@ -118,8 +133,8 @@ def test_size_out_of_range_is_an_error(sizes, tmp_path):
 
 
 def test_same_values_as_chainer_get_cifar10(chainer_root, tmp_path):
-    """chainer converts its cached uint8 arrays to the dataset; ours must be
-    bit-identical, read from the tarball or through chainer's cache."""
+    """chainer converts its cached uint8 arrays to the dataset; our batches
+    must be bit-identical, read from the tarball or through chainer's cache."""
     cifar = Cifar('cifar10', n_train=50, n_test=10, seed=3)
     cifar_dir = chainer_root / 'pfnet' / 'chainer' / 'cifar'
     cifar_dir.mkdir(parents=True)
@@ -133,7 +148,7 @@ def test_same_values_as_chainer_get_cifar10(chainer_root, tmp_path):
     from_cache = data.load_dataset('cifar10', None, None, None, 0)
     for ours in (from_tarball, from_cache):
         for chainer_split, our_split in zip(by_chainer, ours[:2]):
-            for chainer_array, our_array in zip(_arrays(chainer_split), _arrays(our_split)):
+            for chainer_array, our_array in zip(_held(chainer_split), _batch(our_split)):
                 assert our_array.dtype == chainer_array.dtype
                 numpy.testing.assert_array_equal(our_array, chainer_array)
     first, _, _ = data.load_dataset('cifar10', None, 9, None, 0)
@@ -152,8 +167,136 @@ def test_chainer_reads_our_cifar100_tarball_as_we_do(chainer_root, tmp_path):
     by_chainer = chainer.datasets.get_cifar100(scale=1.)
     ours = data.load_dataset('cifar100', str(tmp_path), None, None, 0)
     for chainer_split, our_split in zip(by_chainer, ours[:2]):
-        for chainer_array, our_array in zip(_arrays(chainer_split), _arrays(our_split)):
+        for chainer_array, our_array in zip(_held(chainer_split), _batch(our_split)):
             numpy.testing.assert_array_equal(our_array, chainer_array)
+
+
+# --- held as uint8, converted batch by batch --------------------------------
+
+def _old_sets(cifar: Cifar) -> dict[str, TupleDataset]:
+    """What the sets held before they held uint8: the rows converted once,
+    when loaded, with the float32 multiply of chainer's get_cifar10."""
+    sets = {}
+    for split, images, labels in (('train', cifar.train_images, cifar.train_labels),
+                                  ('test', cifar.test_images, cifar.test_labels)):
+        floats = rows(images).reshape(-1, 3, 32, 32).astype(numpy.float32)
+        floats *= numpy.float32(1. / 255.)
+        sets[split] = TupleDataset(floats, labels.astype(numpy.int32))
+    return sets
+
+
+def _old_converter(replica: int, n_replicas: int):
+    """train.py's converter of the float32 sets: a replica's rows, cast."""
+    def convert(batch, device):
+        images, labels = chainer.dataset.concat_examples(batch, device)
+        mine = slice(*channel_range(len(labels), n_replicas, replica))
+        return images[mine].astype(chainer.get_dtype(), copy=False), labels[mine]
+
+    return convert
+
+
+def _iterator(dataset, split: str):
+    """train.py's: the training set shuffled (here by RandomState(5)), the
+    test set in order; batches of 16, so the last one is smaller or filled
+    from the next epoch."""
+    if split == 'train':
+        order = ShuffleOrderSampler(numpy.random.RandomState(5))
+        return SerialIterator(dataset, 16, order_sampler=order)
+    return SerialIterator(dataset, 16, repeat=False, shuffle=False)
+
+
+def _epoch(iterator, converter) -> list:
+    """The converted batches up to the end of the first epoch (or of the set)."""
+    batches = []
+    for batch in iterator:
+        batches.append(converter(batch, None))
+        if iterator.is_new_epoch:
+            break
+    return batches
+
+
+def _assert_same_bytes(batches, expected, size: int) -> None:
+    assert len(batches) == len(expected) == -(-size // 16)
+    for batch, expected_batch in zip(batches, expected):
+        for array, expected_array in zip(batch, expected_batch):
+            assert array.dtype == expected_array.dtype
+            assert array.shape == expected_array.shape
+            assert array.tobytes() == expected_array.tobytes()
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+def test_batches_are_those_of_the_old_float32_sets_bit_for_bit(cifar, dtype, tmp_path):
+    """Each replica's rows of every mini-batch of an epoch, in the model's
+    dtype, are the bytes that the float32 sets and their converter gave."""
+    cifar.write_tarball(tmp_path / cifar.archive)
+    train, test, _ = data.load_dataset(cifar.variant, str(tmp_path), None, None, 0)
+    n_replicas = 3
+    with chainer.using_config('dtype', numpy.dtype(dtype)):
+        for split, new_set in (('train', train), ('test', test)):
+            old_set = _old_sets(cifar)[split]
+            for replica in range(n_replicas):
+                def my_rows(n, replica=replica):
+                    return channel_range(n, n_replicas, replica)
+                new = _epoch(_iterator(new_set, split),
+                             data.batch_converter(cifar.variant, my_rows))
+                old = _epoch(_iterator(old_set, split), _old_converter(replica, n_replicas))
+                _assert_same_bytes(new, old, len(old_set))
+    # All 256 byte values occur, so every product of the multiply was compared.
+    assert len(numpy.unique(cifar.train_images)) == 256
+
+
+def test_every_rank_gets_the_old_float32_batches_bit_for_bit(cifar, tmp_path):
+    """As train.py draws and converts them, on 3 processes as 3 replicas and
+    as one: rank 0 converts the uint8 it holds, the others the float32
+    copies that the multi-node iterator sends them; each rank's rows of
+    every batch are those of the float32 sets and converter of before."""
+    cifar.write_tarball(tmp_path / cifar.archive)
+    out = tmp_path / 'batches.pickle'
+    run_mpi(3, 'tests/workers/batches_worker.py', cifar.variant, str(tmp_path), str(out))
+    with open(out, 'rb') as file:
+        ranks = pickle.load(file)
+    old_sets = _old_sets(cifar)
+    assert len(ranks) == 3
+    for seen in ranks:
+        assert sorted(seen) == [(1, 'float32'), (1, 'float64'), (3, 'float32'), (3, 'float64')]
+        for (_, dtype), run in seen.items():
+            old = _old_converter(run['replica'], run['replicas'])
+            with chainer.using_config('dtype', numpy.dtype(dtype)):
+                for split, old_set in old_sets.items():
+                    _assert_same_bytes(run[split], _epoch(_iterator(old_set, split), old),
+                                       len(old_set))
+
+
+def test_the_sets_hold_the_bytes_of_the_files(tmp_path):
+    """What stays allocated after loading is the files' uint8 images (and
+    the labels), not the four times larger float32; nor does loading make
+    a float32 copy on the way."""
+    cifar = Cifar('cifar10', n_train=2000, n_test=500, seed=12)
+    cifar.write_tarball(tmp_path / cifar.archive)
+    image_bytes = (2000 + 500) * 3 * 32 * 32
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        train, test, _ = data.load_dataset('cifar10', str(tmp_path), None, None, 0)
+        held, peak = (traced - before for traced in tracemalloc.get_traced_memory())
+    finally:
+        tracemalloc.stop()
+    assert train[0][0].dtype == test[0][0].dtype == numpy.uint8
+    assert image_bytes <= held < 1.1 * image_bytes, held
+    assert peak < 4 * image_bytes, peak
+
+
+def test_synthetic_batches_are_its_float32_images(tmp_path):
+    """The synthetic set stays float32: a float32 batch is its images bit
+    for bit, a float64 one the same values widened."""
+    train, _, _ = data.load_dataset('synthetic', None, 50, 10, 0)
+    held, labels = _held(train)
+    for dtype in (numpy.float32, numpy.float64):
+        images, batch_labels = _batch(train, 'synthetic', dtype)
+        assert images.dtype == dtype
+        assert images.tobytes() == held.astype(dtype).tobytes()
+        numpy.testing.assert_array_equal(batch_labels, labels)
 
 
 def test_missing_file_is_an_error_naming_it(cifar, tmp_path):
@@ -254,7 +397,7 @@ def test_download_is_read_by_our_reader_and_cached_for_chainer(variant, chainer_
                       'cifar100': ('cifar-100.npz', chainer.datasets.get_cifar100)}[variant]
     assert (chainer_root / 'pfnet' / 'chainer' / 'cifar' / cached).is_file()
     for chainer_split, our_split in zip(getter(scale=1.), (train, test)):
-        for chainer_array, our_array in zip(_arrays(chainer_split), _arrays(our_split)):
+        for chainer_array, our_array in zip(_held(chainer_split), _batch(our_split)):
             assert our_array.dtype == chainer_array.dtype
             numpy.testing.assert_array_equal(our_array, chainer_array)
 
@@ -325,7 +468,7 @@ def test_synthetic_shapes_types_and_range():
     train, test, n_classes = data.load_dataset('synthetic', None, None, None, 0)
     assert (len(train), len(test), n_classes) == (5000, 1000, 10)
     for split in (train, test):
-        images, labels = _arrays(split)
+        images, labels = _held(split)
         assert images.dtype == numpy.float32 and images.shape[1:] == (3, 32, 32)
         assert labels.dtype == numpy.int32
         assert images.min() >= 0 and images.max() <= 1
@@ -337,19 +480,19 @@ def test_synthetic_is_deterministic_per_seed():
     again = data.load_dataset('synthetic', None, 300, 100, 1)
     other = data.load_dataset('synthetic', None, 300, 100, 2)
     for split in range(2):
-        for same_a, same_b, different in zip(_arrays(first[split]), _arrays(again[split]),
-                                             _arrays(other[split])):
+        for same_a, same_b, different in zip(_held(first[split]), _held(again[split]),
+                                             _held(other[split])):
             numpy.testing.assert_array_equal(same_a, same_b)
             assert not numpy.array_equal(same_a, different)
     # train and test are different draws, not the same examples
-    assert not numpy.array_equal(_arrays(first[0])[0][:100], _arrays(first[1])[0])
+    assert not numpy.array_equal(_held(first[0])[0][:100], _held(first[1])[0])
 
 
 def test_synthetic_sizes_keep_the_first_examples():
     small = data.load_dataset('synthetic', None, 40, 10, 3)
     full = data.load_dataset('synthetic', None, None, None, 3)
     for split, size in ((0, 40), (1, 10)):
-        for small_array, full_array in zip(_arrays(small[split]), _arrays(full[split])):
+        for small_array, full_array in zip(_held(small[split]), _held(full[split])):
             numpy.testing.assert_array_equal(small_array, full_array[:size])
 
 
@@ -357,9 +500,9 @@ def test_synthetic_is_separable_by_class_means():
     """A nearest-class-mean classifier fit on train must score far above
     chance (10%) on test: the classes differ in more than noise."""
     train, test, _ = data.load_dataset('synthetic', None, 2000, 500, 0)
-    images, labels = _arrays(train)
+    images, labels = _held(train)
     means = numpy.stack([images[labels == k].mean(axis=0).ravel() for k in range(10)])
-    test_images, test_labels = _arrays(test)
+    test_images, test_labels = _held(test)
     flat = test_images.reshape(len(test_images), -1)
     distances = ((flat ** 2).sum(1)[:, None] - 2 * flat @ means.T
                  + (means ** 2).sum(1)[None, :])
