@@ -5,11 +5,13 @@ input again in the backward pass. Holding the gathered input until then
 would keep a full-size copy per layer on every rank, so that per-rank memory
 would fall far less than 1/K. So a convolution fed by another parallel
 layer takes that layer's slice and gathers it itself
-(``_GatheredSliceConvolution``): it keeps only the slice, and gathers it
-again in the backward pass, where the gathered input, its layout for the
-method and the partial input gradient live only while that one layer runs
-(docs/memory.md). ``keep_gathered`` keeps the gathered input instead: one
-all-gather fewer per layer, for more memory.
+(``_GatheredSliceConvolution``): it keeps only the slice between the passes,
+and gathers it again in the backward pass. What is full-size on every rank
+(the gathered input, its layout for the method, the partial input gradient
+before its reduce-scatter) exists only while that one layer runs, and then
+for CHUNK_BYTES' worth of rows at a time, so that it does not grow with
+the batch (docs/memory.md). ``keep_gathered`` keeps the gathered input
+instead: one all-gather fewer per layer, for more memory.
 """
 import chainer
 import chainer.functions as F
@@ -22,6 +24,11 @@ from models.dropout import channel_slice_dropout
 from models.kernels.conv_cpu import SlicePlan, check_arguments, convolution_2d
 from models.kernels.pooling import max_pooling_2x2
 from models.partition import channel_range
+
+# Rows of the batch that a convolution handles at once, as many as keep its
+# full-size arrays near this many bytes (the gathered input; its layout and
+# workspaces are a few times that).
+CHUNK_BYTES = 4 * 2**20
 
 
 def lecun_normal(shape: tuple, rng: numpy.random.Generator) -> numpy.ndarray:
@@ -73,13 +80,13 @@ class ParallelConvolution2D(chainer.Link):
             self.W = chainer.Parameter(full_W[start:stop].copy())
 
     def forward(self, x):
-        if not self.gathers_input:
-            return convolution_2d(x, self.W, self.pad, keep_laid_out=self.keep_gathered)
         if self.keep_gathered or chainer.backend.get_array_module(x) is not numpy:
             # On a GPU, Chainer's convolution keeps its input: gathered here.
-            x = gather_into_parallel(self.comm, x, self.in_channels)
+            if self.gathers_input:
+                x = gather_into_parallel(self.comm, x, self.in_channels)
             return convolution_2d(x, self.W, self.pad)
-        y, = _GatheredSliceConvolution(self.comm, self.in_channels, self.pad).apply((x, self.W))
+        comm = self.comm if self.gathers_input else None
+        y, = _GatheredSliceConvolution(comm, self.in_channels, self.pad).apply((x, self.W))
         return y
 
 
@@ -87,10 +94,13 @@ class _GatheredSliceConvolution(function_node.FunctionNode):
     """Forward: all-gather the input's channel slices, then convolve by my filters;
     backward: all-gather again, then reduce-scatter the partial input gradients.
 
-    Retains only the input's slice and the filters: the gathered input and
-    its layout exist only while this layer's forward, then its backward,
-    runs. The gradients are those of gather_into_parallel followed by
-    convolution_2d, exactly: the same gathers, the same arithmetic.
+    Retains only the input's slice and the filters. Both passes go through
+    the batch CHUNK_BYTES at a time: the gathered rows and their layout
+    live only while their chunk runs. The gradients are those of
+    gather_into_parallel followed by convolution_2d, the filter gradient
+    summed over the chunks. With ``comm`` None the input is already whole
+    (the image, into the first layer): nothing is gathered, and it gets no
+    gradient.
     """
 
     def __init__(self, comm, in_channels: int, pad: int):
@@ -98,34 +108,65 @@ class _GatheredSliceConvolution(function_node.FunctionNode):
         self.in_channels = in_channels
         self.pad = pad
 
+    def gathered(self, x: numpy.ndarray) -> numpy.ndarray:
+        return x if self.comm is None else allgather_channels(self.comm, x, self.in_channels)
+
+    def chunks(self, x: numpy.ndarray) -> list[slice]:
+        """The chunks of rows of ``x``, each gathered about CHUNK_BYTES."""
+        if not len(x):
+            return [slice(0, 0)]
+        row_bytes = x.itemsize * x[0].size * self.in_channels // x.shape[1]
+        rows = max(1, CHUNK_BYTES // row_bytes)
+        return [slice(start, start + rows) for start in range(0, len(x), rows)]
+
     def forward_cpu(self, inputs):
         x, W = inputs
         self.retain_inputs((0, 1))
-        full = allgather_channels(self.comm, x, self.in_channels)
-        check_arguments(full, W, self.pad)
-        self.plan = SlicePlan(full.shape, W.shape, self.pad)
-        return self.plan.forward(full, W, keep=False),
+        y = None
+        for rows in self.chunks(x):
+            full = self.gathered(x[rows])
+            check_arguments(full, W, self.pad)
+            part = SlicePlan(full.shape, W.shape, self.pad).forward(full, W, keep=False)
+            if y is None:
+                y = numpy.empty((len(x),) + part.shape[1:], part.dtype)
+            y[rows] = part
+        return y,
 
     def backward(self, indexes, grad_outputs):
         x, W = self.get_retained_inputs()
-        gx, gW = _GatheredSliceConvolutionGrad(self).apply((x, W) + grad_outputs)
-        return tuple((gx, gW)[i] for i in indexes)
+        grads = _GatheredSliceConvolutionGrad(self, 0 in indexes).apply((x, W) + grad_outputs)
+        return tuple(grads[0] if i == 1 else grads[1] for i in indexes)
 
 
 class _GatheredSliceConvolutionGrad(function_node.FunctionNode):
-    """Both gradients of _GatheredSliceConvolution; not differentiable again."""
+    """Both gradients of _GatheredSliceConvolution (the filters', then the input's, if
+    needed); not differentiable again."""
 
-    def __init__(self, convolution: _GatheredSliceConvolution):
+    def __init__(self, convolution: _GatheredSliceConvolution, input_grad_needed: bool):
         self.convolution = convolution
+        self.input_grad_needed = input_grad_needed
 
     def forward_cpu(self, inputs):
         x, W, gy = inputs
         convolution = self.convolution
-        full = allgather_channels(convolution.comm, x, convolution.in_channels)
-        convolution.plan.lay_out(full, W)
-        del full
-        gW, partial = convolution.plan.gradients(gy, input_grad_needed=True)
-        return reduce_scatter_channels(convolution.comm, partial), gW
+        gW = gx = None
+        if self.input_grad_needed:
+            gx = numpy.empty_like(x)
+        for rows in convolution.chunks(x):
+            full = convolution.gathered(x[rows])
+            plan = SlicePlan(full.shape, W.shape, convolution.pad)
+            plan.lay_out(full, W)
+            del full
+            part, partial = plan.gradients(gy[rows], self.input_grad_needed)
+            if gW is None:
+                gW = part
+            else:
+                gW += part
+            if self.input_grad_needed:
+                # Into a whole input, as convolution_2d gives it: this rank's part.
+                gx[rows] = (partial if convolution.comm is None
+                            else reduce_scatter_channels(convolution.comm, partial))
+        return (gW,) if gx is None else (gW, gx)
 
     def backward(self, indexes, grad_outputs):
         raise NotImplementedError('a parallel convolution does not support double backprop')

@@ -60,21 +60,21 @@ _TRANSFORM_COST = {Winograd2x2: 30.0, Winograd4x4: 45.0}
 
 def convolution_2d(x: chainer.Variable | numpy.ndarray,
                    W: chainer.Variable | numpy.ndarray,
-                   pad: int, keep_laid_out: bool = True) -> chainer.Variable:
+                   pad: int) -> chainer.Variable:
     """Stride-1 convolution without bias of the full input by a filter slice.
 
     x: (B, C_in, H, W) float array or Variable; W: (c_out, C_in, k, k) with k
     odd; 0 <= pad <= k // 2. Returns a Variable of shape (B, c_out, H_out,
     W_out). Its backward gives the exact filter gradient and, only if x
     requires a gradient, this slice's partial input gradient. Between the
-    two passes it keeps x laid out for its method (``keep_laid_out``, the
-    faster), or else x itself, laid out again in the backward pass (see
-    ``SlicePlan``). CuPy arrays go to chainer.functions.convolution_2d.
+    two passes it keeps x laid out for its method (see ``SlicePlan`` for a
+    convolution that keeps less). CuPy arrays go to
+    chainer.functions.convolution_2d.
     """
     if chainer.backend.get_array_module(x, W) is not numpy:
         return F.convolution_2d(x, W, pad=pad)
     check_arguments(_array(x), _array(W), pad)
-    y, = _SliceConvolution(pad, keep_laid_out).apply((x, W))
+    y, = _SliceConvolution(pad).apply((x, W))
     return y
 
 
@@ -172,24 +172,17 @@ class SlicePlan:
 
 
 class _SliceConvolution(function_node.FunctionNode):
-    """Forward: x convolved by W; with ``keep``, the laid-out x is kept for the
-    backward pass, otherwise x itself is retained and laid out again there."""
+    """Forward: x convolved by W, keeping x laid out (neither x nor W is retained)."""
 
-    def __init__(self, pad: int, keep: bool):
+    def __init__(self, pad: int):
         self.pad = pad
-        self.keep = keep
 
     def forward_cpu(self, inputs):
         x, W = inputs
         self.plan = SlicePlan(x.shape, W.shape, self.pad)
-        if not self.keep:
-            self.retain_inputs((0, 1))
-        return self.plan.forward(x, W, self.keep),
+        return self.plan.forward(x, W, keep=True),
 
     def backward(self, indexes, grad_outputs):
-        if not self.keep:
-            x, W = self.get_retained_inputs()
-            self.plan.lay_out(x.array, W.array)
         grad = _SliceConvolutionGrad(self.plan, 0 in indexes)
         gW, *gx = grad.apply(grad_outputs)
         return tuple(gx[0] if i == 0 else gW for i in indexes)
