@@ -237,15 +237,25 @@ def _parse_batch(payload: bytes, where: str, cifar: _Cifar,
     """(uint8 rows (N, 3072), int32 labels (N,)) of one pickled batch."""
     try:
         batch = safe_pickle.loads(payload)
-    except safe_pickle.RefusedGlobal as refused:
-        raise DataError(f'{where} tries to load {refused.name}, which no CIFAR batch '
-                        f'holds: refused, as loading it could run code; {fix}') from refused
+    except safe_pickle.Refused as refused:
+        raise DataError(f'{where} {refused.what}: refused, as loading it could run code; '
+                        f'{_refused_fix(payload, fix)}') from refused
     except Exception as err:  # unpickling garbage can raise almost anything
         raise DataError(f'{where} is not a readable pickle ({_one_line(err)}): {fix}') from err
     if not isinstance(batch, dict) or b'data' not in batch or cifar.label_key not in batch:
         raise DataError(f'{where} is not a CIFAR batch (no {b"data"!r} and '
                         f'{cifar.label_key!r} entries): {fix}')
     return _checked(batch[b'data'], batch[cifar.label_key], where, cifar, fix)
+
+
+def _refused_fix(payload: bytes, fix: str) -> str:
+    """What to do about a refused batch: ``fix``, the way to the authors' file,
+    if Python 2 wrote it as it wrote theirs; if not, how to write it again."""
+    if safe_pickle.python2_wrote(payload):
+        return fix
+    return ("the file is not the authors' (Python 2 wrote theirs): write it with only "
+            "dicts, lists, ints, bytes and numpy arrays of numbers in it (any pickle "
+            f"protocol loads); for the authors' own, {fix}")
 
 
 def _checked(rows, labels, where: str, cifar: _Cifar,

@@ -51,6 +51,8 @@ LINE_S = 1.0
 GRACE_S = 3.0
 ABORT_WAIT_S = 5
 _TAG = 1
+# A rank's last heartbeat, after which it sends none (the others carry 0 or 1).
+_LAST = -1.0
 
 
 class _MainThread:
@@ -123,7 +125,7 @@ class Watchdog:
         self.thread.start()
 
     def finish(self) -> None:
-        """Wait for every rank to get here, then stop (collective)."""
+        """Wait for every rank to get here, then stop, every heartbeat taken (collective)."""
         done = MPI.Intracomm.Ibarrier(self.comm)
         _main.entered('the last barrier', 'all ranks')
         while not done.Test():
@@ -155,6 +157,8 @@ class Watchdog:
             if now - since > self.timeout and since == _main.since:
                 self._end(self._line(now - since, call))
         if beating:
+            self._part(incoming, receives)
+        else:
             for receive in receives.values():
                 receive.Cancel()
                 receive.Wait()
@@ -170,12 +174,40 @@ class Watchdog:
                 self.sends.append((peer, self.comm.Isend(state, peer, _TAG), state))
 
     def _receive(self, now: float, incoming: dict, receives: dict) -> None:
-        """Note the heartbeats that came, and post the next receives."""
-        for peer, receive in receives.items():
+        """Note the heartbeats that came, and post the next receives: none
+        after a rank's last, whose receive leaves ``receives``."""
+        for peer, receive in list(receives.items()):
             while receive.Test():
                 self.heard[peer] = now
+                if incoming[peer][0] == _LAST:
+                    del receives[peer]
+                    break
                 self.waiting[peer] = bool(incoming[peer][0])
                 receive = receives[peer] = self.comm.Irecv(incoming[peer], peer, _TAG)
+
+    def _part(self, incoming: dict, receives: dict) -> None:
+        """After the last barrier: send every rank a last heartbeat, and take
+        every heartbeat sent to this one, up to each rank's last.
+
+        MPI keeps the order of one rank's messages to another, so none is
+        left behind: a heartbeat sent just before the end, after its
+        receiver had cancelled its receive, stayed in MPI's queue, and
+        MPI_Finalize over UCX (across hosts) warned that an "unexpected
+        tag-receive descriptor ... was not matched". A rank lost at the very
+        end is waited for up to the timeout, as in any exchange, then left.
+        """
+        last = numpy.array([_LAST])
+        self.sends += [(peer, self.comm.Isend(last, peer, _TAG), last)
+                       for peer in range(self.size) if peer != self.rank]
+        deadline = time.monotonic() + self.timeout
+        sends = [request for _, request, _ in self.sends]
+        while ((receives or not MPI.Request.Testall(sends))
+               and time.monotonic() < deadline):
+            self._receive(time.monotonic(), incoming, receives)
+            time.sleep(0.001)
+        for receive in receives.values():
+            receive.Cancel()
+            receive.Wait()
 
     def _line(self, seconds: float, call) -> str:
         me = f'rank {self.rank} ({self.hosts[self.rank]})'

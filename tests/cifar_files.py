@@ -7,12 +7,17 @@ exactly that, the numpy array included as Python 2's numpy pickled it
 numpy runs the tests: job/data.py and chainer's own reader read these files as
 they read the real ones. It also writes what a crafted file would hold
 (Global, Call), without importing what it names.
+
+python3_pickle writes what Python 3's pickle writes, in any protocol, with
+numpy's module spelled as numpy 1 or numpy 2 spells it, whichever runs.
 """
 import io
 import os
 import pickle
 import struct
 import tarfile
+import types
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy
@@ -20,6 +25,8 @@ import numpy
 # Where numpy 1, which wrote the authors' files, keeps _reconstruct; numpy 2
 # names numpy._core.multiarray.
 NUMPY1_MULTIARRAY = 'numpy.core.multiarray'
+# The package of numpy's core modules, by numpy's major version.
+NUMPY_CORE = {1: 'numpy.core', 2: 'numpy._core'}
 # A module that would create the marker file if a pickle made Python import it.
 MARKER_MODULE = 'cifar_files_marker'
 
@@ -29,6 +36,13 @@ class Global:
     """A module-level name as a pickle refers to it; the writer never imports it."""
     module: str
     name: str
+
+
+@dataclass(frozen=True)
+class SetState:
+    """The state of ``target``, a Call written earlier in the file, set again."""
+    target: 'Call'
+    state: object
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,13 @@ class _Python2Pickler(pickle._Pickler):
     def save_call(self, obj: Call) -> None:
         self._save_call(obj, obj)
 
+    def save_set_state(self, obj: SetState) -> None:
+        self.write(self.get(self.memo[id(obj.target)][0]))
+        self.save(obj.state)
+        self.write(pickle.BUILD)
+
     dispatch[bytes] = save_python2_str
+    dispatch[SetState] = save_set_state
     dispatch[Global] = save_global_name
     dispatch[Call] = save_call
 
@@ -107,6 +127,74 @@ def python2_pickle(obj, multiarray: str = NUMPY1_MULTIARRAY) -> bytes:
     _reconstruct (numpy 2's numpy._core.multiarray for a file numpy 2 wrote)."""
     buffer = io.BytesIO()
     _Python2Pickler(buffer, multiarray).dump(obj)
+    return buffer.getvalue()
+
+
+class _Python3Pickler(pickle._Pickler):
+    """pickle.dumps as Python 3 writes, with numpy's functions named in ``core``.
+
+    pickle's own pickler in Python, which writes what the C one writes (the
+    tests compare it with bytes that numpy 1.26 and 2.4 wrote), but whose
+    save_global can be told another name for numpy's core package.
+    """
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def __init__(self, file, protocol: int, core: str):
+        super().__init__(file, protocol=protocol)
+        self.core = core
+
+    def save_global(self, obj, name=None) -> None:
+        module = getattr(obj, '__module__', None) or ''
+        package, _, rest = module.partition('.core.')
+        if package != 'numpy':
+            package, _, rest = module.partition('._core.')
+        if package != 'numpy' or not rest:
+            super().save_global(obj, name)
+            return
+        self._write_global(f'{self.core}.{rest}', obj.__name__)
+        self.memoize(obj)
+
+    # Python functions (_frombuffer) come here through the table, which
+    # holds pickle's own save_global; C ones (_reconstruct) through their
+    # __reduce_ex__.
+    dispatch[types.FunctionType] = save_global
+
+    def _write_global(self, module: str, name: str) -> None:
+        """What save_global writes for a module-level name in this protocol."""
+        if self.proto >= 4:
+            self.save(module)
+            self.save(name)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + f'{module}\n{name}\n'.encode())
+
+    def save_named_global(self, obj: Global) -> None:
+        self._write_global(obj.module, obj.name)
+        self.memoize(obj)
+
+    def save_call(self, obj: Call) -> None:
+        self.save(obj.function)
+        self.save(obj.args)
+        self.write(pickle.REDUCE)
+        self.memoize(obj)
+        if obj.state is not None:
+            self.save(obj.state)
+            self.write(pickle.BUILD)
+
+    dispatch[Global] = save_named_global
+    dispatch[Call] = save_call
+
+
+def python3_pickle(obj, protocol: int, numpy_major: int = 2) -> bytes:
+    """pickle.dumps(obj, protocol) as Python 3 and numpy ``numpy_major`` (1 or 2)
+    write it, under the numpy that runs the tests; Global and Call as a
+    crafted file would hold them.
+
+    The two numpy write the same reductions (_reconstruct, and in protocol 5
+    _frombuffer for a contiguous array) from modules of different names.
+    """
+    buffer = io.BytesIO()
+    _Python3Pickler(buffer, protocol, NUMPY_CORE[numpy_major]).dump(obj)
     return buffer.getvalue()
 
 
@@ -136,9 +224,15 @@ def rows(images: numpy.ndarray) -> numpy.ndarray:
 
 
 class Cifar:
-    """A small CIFAR variant: its members as bytes and the images they hold."""
+    """A small CIFAR variant: its members as bytes and the images they hold.
 
-    def __init__(self, variant: str, n_train: int, n_test: int, seed: int):
+    ``writer`` pickles each member: by default as the authors' files were
+    written (python2_pickle); python3_pickle for a copy written again.
+    """
+
+    def __init__(self, variant: str, n_train: int, n_test: int, seed: int,
+                 writer: Callable[[object], bytes] = python2_pickle):
+        self.writer = writer
         rng = numpy.random.default_rng(seed)
         self.variant = variant
         self.n_classes = 10 if variant == 'cifar10' else 100
@@ -163,19 +257,19 @@ class Cifar:
                      b'fine_labels': labels,
                      b'coarse_labels': [label // 5 for label in labels],
                      b'data': rows(images)}
-        return python2_pickle(batch)
+        return self.writer(batch)
 
     def _members(self) -> dict[str, bytes]:
         """Member name (under self.folder) to content, in a scrambled order
         like the real tarballs, with the metadata members job/data.py ignores."""
         if self.variant == 'cifar100':
             return {
-                'meta': python2_pickle({b'fine_label_names': [b'x'] * 100}),
+                'meta': self.writer({b'fine_label_names': [b'x'] * 100}),
                 'test': self._batch(self.test_images, self.test_labels, b'testing batch 1 of 1'),
                 'train': self._batch(self.train_images, self.train_labels,
                                      b'training batch 1 of 1'),
             }
-        members = {'batches.meta': python2_pickle({b'label_names': [b'x'] * 10}),
+        members = {'batches.meta': self.writer({b'label_names': [b'x'] * 10}),
                    'readme.html': b'<html></html>',
                    'test_batch': self._batch(self.test_images, self.test_labels,
                                              b'testing batch 1 of 1')}
@@ -191,7 +285,7 @@ class Cifar:
         """Adds key: value to the batch in member, as a crafted file would."""
         batch = pickle.loads(self.members[member], encoding='bytes')
         batch[key] = value
-        self.members[member] = python2_pickle(batch)
+        self.members[member] = self.writer(batch)
 
     def write_tarball(self, path, leave_out: str | None = None) -> str:
         with tarfile.open(path, 'w:gz') as archive:

@@ -79,6 +79,9 @@ def test_two_hosts_train_the_one_process_run(train_across, one_process, procs,
                                              model_parallel):
     out, result = train_across(procs, model_parallel)
     assert f'CPU, {2 * procs} processes' in result.stdout
+    # Nothing left behind at the end: UCX (whose log goes to stdout) warned
+    # of each message that no receive took (tests/job/test_watchdog.py).
+    assert not re.search(r'UCX +WARN', result.stdout + result.stderr), result.stdout
     info = json.loads((out / 'run.json').read_text())
     assert (info['processes'], info['replicas']) == (2 * procs, 2 * procs // model_parallel)
     check_same_run(out, one_process, HYBRID_TOLERANCE)

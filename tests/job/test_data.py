@@ -22,7 +22,7 @@ import pytest
 from chainer.datasets import TupleDataset
 from chainer.iterators import SerialIterator, ShuffleOrderSampler
 
-from cifar_files import Cifar, code_runners, python2_pickle, rows
+from cifar_files import Call, Cifar, Global, code_runners, python2_pickle, python3_pickle, rows
 from conftest import REPO, run_mpi
 from models.partition import channel_range
 
@@ -374,6 +374,55 @@ def test_batch_that_would_run_code_is_refused_naming_member_and_global(runner, m
         assert message.startswith(f'{where} tries to load {runner},'), message
         assert 'could run code' in message and 're-download' in message
     assert not marker.exists()
+
+
+def _python3_writer(protocol: int, numpy_major: int):
+    return lambda obj: python3_pickle(obj, protocol, numpy_major)
+
+
+@pytest.mark.parametrize('numpy_major', [1, 2])
+@pytest.mark.parametrize('protocol', range(6))
+def test_a_copy_python3_wrote_gives_the_same_images(protocol, numpy_major, tmp_path):
+    """Batches written again by Python 3 (a subset, a relabelled copy), in any
+    protocol, as numpy 1 or 2 writes them: from a tarball and a folder."""
+    cifar = Cifar('cifar10', n_train=20, n_test=5, seed=12,
+                  writer=_python3_writer(protocol, numpy_major))
+    cifar.write_tarball(tmp_path / cifar.archive)
+    cifar.write_folder(tmp_path / 'folder')
+    for root in (tmp_path, tmp_path / 'folder'):
+        train, test, _ = data.load_dataset('cifar10', str(root), None, None, 0)
+        _check_values(train, cifar.train_images, cifar.train_labels)
+        _check_values(test, cifar.test_images, cifar.test_labels)
+
+
+@pytest.mark.parametrize('protocol', [2, 5])
+def test_a_refused_name_in_a_copy_python3_wrote_says_what_to_write(protocol, marker,
+                                                                    tmp_path):
+    """Not the authors' file: the line says what a batch written again may
+    hold, and re-downloading only as the way to the authors' own."""
+    cifar = Cifar('cifar10', n_train=10, n_test=5, seed=13, writer=_python3_writer(protocol, 2))
+    cifar.add_entry('data_batch_3', b'extra', code_runners(str(marker))['os.system'])
+    path = cifar.write_tarball(tmp_path / cifar.archive)
+    message = _data_error('cifar10', str(tmp_path), None, None, 0)
+    assert message == (
+        f"{path} member cifar-10-batches-py/data_batch_3 tries to load os.system, which no "
+        f"CIFAR batch holds: refused, as loading it could run code; the file is not the "
+        f"authors' (Python 2 wrote theirs): write it with only dicts, lists, ints, bytes and "
+        f"numpy arrays of numbers in it (any pickle protocol loads); for the authors' own, "
+        f"re-download {cifar.archive} from {data.CIFAR_PAGE} and put it in {tmp_path}")
+    assert not marker.exists()
+
+
+def test_an_allowed_name_misused_is_refused_in_one_line(tmp_path):
+    """A dtype of Python objects (whose array would read its bytes as pointers)."""
+    cifar = Cifar('cifar10', n_train=10, n_test=5, seed=14)
+    cifar.add_entry('test_batch', b'extra', Call(Global('numpy', 'dtype'), (b'O8', 0, 1)))
+    path = cifar.write_tarball(tmp_path / cifar.archive)
+    message = _data_error('cifar10', str(tmp_path), None, None, 0)
+    assert message.startswith(
+        f"{path} member cifar-10-batches-py/test_batch calls numpy.dtype for dtype('O'), a "
+        f"type of Python objects, fields or sub-arrays, which no CIFAR batch holds: refused, "
+        f"as loading it could run code; re-download {cifar.archive}"), message
 
 
 def _plant_download(chainer_root, cifar: Cifar) -> str:
