@@ -81,10 +81,13 @@ def run_label(info: dict) -> str:
 
     (2x2): 2 replicas x 2 processes per channel group (--model-parallel);
     runs of one replica, and run.json files older than replicas, say neither.
+    A --width other than 1 follows the scheme ('2 proc, exact, width 2, ...');
+    VGG16's own width, and run.json files older than --width, say none.
     """
     grid = (f" ({info['replicas']}x{info.get('model_parallel', '?')})"
             if info.get('replicas', 1) > 1 else "")
-    return (f"{info.get('processes', '?')} proc{grid}, {info.get('scheme', '?')}, "
+    width = f", width {info['width']}" if info.get('width', 1) != 1 else ""
+    return (f"{info.get('processes', '?')} proc{grid}, {info.get('scheme', '?')}{width}, "
             f"{info.get('dataset', '?')}, b{info.get('batchsize', '?')}")
 
 

@@ -52,7 +52,8 @@ def train(args: argparse.Namespace, comm) -> None:
                                            n_classes, grid.channels.size, only_rank0=True))
                 if args.resume else None)
 
-    vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype)
+    vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype,
+                               width=args.width)
     model = recipe.build_classifier(vgg, grid, device)
     optimizer = recipe.make_optimizer(model, grid, args.learnrate)
 
@@ -103,7 +104,8 @@ def evaluate(args: argparse.Namespace, comm) -> None:
     _, test_set, n_classes = read_data(args, comm, 1)
     weights = comm.bcast_obj(run_checked(comm, checkpoint.read_model, args.evaluate, args,
                                          n_classes, grid.channels.size, only_rank0=True))
-    vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype)
+    vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype,
+                               width=args.width)
     model = recipe.build_classifier(vgg, grid, device)
     run_checked(comm, checkpoint.load_model, vgg, grid, weights, args.evaluate)
     # The Evaluator the training runs, on the same batches: the same means.
@@ -165,6 +167,8 @@ def print_header(args: argparse.Namespace, comm, grid: ProcessGrid, n_classes: i
                  train_size: int, test_size: int) -> None:
     device = 'GPU' if args.gpu else 'CPU'
     network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
+    if args.width != 1:
+        network += f', {args.width} times as wide (--width {args.width})'
     print(f'{network} on {args.dataset} ({n_classes} classes, '
           f'{train_size} train / {test_size} test images)')
     layout = (f' ({grid.n_replicas} replicas x {grid.channels.size} channel ranks)'

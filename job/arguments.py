@@ -14,6 +14,7 @@ from models import NETWORKS
 from models.grouped import GROUPED_INPUT_CHANNELS
 from models.vgg import VGG16_BLOCKS
 
+# At --width 1; --width W multiplies every layer's channels by W.
 NARROWEST_LAYER = min(channels for _, channels, *_ in VGG16_BLOCKS)
 # --timeout's default, in seconds: docs/recovery.md#a-lost-host-ends-the-job says why.
 DEFAULT_TIMEOUT_S = 300
@@ -56,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="exact: VGG16 split by output channel (default); grouped: the "
                              "original example's scheme, a smaller network with one group of "
                              "input channels per process (see docs/original.md)")
+    parser.add_argument('--width', type=int, default=1, metavar='W',
+                        help="W times VGG16's channels per convolution (default 1)")
     parser.add_argument('--train-size', type=int, metavar='N',
                         help='use only the first N training examples')
     parser.add_argument('--test-size', type=int, metavar='N',
@@ -103,6 +106,8 @@ def check_args(args: argparse.Namespace, n_processes: int) -> None:
         raise UsageError(f'--frequency must be a number of epochs (1 or more) or -1, '
                          f'got {args.frequency}')
     model_parallel = None if args.model_parallel == AUTO else args.model_parallel
+    if args.width < 1:
+        raise UsageError(f'--width must be a whole number, 1 or more, got {args.width}')
     for flag, value in (('--train-size', args.train_size), ('--test-size', args.test_size),
                         ('--model-parallel', model_parallel)):
         if value is not None and value <= 0:
@@ -131,14 +136,17 @@ def _grid_problem(args: argparse.Namespace, n_processes: int, k: int) -> str | N
     # What fixed K, in the messages.
     chosen = (f'--model-parallel {k}' if isinstance(args.model_parallel, int)
               else f'{n_processes} processes')
-    if k > NARROWEST_LAYER:
-        advice = (f'run at most {NARROWEST_LAYER} processes, or replicas of smaller channel '
+    narrowest = NARROWEST_LAYER * args.width
+    if k > narrowest:
+        advice = (f'run at most {narrowest} processes, or replicas of smaller channel '
                   'groups (--model-parallel)' if args.model_parallel is None
-                  else f'give at most {NARROWEST_LAYER}')
-        return (f'{chosen}, but the narrowest layer has only {NARROWEST_LAYER} '
-                f'channels to split: {advice}')
+                  else f'give at most {narrowest}')
+        # The width only where it is not VGG16's, to say where the number comes from.
+        width = f' (--width {args.width})' if args.width != 1 else ''
+        return (f'{chosen}, but the narrowest layer has only {narrowest} '
+                f'channels{width} to split: {advice}')
     if n_processes % k:
-        divisors = [d for d in range(1, min(n_processes, NARROWEST_LAYER) + 1)
+        divisors = [d for d in range(1, min(n_processes, narrowest) + 1)
                     if n_processes % d == 0]
         return (f'--model-parallel {k} does not divide the {n_processes} processes '
                 f'into channel groups: give {_one_of(divisors)}')
@@ -152,8 +160,9 @@ def _grid_problem(args: argparse.Namespace, n_processes: int, k: int) -> str | N
         return (f'--gpu with {replicas} replicas: batch normalization over replicas '
                 f'runs on CPU only; run without --gpu, or one replica '
                 f'(--model-parallel {n_processes})')
-    if args.conv == 'grouped' and any(c % k for c in GROUPED_INPUT_CHANNELS):
-        divisor = math.gcd(*GROUPED_INPUT_CHANNELS)
+    grouped_inputs = [channels * args.width for channels in GROUPED_INPUT_CHANNELS]
+    if args.conv == 'grouped' and any(c % k for c in grouped_inputs):
+        divisor = math.gcd(*grouped_inputs)
         counts = [n for n in range(1, divisor + 1) if divisor % n == 0]
         return (f'--conv grouped splits every layer\'s input channels into equal '
                 f'groups, one per process of a channel group, so {chosen} cannot '

@@ -11,7 +11,7 @@ leaves a half-written file under the real name. A file loads into any grid:
 each rank keeps the slices of its channel rank.
 
 A file given to --resume or --evaluate is checked before it is used: one
-that is unreadable, or holds another network or class count, is a user
+that is unreadable, or holds another network, width or class count, is a user
 error (UsageError) that says which file to pass instead.
 """
 import argparse
@@ -126,20 +126,27 @@ def model_arrays(state: dict) -> dict:
 
 def check_model_fits(flag: str, path: str, arrays: dict, args: argparse.Namespace,
                      n_classes: int, channel_ranks: int) -> None:
-    """The file's model must be this run's: the same classes and network.
+    """The file's model must be this run's: the same classes, width and network.
 
     ``channel_ranks``: the processes per channel group, K, which is the
     grouped network's number of groups.
     """
+    first_weights = arrays.get('conv1_1/conv/W')
     last_weights, grouped_weights = arrays.get('fc2/W'), arrays.get('conv2_1/conv/W')
-    if getattr(last_weights, 'ndim', 0) != 2 or getattr(grouped_weights, 'ndim', 0) != 4:
+    # conv1_1 is whole in both networks (models/grouped.py): 64 x --width filters.
+    width, rest = divmod(getattr(first_weights, 'shape', (0,))[0], VGG16_BLOCKS[0][1])
+    if (getattr(last_weights, 'ndim', 0) != 2 or getattr(grouped_weights, 'ndim', 0) != 4
+            or getattr(first_weights, 'ndim', 0) != 4 or rest or not width):
         raise UsageError(f'{flag} {path} holds no VGG16 of train.py: '
                          f'pass {FILES_EXPECTED[flag]} written by train.py')
     if last_weights.shape[0] != n_classes:
         raise UsageError(f'{flag} {path} was written for {last_weights.shape[0]} classes, '
                          f'this dataset has {n_classes}: use the --dataset it was trained on')
+    if width != args.width:
+        raise UsageError(f'{flag} {path} was trained with --width {width}, this run has '
+                         f'--width {args.width}: pass --width {width}')
     # conv2_1 is the first layer whose filters the grouped network narrows.
-    inputs = VGG16_BLOCKS[0][1] // (channel_ranks if args.conv == 'grouped' else 1)
+    inputs = VGG16_BLOCKS[0][1] * width // (channel_ranks if args.conv == 'grouped' else 1)
     if grouped_weights.shape[1] != inputs:
         raise UsageError(f'{flag} {path} holds another network ({grouped_weights.shape[1]} '
                          f'input channels per conv2_1 filter, this one has {inputs}): use its '

@@ -22,15 +22,17 @@ WEIGHT_DECAY = 5e-4
 
 
 def build_network(conv: str, grid: ProcessGrid, n_classes: int, seed: int = 0,
-                  dtype: str = 'float32', keep_gathered: bool = False) -> chainer.Chain:
-    """The network --conv names (a key of models.NETWORKS), in ``dtype``.
+                  dtype: str = 'float32', keep_gathered: bool = False,
+                  width: int = 1) -> chainer.Chain:
+    """The network --conv names (a key of models.NETWORKS), in ``dtype``, ``width``
+    times VGG16's channels (--width).
 
     Split over the channel group; with replicas, this replica's copy.
     ``keep_gathered``: see models.vgg.VGG16.
     """
     chainer.global_config.dtype = numpy.dtype(dtype)
     return NETWORKS[conv](grid.channels, n_classes, seed=seed, replicas=grid.replicas,
-                          keep_gathered=keep_gathered)
+                          keep_gathered=keep_gathered, width=width)
 
 
 def build_classifier(network: chainer.Chain, grid: ProcessGrid,
@@ -70,7 +72,8 @@ def trial_step(args: argparse.Namespace, comm, n_classes: int, device: chainer.b
     def trial(k: int):
         grid = process_grid(comm, k)
         choose_exchanges(grid, device)
-        network = build_network(args.conv, grid, n_classes, args.seed, args.dtype)
+        network = build_network(args.conv, grid, n_classes, args.seed, args.dtype,
+                                width=args.width)
         model = build_classifier(network, grid, device)
         optimizer = make_optimizer(model, grid, args.learnrate)
         rng = numpy.random.RandomState(args.seed)

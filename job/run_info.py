@@ -33,6 +33,8 @@ def collect_run_info(args: argparse.Namespace, n_processes: int, scheme: str,
         "model_parallel": model_parallel,
         "model_parallel_auto": auto,
         "scheme": scheme,
+        # benchmarks/train_plain.py has no --width: its VGG16 is VGG16's width, 1.
+        "width": getattr(args, "width", 1),
         "dataset": args.dataset,
         "train_size": args.train_size,
         "test_size": args.test_size,

@@ -47,13 +47,20 @@ class VGG16(chainer.Chain):
     for its backward pass, instead of its slice, gathered again there
     (models/parallel_convolution.py): less exchange, more memory. The same
     numbers either way.
+
+    ``width``: every convolution's output channels are VGG16_BLOCKS' times
+    ``width``, and so the head's input; the head itself stays HEAD_WIDTH
+    wide (train.py --width). 1 is VGG16, weights and names included.
     """
 
     def __init__(self, comm, n_classes: int = 10, seed: int = 0, dropout: bool = True,
-                 replicas=None, keep_gathered: bool = False):
+                 replicas=None, keep_gathered: bool = False, width: int = 1):
         super().__init__()
+        if width < 1:
+            raise ValueError(f'width must be 1 or more, got {width}')
         self.comm = comm
         self.keep_gathered = keep_gathered
+        self.width = width
         self.replicas = replicas
         self.seed = seed
         self.head_dropout = HEAD_DROPOUT if dropout else 0.0
@@ -65,6 +72,7 @@ class VGG16(chainer.Chain):
             for index, (name, channels, ratio, pool) in enumerate(VGG16_BLOCKS):
                 rng = numpy.random.default_rng([seed, index])
                 ratio = ratio if dropout else 0.0
+                channels *= width
                 conv = self.make_convolution(comm, index, in_channels, channels, rng)
                 setattr(self, name, Block(conv, channels, ratio, pool, replicas))
                 in_channels = channels
@@ -88,7 +96,7 @@ class VGG16(chainer.Chain):
 
     def sliced_channels(self) -> dict[str, int]:
         """Full output channels of each block, whose arrays are all sliced."""
-        return {name: channels for name, channels, *_ in VGG16_BLOCKS}
+        return {name: channels * self.width for name, channels, *_ in VGG16_BLOCKS}
 
     def blocks(self) -> list[Block]:
         return [getattr(self, name) for name, *_ in VGG16_BLOCKS]

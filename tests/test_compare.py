@@ -273,6 +273,18 @@ def test_label_names_replicas_and_channel_group_size(runs, tmp_path):
                       "B": "4 proc, exact, synthetic, b16"}
 
 
+def test_label_names_a_width_other_than_vgg16s(runs, tmp_path):
+    # train.py --width: 2 is named; 1, VGG16's, is labelled as before the flag existed.
+    for width in (1, 2):
+        shutil.copytree(runs["long"], tmp_path / f"w{width}")
+        write_run_info(str(tmp_path / f"w{width}"), {"processes": 2, "scheme": "exact",
+                                                     "width": width, "dataset": "synthetic",
+                                                     "batchsize": 16})
+    legend, _ = parse_text(compare_ok(tmp_path / "w2", tmp_path / "w1"))
+    assert legend == {"A": "2 proc, exact, width 2, synthetic, b16",
+                      "B": "2 proc, exact, synthetic, b16"}
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

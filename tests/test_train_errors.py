@@ -28,6 +28,7 @@ QUICK = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
     (['--model-parallel', '1', '--batchsize', '15'],
      ['--batchsize 15', '2 replicas', 'multiple of 2']),
     (['--model-parallel', '1', '--gpu'], ['--gpu', '2 replicas', 'CPU only']),
+    (['--width', '0'], ['--width', 'whole number, 1 or more', 'got 0']),
     (['--timeout', '0'], ['--timeout', 'seconds greater than 0', 'got 0']),
     (['--timeout', '-5'], ['--timeout', 'got -5']),
     (['--timeout', 'nan'], ['--timeout', 'got nan']),
@@ -53,6 +54,32 @@ def test_more_processes_than_channels_are_refused():
         check_args(args, 65)
     # Replicas of groups of at most 64 run on more.
     check_args(parse_args(QUICK + ['--model-parallel', '64']), 128)
+    # --width 2 doubles the narrowest layer.
+    check_args(parse_args(QUICK + ['--width', '2']), 128)
+    with pytest.raises(UsageError, match=r'^129 processes, but the narrowest layer has only '
+                                         r'128 channels \(--width 2\) to split: run at most 128'):
+        check_args(parse_args(QUICK + ['--width', '2']), 129)
+
+
+@pytest.mark.parametrize('value', ['-1', '0'])
+def test_width_below_1_is_refused(value):
+    from job.arguments import check_args, parse_args
+    from job.errors import UsageError
+    with pytest.raises(UsageError, match=f'^--width must be a whole number, 1 or more, '
+                                         f'got {value}$'):
+        check_args(parse_args(QUICK + ['--width', value]), 2)
+
+
+@pytest.mark.parametrize('value', ['1.5', 'two'])
+def test_width_that_is_no_whole_number_is_argparses_error(value, capsys):
+    # As for every int flag: argparse's usage and its one error line, exit code 2.
+    from job.arguments import parse_args
+    with pytest.raises(SystemExit) as exit:
+        parse_args(QUICK + ['--width', value])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    # The program's name is pytest's here, train.py's when train.py runs.
+    assert error.endswith(f": error: argument --width: invalid int value: '{value}'")
 
 
 @pytest.mark.parametrize('flags, processes, sizes', [
@@ -63,6 +90,8 @@ def test_more_processes_than_channels_are_refused():
     (['--gpu'], 4, [4]),
     # Groups of 3 or 6 cannot split the grouped network's 64 input channels.
     (['--conv', 'grouped', '--batchsize', '12'], 6, [1, 2]),
+    # At --width 3 they can: 192.
+    (['--conv', 'grouped', '--batchsize', '12', '--width', '3'], 6, [1, 2, 3, 6]),
     # Groups of at most 64 processes.
     (['--batchsize', '128', '--train-size', '128'], 128, [1, 2, 4, 8, 16, 32, 64]),
 ])

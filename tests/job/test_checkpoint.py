@@ -76,3 +76,47 @@ def test_resume_of_replicas_on_another_grid_continues_the_run(hybrid_run, proces
     run_mpi(processes, 'train.py', '--out', str(tmp_path), *HYBRID_RUN,
             '--model-parallel', str(model_parallel), '--resume', str(out / 'snapshot_epoch_1'))
     check_same_run(tmp_path, out, HYBRID_TOLERANCE)
+
+
+# --- which file fits which run: check_model_fits, called in-process ----------
+
+def vgg16_arrays(width: int, groups: int = 1) -> dict:
+    """The arrays check_model_fits reads, shaped as train.py saves them: conv1_1
+    and conv2_1's filters and fc2's, of a VGG16 (or with ``groups`` > 1, the
+    grouped network) with ``width`` times its channels."""
+    return {'conv1_1/conv/W': numpy.zeros((64 * width, 3, 3, 3)),
+            'conv2_1/conv/W': numpy.zeros((128 * width, 64 * width // groups, 3, 3)),
+            'fc2/W': numpy.zeros((10, 512))}
+
+
+def fits(arrays: dict, *flags: str, channel_ranks: int = 2, flag: str = '--evaluate'):
+    from job.arguments import parse_args
+    from job.checkpoint import check_model_fits
+    check_model_fits(flag, 'model.npz', arrays, parse_args(list(flags)), 10, channel_ranks)
+
+
+@pytest.mark.parametrize('width', [1, 2, 3])
+@pytest.mark.parametrize('conv', ['exact', 'grouped'])
+def test_a_file_fits_the_run_of_its_width(width, conv):
+    fits(vgg16_arrays(width, 2 if conv == 'grouped' else 1),
+         '--width', str(width), '--conv', conv)
+
+
+@pytest.mark.parametrize('flag', ['--evaluate', '--resume'])
+@pytest.mark.parametrize('saved, given', [(2, 1), (1, 2), (3, 2)])
+def test_a_file_of_another_width_names_the_width_to_pass(flag, saved, given):
+    from job.errors import UsageError
+    for conv, groups in (('exact', 1), ('grouped', 2)):
+        with pytest.raises(UsageError, match=f'^{flag} model.npz was trained with --width '
+                                             f'{saved}, this run has --width {given}: '
+                                             f'pass --width {saved}$'):
+            fits(vgg16_arrays(saved, groups), '--width', str(given), '--conv', conv,
+                 flag=flag)
+
+
+def test_a_first_layer_of_no_width_is_no_vgg16():
+    # 96 filters: no whole multiple of VGG16's 64.
+    from job.errors import UsageError
+    arrays = {**vgg16_arrays(1), 'conv1_1/conv/W': numpy.zeros((96, 3, 3, 3))}
+    with pytest.raises(UsageError, match='holds no VGG16 of train.py'):
+        fits(arrays)

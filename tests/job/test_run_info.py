@@ -27,7 +27,7 @@ def test_records_settings_versions_and_machine():
     info = collect_run_info(train_args(), n_processes=2, scheme="exact")
     assert {k: v for k, v in info.items() if k not in ("versions", "machine")} == {
         "processes": 2, "replicas": 1, "model_parallel": 2, "model_parallel_auto": None,
-        "scheme": "exact", "dataset": "synthetic", "train_size": 256,
+        "scheme": "exact", "width": 1, "dataset": "synthetic", "train_size": 256,
         "test_size": None, "batchsize": 64, "learnrate": 0.05, "epoch": 3, "seed": 7,
         "gpu": False}
     assert info["versions"] == {
@@ -49,6 +49,11 @@ def test_records_settings_versions_and_machine():
 def test_records_replicas_of_channel_groups():
     info = collect_run_info(train_args(), n_processes=6, scheme="exact", model_parallel=2)
     assert (info["processes"], info["replicas"], info["model_parallel"]) == (6, 3, 2)
+
+
+def test_records_the_width():
+    info = collect_run_info(train_args(width=2), n_processes=2, scheme="grouped")
+    assert info["width"] == 2
 
 
 def test_records_what_chose_the_channel_group_size():
