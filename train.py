@@ -53,7 +53,7 @@ def train(args: argparse.Namespace, comm) -> None:
                 if args.resume else None)
 
     vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype,
-                               width=args.width)
+                               keep_gathered=args.keep_gathered, width=args.width)
     model = recipe.build_classifier(vgg, grid, device)
     optimizer = recipe.make_optimizer(model, grid, args.learnrate)
 
@@ -169,6 +169,8 @@ def print_header(args: argparse.Namespace, comm, grid: ProcessGrid, n_classes: i
     network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
     if args.width != 1:
         network += f', {args.width} times as wide (--width {args.width})'
+    if args.keep_gathered:
+        network += ', convolutions keeping their gathered inputs (--keep-gathered)'
     print(f'{network} on {args.dataset} ({n_classes} classes, '
           f'{train_size} train / {test_size} test images)')
     layout = (f' ({grid.n_replicas} replicas x {grid.channels.size} channel ranks)'

@@ -2,11 +2,12 @@
 
     python benchmarks/memory.py                         # 1/2/4 processes x batch 64/256 x W 1/4
     python benchmarks/memory.py --widths 1 --json memory.json
+    python benchmarks/memory.py --widths 1 --keep-gathered   # train.py's faster path
 
 Each combination is one fresh job, one BLAS thread per rank:
 
     mpiexec -n N python train.py --dataset synthetic --train-size 2B --test-size 64
-        -b B -e 1 --out TMP [--width W]
+        -b B -e 1 --out TMP [--width W] [--keep-gathered]
 
 and its peaks are read back from TMP/run.json (``peak_memory_mb``, each
 rank's peak resident memory, job/memory.py). For each process count and
@@ -16,8 +17,7 @@ over ranks (the rank that runs out first):
     per image = (peak(b2) - peak(b1)) / (b2 - b1),  fixed = peak(b1) - b1 x per image
 
 so that peak = fixed + per image x batch, and the per-image part is set
-against one process's. ``--width W`` is passed only for W != 1, and only if
-train.py has the flag; otherwise those rows say so. A combination whose
+against one process's. ``--width W`` is passed only for W != 1. A combination whose
 job, estimated on the high side from the runs before it, would need more
 than the memory available now is skipped, and the table says so.
 """
@@ -36,20 +36,12 @@ from benchmarks.step_runs import exit_failed, mpiexec_path  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / 'train.py')
 TEST_SIZE = 64
-NEEDS_WIDTH = 'needs --width'
 # Of the memory available, what a job may take: the rest is for the machine's other work.
 SHARE_OF_AVAILABLE = 0.9
 
 Key = tuple[int, int, int]  # (processes, width, batch)
 # Each rank's peak MB of each job, None where it was not run.
 Peaks = dict[Key, list[float] | None]
-
-
-def train_accepts_width() -> bool:
-    """Whether this train.py has --width (a change not everywhere yet)."""
-    shown = subprocess.run([sys.executable, TRAIN, '--help'], capture_output=True, text=True,
-                           cwd=REPO, timeout=120)
-    return '--width' in shown.stdout
 
 
 def meminfo_mb(field: str = 'MemAvailable') -> float:
@@ -61,7 +53,8 @@ def meminfo_mb(field: str = 'MemAvailable') -> float:
     raise RuntimeError(f'no {field} in /proc/meminfo')
 
 
-def run_job(processes: int, width: int, batch: int) -> tuple[list[float], dict]:
+def run_job(processes: int, width: int, batch: int,
+            keep_gathered: bool = False) -> tuple[list[float], dict]:
     """Each rank's peak MB of one job, and its run.json."""
     with tempfile.TemporaryDirectory(prefix='memory-') as tmp:
         out = os.path.join(tmp, 'result')
@@ -70,6 +63,8 @@ def run_job(processes: int, width: int, batch: int) -> tuple[list[float], dict]:
                    '--test-size', str(TEST_SIZE), '-b', str(batch), '-e', '1', '--out', out]
         if width != 1:
             command += ['--width', str(width)]
+        if keep_gathered:
+            command.append('--keep-gathered')
         env = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1',
                    MKL_NUM_THREADS='1')
         done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
@@ -153,9 +148,8 @@ def format_table(peaks: Peaks, notes: dict[Key, str],
 
 
 def measure(processes: list[int], batches: list[int], widths: list[int],
-            limit_mb: float | None) -> tuple[dict, dict, dict]:
+            limit_mb: float | None, keep_gathered: bool = False) -> tuple[dict, dict, dict]:
     """Run every combination that can run: (peaks, notes on those not run, a run.json)."""
-    has_width = any(w != 1 for w in widths) and train_accepts_width()
     peaks: Peaks = {}
     notes: dict[Key, str] = {}
     info: dict = {}
@@ -165,15 +159,13 @@ def measure(processes: list[int], batches: list[int], widths: list[int],
                 key = (n, w, b)
                 estimate = estimate_mb(peaks, n, w, b)
                 limit = meminfo_mb() * SHARE_OF_AVAILABLE if limit_mb is None else limit_mb
-                if w != 1 and not has_width:
-                    peaks[key], notes[key] = None, NEEDS_WIDTH
-                elif estimate is not None and n * estimate > limit:
+                if estimate is not None and n * estimate > limit:
                     peaks[key] = None
                     notes[key] = (f'skipped: estimated {n} x {estimate:.0f} MB, '
                                   f'over the {limit:.0f} MB available')
                 else:
                     started = time.monotonic()
-                    peaks[key], info = run_job(n, w, b)
+                    peaks[key], info = run_job(n, w, b, keep_gathered)
                     print(f'processes {n}, W {w}, batch {b}: '
                           f'{" ".join(f"{p:.0f}" for p in peaks[key])} MB '
                           f'({time.monotonic() - started:.0f} s)', file=sys.stderr, flush=True)
@@ -191,21 +183,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--limit-mb', type=float,
                         help='memory a job may take (default: 0.9 of MemAvailable, read '
                              'before each job)')
+    parser.add_argument('--keep-gathered', action='store_true',
+                        help="pass train.py's --keep-gathered to every job")
     parser.add_argument('--json', metavar='FILE', help='also write the results as JSON')
     args = parser.parse_args(argv)
-    peaks, notes, info = measure(args.processes, args.batches, args.widths, args.limit_mb)
+    peaks, notes, info = measure(args.processes, args.batches, args.widths, args.limit_mb,
+                                 args.keep_gathered)
     summary = summarize(peaks)
     print(format_table(peaks, notes, summary), end='')
     if info:
         print(f"\n{info['machine']['cpu']}, {info['machine']['logical_cores']} cores, "
               f"{meminfo_mb('MemTotal') / 1024:.1f} GB memory; "
               f"Python {info['versions']['python']}, numpy {info['versions']['numpy']}, "
-              f"{time.strftime('%Y-%m-%d')}")
+              f"{time.strftime('%Y-%m-%d')}"
+              f"{'; --keep-gathered' if args.keep_gathered else ''}")
     if args.json:
         runs = [{'processes': n, 'width': w, 'batch': b, 'peak_mb': p, 'note': notes.get((n, w, b))}
                 for (n, w, b), p in peaks.items()]
         with open(args.json, 'w') as f:
-            json.dump({'runs': runs, 'parts': summary, 'machine': info.get('machine'),
+            json.dump({'runs': runs, 'parts': summary, 'keep_gathered': args.keep_gathered,
+                       'machine': info.get('machine'),
                        'versions': info.get('versions'), 'date': time.strftime('%Y-%m-%d')},
                       f, indent=2)
             f.write('\n')

@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "input channels per process (see docs/original.md)")
     parser.add_argument('--width', type=int, default=1, metavar='W',
                         help="W times VGG16's channels per convolution (default 1)")
+    parser.add_argument('--keep-gathered', action='store_true',
+                        help='each convolution keeps its whole gathered input for the '
+                             'backward pass instead of its channel slice: a faster step, '
+                             'but per-process memory no longer falls as 1/K (see '
+                             'docs/memory.md; CPU only, a GPU keeps it anyway)')
     parser.add_argument('--train-size', type=int, metavar='N',
                         help='use only the first N training examples')
     parser.add_argument('--test-size', type=int, metavar='N',

@@ -5,7 +5,9 @@ models/serialization.py): a run on N processes resumes on M, and its
 model.npz loads into a plain single-process VGG16. Gathering is collective,
 so every rank calls these functions, each over its channel group (with
 replicas, models/grid.py, every replica holds the same model and gathers its
-own copy); rank 0 of the job alone touches the file system, and a file is
+own copy), onto the group's first rank one array at a time: no rank holds
+the whole model at once. Rank 0 of the job alone touches the file system,
+writing each array as it arrives, and a file is
 written under a temporary name and renamed into place, so that a crash never
 leaves a half-written file under the real name. A file loads into any grid:
 each rank keeps the slices of its channel rank.
@@ -15,14 +17,17 @@ that is unreadable, or holds another network, width or class count, is a user
 error (UsageError) that says which file to pass instead.
 """
 import argparse
+import itertools
 import os
+import zipfile
+from collections.abc import Iterable, Iterator
 
 import chainer.training
 import numpy
 
 from job.errors import UsageError
 from models.grid import ProcessGrid
-from models.serialization import full_state, load_full_state
+from models.serialization import full_arrays, load_full_state
 from models.vgg import VGG16_BLOCKS
 
 # Where a snapshot keeps the model's arrays, under the names model.npz uses.
@@ -31,12 +36,21 @@ FILES_EXPECTED = {'--resume': 'a snapshot_epoch_E file',
                   '--evaluate': 'a model.npz or snapshot_epoch_E file'}
 
 
-def write_npz_atomically(path: str, arrays: dict) -> None:
-    """Write ``arrays`` to ``path`` (npz) through a temporary file and a rename."""
+def write_npz_atomically(path: str, arrays: Iterable[tuple[str, object]]) -> None:
+    """Write the (name, array) pairs to ``path`` as an npz, through a temporary
+    file and a rename.
+
+    Array by array, as numpy.savez lays the file out (an uncompressed zip
+    of .npy files), so that ``arrays`` may hand over each array just before
+    it is written: no full copy of the model is held to write it.
+    """
     temporary = f'{path}.tmp-{os.getpid()}'
     try:
         with open(temporary, 'wb') as f:
-            numpy.savez(f, **arrays)
+            with zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as npz:
+                for name, array in arrays:
+                    with npz.open(f'{name}.npy', 'w', force_zip64=True) as member:
+                        numpy.lib.format.write_array(member, numpy.asanyarray(array))
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -45,19 +59,28 @@ def write_npz_atomically(path: str, arrays: dict) -> None:
             os.remove(temporary)
 
 
+def _write_gathered(path: str, arrays: Iterator, grid: ProcessGrid, extra: dict) -> None:
+    """Rank 0 writes ``arrays`` (full_arrays, gathered on it) and then ``extra``;
+    every other rank takes part in the gathers."""
+    if grid.rank == 0:
+        write_npz_atomically(path, itertools.chain(arrays, extra.items()))
+    else:
+        for _ in arrays:
+            pass
+
+
 def save_model(model, grid: ProcessGrid, path: str) -> None:
     """``model.npz``: the full parameters and batch-norm statistics."""
-    state = full_state(model, grid.channels, model.sliced_channels())
-    if grid.rank == 0:
-        write_npz_atomically(path, state)
+    _write_gathered(path, full_arrays(model, grid.channels, model.sliced_channels(), root=0),
+                    grid, {})
 
 
 def save_snapshot(trainer, model, shuffle_rng, grid: ProcessGrid, path: str) -> None:
     """Everything a resumed run needs: model, optimizer, iterators, log, RNG."""
-    state = full_state(trainer, grid.channels, model.sliced_channels())
-    if grid.rank == 0:
-        state.update(_rng_state(shuffle_rng))
-        write_npz_atomically(path, state)
+    # Every rank serializes the trainer: the multi-node iterator's serialize
+    # is collective.
+    arrays = full_arrays(trainer, grid.channels, model.sliced_channels(), root=0)
+    _write_gathered(path, arrays, grid, _rng_state(shuffle_rng) if grid.rank == 0 else {})
 
 
 def snapshot_extension(model, shuffle_rng, grid: ProcessGrid, out: str, every: int):

@@ -73,7 +73,7 @@ def trial_step(args: argparse.Namespace, comm, n_classes: int, device: chainer.b
         grid = process_grid(comm, k)
         choose_exchanges(grid, device)
         network = build_network(args.conv, grid, n_classes, args.seed, args.dtype,
-                                width=args.width)
+                                keep_gathered=args.keep_gathered, width=args.width)
         model = build_classifier(network, grid, device)
         optimizer = make_optimizer(model, grid, args.learnrate)
         rng = numpy.random.RandomState(args.seed)

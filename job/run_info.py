@@ -35,6 +35,8 @@ def collect_run_info(args: argparse.Namespace, n_processes: int, scheme: str,
         "scheme": scheme,
         # benchmarks/train_plain.py has no --width: its VGG16 is VGG16's width, 1.
         "width": getattr(args, "width", 1),
+        # Nor --keep-gathered: its convolutions keep their inputs, as Chainer's do.
+        "keep_gathered": getattr(args, "keep_gathered", True),
         "dataset": args.dataset,
         "train_size": args.train_size,
         "test_size": args.test_size,

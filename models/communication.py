@@ -72,6 +72,28 @@ def allgather_channels(comm, x, channels: int, axis: int = 1):
 
 
 @exchange
+def gather_channels(comm, x, channels: int, root: int = 0) -> numpy.ndarray | None:
+    """The full tensor on ``root``, None on the others, from each rank's slice
+    ``x`` along axis 0 (a parameter's output channels).
+
+    For files, which one rank writes: the others never hold the full tensor.
+    Through host memory whatever the device. Not differentiable.
+    """
+    x = numpy.ascontiguousarray(_host(x))
+    if comm.size == 1:
+        return x
+    counts = channel_counts(channels, comm.size)
+    per_channel = x.size // counts[comm.rank]
+    sizes = [c * per_channel for c in counts]
+    full = (numpy.empty((channels,) + x.shape[1:], dtype=x.dtype)
+            if comm.rank == root else None)
+    # Slices along axis 0 lie one after the other in the full tensor's buffer.
+    comm.mpi_comm.Gatherv(x.reshape(-1), None if full is None else [full.reshape(-1), sizes],
+                          root=root)
+    return full
+
+
+@exchange
 def reduce_scatter_channels(comm, partial, axis: int = 1):
     """My channel slice of the sum over ranks of the full tensors ``partial``.
 

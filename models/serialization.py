@@ -9,10 +9,12 @@ The arrays are first serialized locally and only then exchanged, in sorted
 key order: Chainer keeps a link's parameters and children in sets, whose
 iteration order differs from process to process.
 """
+from collections.abc import Iterator
+
 import chainer
 import numpy
 
-from models.communication import allgather_channels
+from models.communication import allgather_channels, gather_channels
 from models.partition import channel_range
 
 
@@ -38,17 +40,37 @@ def full_state(target, comm, sliced: dict[str, int]) -> dict[str, numpy.ndarray]
 
     A collective call: every rank must make it. Each rank gets the same dict.
     """
+    return dict(full_arrays(target, comm, sliced))
+
+
+def full_arrays(target, comm, sliced: dict[str, int],
+                root: int | None = None) -> Iterator[tuple[str, numpy.ndarray | None]]:
+    """(key, full array) of what ``target`` would serialize on one process,
+    one array at a time, in sorted key order.
+
+    Collective: every rank serializes ``target`` at once, then takes each
+    pair in turn. With ``root``, only that rank of ``comm`` gets the arrays
+    (the others None), and it holds one full array at a time as long as
+    the caller drops each (as a file written array by array does): a rank
+    never holds the whole model at once.
+    """
     local = chainer.serializers.DictionarySerializer()
     target.serialize(local)
-    state = {}
     for key in sorted(local.target):
-        value = local.target[key]
+        live = value = local.target[key]
         channels = _full_channels(key, sliced)
         if channels is not None and _is_array(value):
-            value = allgather_channels(comm, value, channels, axis=0)
-        # A copy on the host: the serializer holds the live arrays.
-        state[key] = numpy.array(chainer.backend.CpuDevice().send(value))
-    return state
+            value = (allgather_channels(comm, value, channels, axis=0) if root is None
+                     else gather_channels(comm, value, channels, root))
+        if root is not None and comm.rank != root:
+            yield key, None
+            continue
+        value = numpy.asarray(chainer.backend.CpuDevice().send(value))
+        # The serializer holds the live arrays: a copy of one that is still
+        # live, so that the caller's does not change as training goes on.
+        if isinstance(live, numpy.ndarray) and numpy.may_share_memory(value, live):
+            value = value.copy()
+        yield key, value
 
 
 def load_full_state(target, comm, sliced: dict[str, int], state,

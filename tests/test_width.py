@@ -1,7 +1,9 @@
 """train.py --width end to end: VGG16 with W times its channels, on real mpiexec processes.
 
 At --width 2 in float64, the runs on 2 and on 4 processes, and on 2 replicas
-of 2, are the 1-process run to 1e-8 (log and model.npz); a snapshot resumes,
+of 2, are the 1-process run to 1e-8 (log and model.npz), and so is the
+2-process run with --keep-gathered (the other path of train.py's
+convolutions, tested here beside that run); a snapshot resumes,
 and a model.npz evaluates, on another process count; the 1-process run's
 model.npz loads into the plain reference VGG16 of width 2 and gives the
 run's last validation loss; a file of another width fails in one line.
@@ -63,6 +65,13 @@ def test_one_process_run_is_vgg16_twice_as_wide(one_process):
 @pytest.mark.parametrize('n', [2, 4])
 def test_float64_runs_on_more_processes_are_the_one_process_run(one_process, n, tmp_path):
     train(n, tmp_path, *NO_SNAPSHOT)
+    check_same_run(tmp_path, one_process[0], TOLERANCE)
+
+
+def test_float64_run_keeping_the_gathered_inputs_is_the_one_process_run(one_process, tmp_path):
+    result = train(2, tmp_path, '--keep-gathered', *NO_SNAPSHOT)
+    assert 'convolutions keeping their gathered inputs (--keep-gathered)' in result.stdout
+    assert json.loads((tmp_path / 'run.json').read_text())['keep_gathered'] is True
     check_same_run(tmp_path, one_process[0], TOLERANCE)
 
 

@@ -32,10 +32,10 @@ def test_per_image_and_fixed_parts_from_the_largest_rank():
 
 def test_table_shows_every_rank_and_why_a_job_did_not_run():
     peaks = {**PEAKS, (1, 4, 64): None}
-    table = memory.format_table(peaks, {(1, 4, 64): memory.NEEDS_WIDTH},
+    table = memory.format_table(peaks, {(1, 4, 64): 'skipped: too big'},
                                 memory.summarize(peaks))
     assert '| 2 | 1 | 256 | 1831 1810 |' in table
-    assert '| 1 | 4 | 64 | needs --width |' in table
+    assert '| 1 | 4 | 64 | skipped: too big |' in table
     assert '| 1 | 1 | 8.07 | 547 | 1.00 |' in table
     assert '| 2 | 1 | 5.64 | 388 | 0.70 |' in table
 
@@ -59,16 +59,14 @@ def test_estimates_err_on_the_high_side():
 FOUR_PROCESSES = {(4, 1, 64): [589.0, 570.0, 567.0, 567.0]}
 
 
-@pytest.mark.parametrize('has_width', [False, True])
-def test_runs_what_fits_and_says_why_not_the_rest(monkeypatch, has_width):
+def test_runs_what_fits_and_says_why_not_the_rest(monkeypatch):
     ran = []
 
-    def made_up_job(processes, width, batch):
+    def made_up_job(processes, width, batch, keep_gathered):
         ran.append((processes, width, batch))
         return {**PEAKS, **FOUR_PROCESSES}.get((processes, width, batch), [100.0]), {}
 
     monkeypatch.setattr(memory, 'run_job', made_up_job)
-    monkeypatch.setattr(memory, 'train_accepts_width', lambda: has_width)
     # 4 processes at batch 256: 589 MB + 192 images x 5.64 MB (2 processes') per rank,
     # 4 x 1671 MB in all; W = 4 at 1 process, batch 64: 16 x 547.3 + 4 x 64 x 8.07 MB.
     peaks, notes, _ = memory.measure([1, 2, 4], [64, 256], [1, 4], limit_mb=6000)
@@ -77,21 +75,20 @@ def test_runs_what_fits_and_says_why_not_the_rest(monkeypatch, has_width):
     assert peaks[4, 1, 256] is None
     for n in (1, 2, 4):
         for b in (64, 256):
-            if has_width:
-                assert notes[n, 4, b].startswith(f'skipped: estimated {n} x ')
-            else:
-                assert notes[n, 4, b] == memory.NEEDS_WIDTH
-    if has_width:
-        assert notes[1, 4, 64] == 'skipped: estimated 1 x 10824 MB, over the 6000 MB available'
+            assert notes[n, 4, b].startswith(f'skipped: estimated {n} x ')
+    assert notes[1, 4, 64] == 'skipped: estimated 1 x 10824 MB, over the 6000 MB available'
 
 
-def test_with_room_runs_every_job_and_passes_the_width(monkeypatch):
+def test_with_room_runs_every_job_and_passes_the_width_and_the_path(monkeypatch):
     ran = []
-    monkeypatch.setattr(memory, 'run_job',
-                        lambda n, w, b: (ran.append((n, w, b)), ([100.0 * w] * n, {}))[1])
-    monkeypatch.setattr(memory, 'train_accepts_width', lambda: True)
-    peaks, notes, _ = memory.measure([1, 2], [64, 256], [1, 4], limit_mb=1e9)
-    assert len(ran) == 8 and not notes
+
+    def made_up_job(n, w, b, keep_gathered):
+        ran.append((n, w, b, keep_gathered))
+        return [100.0 * w] * n, {}
+
+    monkeypatch.setattr(memory, 'run_job', made_up_job)
+    peaks, notes, _ = memory.measure([1, 2], [64, 256], [1, 4], limit_mb=1e9, keep_gathered=True)
+    assert len(ran) == 8 and not notes and all(keep for *_, keep in ran)
     assert peaks[2, 4, 256] == [400.0, 400.0]
 
 

@@ -18,7 +18,8 @@ from job.run_info import collect_run_info, read_run_info, write_run_info
 
 def train_args(**overrides) -> argparse.Namespace:
     settings = dict(dataset="synthetic", train_size=256, test_size=None, batchsize=64,
-                    learnrate=0.05, epoch=3, seed=7, gpu=False, out="result", resume=None)
+                    learnrate=0.05, epoch=3, seed=7, gpu=False, out="result", resume=None,
+                    keep_gathered=False)
     settings.update(overrides)
     return argparse.Namespace(**settings)
 
@@ -27,9 +28,9 @@ def test_records_settings_versions_and_machine():
     info = collect_run_info(train_args(), n_processes=2, scheme="exact")
     assert {k: v for k, v in info.items() if k not in ("versions", "machine")} == {
         "processes": 2, "replicas": 1, "model_parallel": 2, "model_parallel_auto": None,
-        "scheme": "exact", "width": 1, "dataset": "synthetic", "train_size": 256,
-        "test_size": None, "batchsize": 64, "learnrate": 0.05, "epoch": 3, "seed": 7,
-        "gpu": False}
+        "scheme": "exact", "width": 1, "keep_gathered": False, "dataset": "synthetic",
+        "train_size": 256, "test_size": None, "batchsize": 64, "learnrate": 0.05, "epoch": 3,
+        "seed": 7, "gpu": False}
     assert info["versions"] == {
         "python": platform.python_version(),
         "chainer": chainer.__version__,
@@ -54,6 +55,10 @@ def test_records_replicas_of_channel_groups():
 def test_records_the_width():
     info = collect_run_info(train_args(width=2), n_processes=2, scheme="grouped")
     assert info["width"] == 2
+
+
+def test_records_keep_gathered():
+    assert collect_run_info(train_args(keep_gathered=True), 2, "exact")["keep_gathered"] is True
 
 
 def test_records_what_chose_the_channel_group_size():

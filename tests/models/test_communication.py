@@ -36,6 +36,11 @@ def check_exchanges(ranks: list[dict]) -> None:
         numpy.testing.assert_array_equal(result['replicated'][1],
                                          full_tensor(100 + rank)[:, start:stop])
         numpy.testing.assert_array_equal(result['rows'], full.reshape(CHANNELS, -1))
+        if rank == n - 1:
+            numpy.testing.assert_array_equal(result['rows on one rank'],
+                                             full.reshape(CHANNELS, -1))
+        else:
+            assert result['rows on one rank'] is None
         numpy.testing.assert_allclose(result['sum'], summed_upstream, rtol=1e-6)
         assert result['replica_rows'] == (sum(r + 2 for r in range(rank)),
                                           sum(r + 2 for r in range(n)))

@@ -3,7 +3,7 @@ import pickle
 
 import pytest
 
-from conftest import run_mpi
+from conftest import relative_error, run_mpi
 from models.partition import channel_counts
 
 
@@ -47,3 +47,24 @@ def test_keeping_the_gathered_input_holds_it_whole(tmp_path):
         for (in_channels, _, _), held in result['kept'].items():
             if in_channels > 3:
                 assert full_inputs(held, in_channels), held
+
+
+def chunked(n: int, keep_gathered: bool, tmp_path) -> list[dict]:
+    out = tmp_path / 'chunks.pickle'
+    run_mpi(n, 'tests/workers/chunks_worker.py', '1' if keep_gathered else '0', str(out))
+    return pickle.loads(out.read_bytes())
+
+
+@pytest.mark.parametrize('n', [1, 2, 3])
+@pytest.mark.parametrize('keep_gathered', [False, True])
+def test_a_batch_taken_in_chunks_gives_chainers_convolution_and_gradients(n, keep_gathered,
+                                                                          tmp_path):
+    # Chunks of 2, 2 and 1 rows (the worker lowers CHUNK_BYTES), against
+    # F.convolution_2d on the whole input: the output and both gradients of
+    # this rank's part, in float64.
+    for result in chunked(n, keep_gathered, tmp_path):
+        for case, arrays in result.items():
+            assert arrays.pop('chunks') == (None if keep_gathered else 3), case
+            for name, (ours, chainers) in arrays.items():
+                assert ours.shape == chainers.shape, (case, name)
+                assert relative_error(ours, chainers) <= 1e-12, (case, name)

@@ -19,6 +19,7 @@ import numpy
 from models.communication import (
     allgather_channels,
     allreduce_sum,
+    gather_channels,
     gather_into_parallel,
     gather_into_replicated,
     replica_rows,
@@ -53,6 +54,8 @@ def exchanges(comm, device) -> dict:
         result[name] = (host(y.array), host(x.grad))
     weights = device.send(full_tensor(0).reshape(CHANNELS, -1)[start:stop])
     result['rows'] = host(allgather_channels(comm, weights, CHANNELS, axis=0))
+    # Onto the last rank alone (None on the others), as a file's rows are.
+    result['rows on one rank'] = gather_channels(comm, weights, CHANNELS, root=comm.size - 1)
     # As over a replica group: a sum of arrays, and where my rows lie when
     # rank r holds r + 2 rows.
     result['sum'] = host(allreduce_sum(comm, device.send(full_tensor(100 + comm.rank))))
