@@ -48,8 +48,9 @@ def train(args: argparse.Namespace, comm) -> None:
     grid = process_grid(comm, k)
     recipe.choose_exchanges(grid, device)
     fault = run_checked(comm, faults.fault_injection, comm)
-    snapshot = (comm.bcast_obj(run_checked(comm, checkpoint.read_snapshot, args.resume, args,
-                                           n_classes, grid.channels.size, only_rank0=True))
+    # Read by rank 0 alone, and given out array by array once the model is built.
+    snapshot = (run_checked(comm, checkpoint.read_snapshot, args.resume, args, n_classes,
+                            grid.channels.size, only_rank0=True)
                 if args.resume else None)
 
     vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype,
@@ -84,8 +85,8 @@ def train(args: argparse.Namespace, comm) -> None:
         print(f'Process ids by rank: {ids}', flush=True)
         write_run_info(args.out, collect_run_info(args, comm.size, args.conv,
                                                   grid.channels.size, auto))
-    if snapshot is not None:
-        checkpoint.load_snapshot(trainer, vgg, shuffle_rng, grid, snapshot)
+    if args.resume:
+        checkpoint.load_snapshot(comm, trainer, vgg, shuffle_rng, grid, snapshot)
 
     # Start-up is over: from here, a rank that waits too long ends the job.
     with watchdog.watching(communicators(comm, grid), args.timeout):
@@ -102,12 +103,12 @@ def evaluate(args: argparse.Namespace, comm) -> None:
     recipe.choose_exchanges(grid, device)
     # The test set is all it needs: one training example spares reading in the rest.
     _, test_set, n_classes = read_data(args, comm, 1)
-    weights = comm.bcast_obj(run_checked(comm, checkpoint.read_model, args.evaluate, args,
-                                         n_classes, grid.channels.size, only_rank0=True))
+    weights = run_checked(comm, checkpoint.read_model, args.evaluate, args, n_classes,
+                          grid.channels.size, only_rank0=True)
     vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype,
                                width=args.width)
     model = recipe.build_classifier(vgg, grid, device)
-    run_checked(comm, checkpoint.load_model, vgg, grid, weights, args.evaluate)
+    run_checked(comm, checkpoint.load_model, comm, vgg, grid, weights, args.evaluate)
     # The Evaluator the training runs, on the same batches: the same means.
     with watchdog.watching(communicators(comm, grid), args.timeout):
         result = extensions.Evaluator(make_test_iterator(comm, test_set, args.batchsize),

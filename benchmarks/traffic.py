@@ -2,6 +2,7 @@
 
     python benchmarks/traffic.py                       # batch 64, 2 nodes x 8 processes
     python benchmarks/traffic.py --batchsize 128 --nodes 4 --per-node 8
+    python benchmarks/traffic.py --keep-gathered       # train.py --keep-gathered's exchanges
 
 A model, not a measurement. It counts, from VGG16's layer shapes, the bytes
 each process sends (and as many it receives) per training step, in float32,
@@ -11,10 +12,12 @@ with ring algorithms (an all-gather or a reduce-scatter over K ranks sends
 
 - channel exchanges, inside a channel group of K, on the replica's
   b = B / D rows: every block's output is all-gathered (after pooling where
-  the block pools), and the 12 gathers that feed another convolution
-  reduce-scatter in the backward; the last, into the replicated head, sends
-  nothing back: (K - 1) / K (2 A_1 + ... + 2 A_12 + A_13), A_l the bytes of
-  gathered tensor l for b rows;
+  the block pools); the 12 gathers that feed another convolution are
+  made again in the backward (the convolution kept only its slice) and
+  reduce-scatter there; the last, into the replicated head, sends nothing
+  back: (K - 1) / K (3 A_1 + ... + 3 A_12 + A_13), A_l the bytes of
+  gathered tensor l for b rows; with --keep-gathered, no second gather:
+  2 A_l for l up to 12;
 - the gradient all-reduce, inside a replica group of D:
   2 (D - 1) / D (P_conv / K + P_head), P_conv the convolutions' and their
   batch normalizations' parameter bytes (split over the channel group),
@@ -66,12 +69,19 @@ def parameters() -> tuple[int, int]:
     return conv, head
 
 
-def channel_bytes(batch: int, replicas: int, channel_ranks: int) -> float:
+def exchanges_per_gather(keep_gathered: bool) -> int:
+    """Exchanges per step of each gathered tensor that feeds a convolution: its
+    gather, the backward's again unless the convolution kept it, the reduce-scatter."""
+    return 2 if keep_gathered else 3
+
+
+def channel_bytes(batch: int, replicas: int, channel_ranks: int,
+                  keep_gathered: bool = False) -> float:
     """Bytes a process sends per step in its channel group's exchanges."""
     rows = batch / replicas
     values = gathered_values(1)
-    both_ways = 2 * sum(values[:-1]) + values[-1]
-    return (channel_ranks - 1) / channel_ranks * both_ways * rows * ITEM_BYTES
+    every_way = exchanges_per_gather(keep_gathered) * sum(values[:-1]) + values[-1]
+    return (channel_ranks - 1) / channel_ranks * every_way * rows * ITEM_BYTES
 
 
 def gradient_bytes(replicas: int, channel_ranks: int) -> float:
@@ -96,10 +106,12 @@ def gradient_buckets(channel_ranks: int) -> int:
     return buckets + (filling > 0)
 
 
-def messages(replicas: int, channel_ranks: int) -> tuple[int, int]:
+def messages(replicas: int, channel_ranks: int,
+             keep_gathered: bool = False) -> tuple[int, int]:
     """(channel exchanges, replica-group messages) per step of one process."""
     blocks = len(VGG16_BLOCKS)
-    channel = 2 * blocks - 1 if channel_ranks > 1 else 0
+    channel = (exchanges_per_gather(keep_gathered) * (blocks - 1) + 1
+               if channel_ranks > 1 else 0)
     if replicas == 1:
         return channel, 0
     # Batch normalization: one forward and one backward per layer; the rows
@@ -112,7 +124,8 @@ def grids(processes: int) -> list[tuple[int, int]]:
     return [(processes // k, k) for k in range(1, processes + 1) if processes % k == 0]
 
 
-def between_nodes(batch: int, replicas: int, channel_ranks: int, per_node: int) -> float:
+def between_nodes(batch: int, replicas: int, channel_ranks: int, per_node: int,
+                  keep_gathered: bool = False) -> float:
     """Bytes a node sends to the next one per step.
 
     With channel groups inside the nodes, the gradient all-reduce's; with
@@ -120,11 +133,12 @@ def between_nodes(batch: int, replicas: int, channel_ranks: int, per_node: int) 
     """
     if channel_ranks <= per_node:
         return channel_ranks * gradient_bytes(replicas, channel_ranks)
-    return channel_bytes(batch, replicas, channel_ranks)
+    return channel_bytes(batch, replicas, channel_ranks, keep_gathered)
 
 
 def report(args: argparse.Namespace) -> None:
     processes = args.nodes * args.per_node
+    keep = args.keep_gathered
     values = gathered_values(args.batchsize)
     conv, head = parameters()
     print(f'VGG16, batch {args.batchsize}, float32; MB = 1e6 bytes\n')
@@ -134,17 +148,18 @@ def report(args: argparse.Namespace) -> None:
     print(f'  sum      {sum(values) * ITEM_BYTES / 1e6:8.2f} MB')
     print(f'parameters: convolutions and their batch normalizations {conv:,} '
           f'({conv * ITEM_BYTES / 1e6:.1f} MB), head {head:,} ({head * ITEM_BYTES / 1e6:.2f} MB)\n')
-    print(f'{args.nodes} nodes x {args.per_node} processes; per process and step, sent '
+    print(f'{args.nodes} nodes x {args.per_node} processes'
+          f'{", --keep-gathered" if keep else ""}; per process and step, sent '
           '(as many received):')
     print(f'  {"D x K":8} {"channel MB":>10} {"gradient MB":>11} {"messages":>9} '
           f'{"node->node MB":>16} ' + ' '.join(f'{name:>22}' for name, *_ in LINKS))
     for replicas, channel_ranks in grids(processes):
         if channel_ranks > args.per_node and channel_ranks != processes:
             continue  # a channel group over some but not all of the nodes
-        channel, gradient = (channel_bytes(args.batchsize, replicas, channel_ranks),
+        channel, gradient = (channel_bytes(args.batchsize, replicas, channel_ranks, keep),
                              gradient_bytes(replicas, channel_ranks))
-        crossing = between_nodes(args.batchsize, replicas, channel_ranks, args.per_node)
-        channel_messages, replica_messages = messages(replicas, channel_ranks)
+        crossing = between_nodes(args.batchsize, replicas, channel_ranks, args.per_node, keep)
+        channel_messages, replica_messages = messages(replicas, channel_ranks, keep)
         # Messages that cross: the replica group's, or the channel group's if it spans nodes.
         crossing_messages = (replica_messages if channel_ranks <= args.per_node
                              else channel_messages)
@@ -163,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--batchsize', type=int, default=64)
     parser.add_argument('--nodes', type=int, default=2)
     parser.add_argument('--per-node', type=int, default=8, help='processes per node')
+    parser.add_argument('--keep-gathered', action='store_true',
+                        help="the exchanges of train.py's --keep-gathered")
     report(parser.parse_args(argv))
 
 

@@ -27,7 +27,7 @@ import numpy
 
 from job.errors import UsageError
 from models.grid import ProcessGrid
-from models.serialization import full_arrays, load_full_state
+from models.serialization import full_arrays, load_shares, my_share
 from models.vgg import VGG16_BLOCKS
 
 # Where a snapshot keeps the model's arrays, under the names model.npz uses.
@@ -94,14 +94,29 @@ def snapshot_extension(model, shuffle_rng, grid: ProcessGrid, out: str, every: i
     return snapshot
 
 
-def load_snapshot(trainer, model, shuffle_rng, grid: ProcessGrid, state: dict) -> None:
-    """Restore a snapshot's ``state`` (read by rank 0, given to every rank)."""
-    load_full_state(trainer, grid.channels, model.sliced_channels(), state)
+def load_snapshot(comm, trainer, model, shuffle_rng, grid: ProcessGrid,
+                  state: dict | None) -> None:
+    """Restore a snapshot's ``state``, read by rank 0 (None on the other ranks). Collective."""
+    shares = share_file(comm, grid, model.sliced_channels(), state)
+    load_shares(trainer, shares)
     if shuffle_rng is not None:
-        shuffle_rng.set_state(('MT19937', state['shuffle_rng/keys'],
-                               int(state['shuffle_rng/pos']),
-                               int(state['shuffle_rng/has_gauss']),
-                               float(state['shuffle_rng/cached_gaussian'])))
+        shuffle_rng.set_state(('MT19937', shares['shuffle_rng/keys'],
+                               int(shares['shuffle_rng/pos']),
+                               int(shares['shuffle_rng/has_gauss']),
+                               float(shares['shuffle_rng/cached_gaussian'])))
+
+
+def share_file(comm, grid: ProcessGrid, sliced: dict[str, int], state: dict | None) -> dict:
+    """Rank 0's ``state``, a file's full arrays (None on the other ranks), on every
+    rank as that rank loads it (models.serialization.my_share).
+
+    One array at a time, each dropped by rank 0 once sent and by the others
+    once sliced: no other rank ever holds the whole file.
+    """
+    keys = comm.bcast_obj(sorted(state) if comm.rank == 0 else None)
+    return {key: my_share(grid.channels, sliced, key,
+                          comm.bcast_obj(state.pop(key) if comm.rank == 0 else None))
+            for key in keys}
 
 
 def _rng_state(rng) -> dict:
@@ -176,10 +191,12 @@ def check_model_fits(flag: str, path: str, arrays: dict, args: argparse.Namespac
                          '--conv and, for grouped, its processes per channel group')
 
 
-def load_model(model, grid: ProcessGrid, weights: dict, path: str) -> None:
-    """Load the --evaluate file's full ``weights`` into ``model``, each rank its slice."""
+def load_model(comm, model, grid: ProcessGrid, weights: dict | None, path: str) -> None:
+    """Load the --evaluate file's full ``weights``, read by rank 0 (None on the
+    other ranks), into ``model``, each rank its slice. Collective."""
+    shares = share_file(comm, grid, model.sliced_channels(), weights)
     try:
-        load_full_state(model, grid.channels, model.sliced_channels(), weights)
+        load_shares(model, shares)
     except (KeyError, ValueError) as e:  # an array missing or of the wrong shape
         raise UsageError(f'--evaluate {path} does not fit VGG16 ({type(e).__name__}: {e}): '
                          f'pass {FILES_EXPECTED["--evaluate"]} written by train.py')

@@ -73,15 +73,17 @@ def full_arrays(target, comm, sliced: dict[str, int],
         yield key, value
 
 
-def load_full_state(target, comm, sliced: dict[str, int], state,
-                    strict: bool = True) -> None:
-    """Load full arrays (a dict, or an open npz file) into ``target``, sliced."""
-    mine = {}
-    for key in state.keys():
-        value = state[key]
-        channels = _full_channels(key, sliced)
-        if channels is not None and _is_array(value):
-            start, stop = channel_range(channels, comm.size, comm.rank)
-            value = value[start:stop]
-        mine[key] = value
-    chainer.serializers.NpzDeserializer(mine, strict=strict).load(target)
+def my_share(comm, sliced: dict[str, int], key: str, value):
+    """What this rank of ``comm`` loads of the full array ``value`` saved under
+    ``key``: its channel slice (a copy, so that the full array can go), or all
+    of an array that is not sliced."""
+    channels = _full_channels(key, sliced)
+    if channels is not None and _is_array(value):
+        start, stop = channel_range(channels, comm.size, comm.rank)
+        return value[start:stop].copy()
+    return value
+
+
+def load_shares(target, shares: dict, strict: bool = True) -> None:
+    """Load into ``target`` what my_share gave of each of a file's arrays."""
+    chainer.serializers.NpzDeserializer(shares, strict=strict).load(target)

@@ -27,12 +27,17 @@ def test_gathered_tensors_of_a_batch_of_64():
 
 
 @pytest.mark.parametrize('replicas, channel_ranks', [(1, 2), (2, 2), (4, 1), (1, 1), (3, 4)])
-def test_bytes_per_process_follow_the_formulas(replicas, channel_ranks):
+@pytest.mark.parametrize('keep_gathered, per_gather', [(False, 3), (True, 2)])
+def test_bytes_per_process_follow_the_formulas(replicas, channel_ranks, keep_gathered,
+                                               per_gather):
     sizes = gathered_bytes_per_row()
     rows = 64 / replicas
-    # Forward gathers, and backward reduce-scatters but into the head.
-    channel = (channel_ranks - 1) / channel_ranks * (2 * sum(sizes[:-1]) + sizes[-1]) * rows
-    assert traffic.channel_bytes(64, replicas, channel_ranks) == pytest.approx(channel)
+    # Forward gathers, backward gathers again (unless kept) and reduce-scatters,
+    # but into the head.
+    channel = ((channel_ranks - 1) / channel_ranks
+               * (per_gather * sum(sizes[:-1]) + sizes[-1]) * rows)
+    assert traffic.channel_bytes(64, replicas, channel_ranks, keep_gathered) == pytest.approx(
+        channel)
     conv, head = traffic.parameters()
     gradient = 2 * (replicas - 1) / replicas * 4 * (conv / channel_ranks + head)
     assert traffic.gradient_bytes(replicas, channel_ranks) == pytest.approx(gradient)
@@ -45,8 +50,11 @@ def test_messages_of_replicas():
     # normalization's 2 per layer (14 layers), the rows and the loss.
     assert traffic.gradient_buckets(1) == 8
     assert traffic.messages(2, 1) == (0, 8 + 28 + 2)
-    # Channel exchanges only, with one replica.
-    assert traffic.messages(1, 2) == (25, 0)
+    # Channel exchanges only, with one replica: 12 gathered tensors feed a
+    # convolution, gathered twice and reduce-scattered (with --keep-gathered
+    # once), and one feeds the head.
+    assert traffic.messages(1, 2) == (37, 0)
+    assert traffic.messages(1, 2, keep_gathered=True) == (25, 0)
 
 
 def test_between_nodes_only_the_gradients_unless_a_group_spans_them():
