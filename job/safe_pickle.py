@@ -283,7 +283,16 @@ def loads(payload: bytes):
     Python 2 str come back as bytes. Other errors are those of pickle.loads
     on a damaged file.
     """
-    return _DataUnpickler(io.BytesIO(payload)).load()
+    unpickler = _DataUnpickler(io.BytesIO(payload))
+    try:
+        return unpickler.load()
+    finally:
+        # The memo holds bound methods of the unpickler (the allowed names,
+        # memoized as pickle memoizes globals): a cycle that would keep every
+        # object read, the batch's bytes among them, until the garbage
+        # collector next runs.
+        unpickler.memo.clear()
+        unpickler._awaiting_state.clear()
 
 
 # Opcodes of Python 2's str: Python 3's pickle never writes them (it writes

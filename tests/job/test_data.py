@@ -25,6 +25,7 @@ from chainer.iterators import SerialIterator, ShuffleOrderSampler
 from cifar_files import Call, Cifar, Global, code_runners, python2_pickle, python3_pickle, rows
 from conftest import REPO, run_mpi
 from models.partition import channel_range
+from workers.batches_worker import epoch
 
 CHAINER_URL = 'https://www.cs.toronto.edu/~kriz/{}-python.tar.gz'
 # batches.meta of the authors' cifar-10-python.tar.gz (from a public copy of
@@ -205,16 +206,6 @@ def _iterator(dataset, split: str):
     return SerialIterator(dataset, 16, repeat=False, shuffle=False)
 
 
-def _epoch(iterator, converter) -> list:
-    """The converted batches up to the end of the first epoch (or of the set)."""
-    batches = []
-    for batch in iterator:
-        batches.append(converter(batch, None))
-        if iterator.is_new_epoch:
-            break
-    return batches
-
-
 def _assert_same_bytes(batches, expected, size: int) -> None:
     assert len(batches) == len(expected) == -(-size // 16)
     for batch, expected_batch in zip(batches, expected):
@@ -237,9 +228,9 @@ def test_batches_are_those_of_the_old_float32_sets_bit_for_bit(cifar, dtype, tmp
             for replica in range(n_replicas):
                 def my_rows(n, replica=replica):
                     return channel_range(n, n_replicas, replica)
-                new = _epoch(_iterator(new_set, split),
+                new = epoch(_iterator(new_set, split),
                              data.batch_converter(cifar.variant, my_rows))
-                old = _epoch(_iterator(old_set, split), _old_converter(replica, n_replicas))
+                old = epoch(_iterator(old_set, split), _old_converter(replica, n_replicas))
                 _assert_same_bytes(new, old, len(old_set))
     # All 256 byte values occur, so every product of the multiply was compared.
     assert len(numpy.unique(cifar.train_images)) == 256
@@ -263,7 +254,7 @@ def test_every_rank_gets_the_old_float32_batches_bit_for_bit(cifar, tmp_path):
             old = _old_converter(run['replica'], run['replicas'])
             with chainer.using_config('dtype', numpy.dtype(dtype)):
                 for split, old_set in old_sets.items():
-                    _assert_same_bytes(run[split], _epoch(_iterator(old_set, split), old),
+                    _assert_same_bytes(run[split], epoch(_iterator(old_set, split), old),
                                        len(old_set))
 
 
