@@ -163,12 +163,21 @@ class GatherIntoReplicated(_GatherChannels):
 
 def gather_into_parallel(comm, x, channels: int) -> chainer.Variable:
     """Full tensor from channel slices, to feed a parallel convolution."""
-    return GatherIntoParallel(comm, channels).apply((x,))[0]
+    return _gathered(GatherIntoParallel, comm, x, channels)
 
 
 def gather_into_replicated(comm, x, channels: int) -> chainer.Variable:
     """Full tensor from channel slices, to feed the replicated head."""
-    return GatherIntoReplicated(comm, channels).apply((x,))[0]
+    return _gathered(GatherIntoReplicated, comm, x, channels)
+
+
+def _gathered(gather: type, comm, x, channels: int) -> chainer.Variable:
+    # One rank holds the whole tensor: no function at all, rather than one
+    # that returns its input (a Chainer function costs host time per
+    # application, which a GPU step waits for).
+    if comm.size == 1:
+        return chainer.as_variable(x)
+    return gather(comm, channels).apply((x,))[0]
 
 
 @exchange

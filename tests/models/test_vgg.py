@@ -182,3 +182,30 @@ def VGG16_initial_state():
     comm = chainermn.create_communicator('naive')
     model = VGG16(comm, seed=0)
     return full_state(model, comm, model.sliced_channels())
+
+
+def function_names(y: chainer.Variable) -> list[str]:
+    """The class name of every function applied on the way to ``y``."""
+    names, stack, seen = [], [y.creator_node], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names.append(type(node).__name__)
+        stack.extend(v.creator_node for v in node.inputs)
+    return names
+
+
+@pytest.mark.parametrize('keep_gathered', [False, True])
+def test_one_channel_rank_applies_no_gather(keep_gathered):
+    # A gather over one rank would return its input: it is no function at
+    # all (each application costs host time, which a GPU step waits for).
+    import chainermn
+
+    from models import VGG16
+    comm = chainermn.create_communicator('naive')
+    with chainer.using_config('dtype', numpy.float64):
+        model = VGG16(comm, seed=0, keep_gathered=keep_gathered)
+    names = function_names(model(numpy.zeros((2, 3, 32, 32))))
+    assert len(names) > 13 * 4 and not [n for n in names if n.startswith('GatherInto')]
