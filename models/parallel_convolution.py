@@ -99,8 +99,9 @@ class _GatheredSliceConvolution(function_node.FunctionNode):
     live only while their chunk runs. The gradients are those of
     gather_into_parallel followed by convolution_2d, the filter gradient
     summed over the chunks. With ``comm`` None the input is already whole
-    (the image, into the first layer): nothing is gathered, and it gets no
-    gradient.
+    (the image, into the first layer): nothing is gathered or
+    reduce-scattered, and its gradient, if asked for, is this rank's
+    filters' part, as convolution_2d gives it.
     """
 
     def __init__(self, comm, in_channels: int, pad: int):

@@ -22,6 +22,7 @@ import pytest
 
 from conftest import relative_error, run_mpi
 from reference_vgg import ReferenceVGG16
+from workers.kept_worker import function_nodes
 from workers.vgg_worker import batch
 
 TOLERANCE = {'float64': 1e-10, 'float32': 1e-5}
@@ -184,19 +185,6 @@ def VGG16_initial_state():
     return full_state(model, comm, model.sliced_channels())
 
 
-def function_names(y: chainer.Variable) -> list[str]:
-    """The class name of every function applied on the way to ``y``."""
-    names, stack, seen = [], [y.creator_node], set()
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        names.append(type(node).__name__)
-        stack.extend(v.creator_node for v in node.inputs)
-    return names
-
-
 @pytest.mark.parametrize('keep_gathered', [False, True])
 def test_one_channel_rank_applies_no_gather(keep_gathered):
     # A gather over one rank would return its input: it is no function at
@@ -207,5 +195,5 @@ def test_one_channel_rank_applies_no_gather(keep_gathered):
     comm = chainermn.create_communicator('naive')
     with chainer.using_config('dtype', numpy.float64):
         model = VGG16(comm, seed=0, keep_gathered=keep_gathered)
-    names = function_names(model(numpy.zeros((2, 3, 32, 32))))
+    names = [type(node).__name__ for node in function_nodes(model(numpy.zeros((2, 3, 32, 32))))]
     assert len(names) > 13 * 4 and not [n for n in names if n.startswith('GatherInto')]

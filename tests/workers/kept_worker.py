@@ -42,17 +42,21 @@ def held_arrays(obj, where: str, seen: set) -> list[tuple[str, tuple]]:
     return []
 
 
-def convolution_nodes(y: chainer.Variable) -> list:
-    nodes, stack, seen = [], [y.creator], set()
+def function_nodes(y: chainer.Variable) -> list:
+    """Every function applied on the way to ``y``, each once."""
+    nodes, stack, seen = [], [y.creator_node], set()
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        if type(node).__name__ in CONVOLUTIONS:
-            nodes.append(node)
-        stack.extend(v.creator for v in node.inputs)
+        nodes.append(node)
+        stack.extend(v.creator_node for v in node.inputs)
     return nodes
+
+
+def convolution_nodes(y: chainer.Variable) -> list:
+    return [node for node in function_nodes(y) if type(node).__name__ in CONVOLUTIONS]
 
 
 def main(keep_gathered: str, out_path: str) -> None:
