@@ -1,4 +1,4 @@
-"""The input a training step moves across hosts: job/feed.py against ChainerMN's multi-node iterator.
+"""The input a training step moves across hosts: job/feed.py against the multi-node iterator.
 
     sudo .venv/bin/python benchmarks/input_bytes.py                  # 4 hosts, batch 32
     sudo .venv/bin/python benchmarks/input_bytes.py --hosts 8 --batchsize 64
