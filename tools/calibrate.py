@@ -1,0 +1,290 @@
+"""Measure this machine for the model of job/costs.py, and write its calibration file.
+
+    python tools/plan.py --calibrate                       # writes calibration.json here
+    python tools/plan.py --calibrate --calibration FILE
+
+Run it on an otherwise idle machine: every figure is a time or a peak. It
+takes about ten minutes on 2 cores, and measures:
+
+- compute: each block of VGG16 (models/parallel_convolution.py's Block:
+  convolution, batch normalization, ReLU, dropout, pooling) as one rank of
+  a channel group of K computes it, forward and backward, for rows of 4,
+  16 and 64 images and K = 1, 2, 4, 8, on both paths (the slices, the
+  gathered inputs), at widths 1 and 2; the head with the loss for the same
+  rows; the optimizer's update (MomentumSGD and weight decay) for two
+  sizes. Each on one process of 1 thread, and of all cores' threads (K = 1
+  and 2 only), the fastest of a few repeats. A block runs on a
+  communicator of one process with the rank's share of the channels: its
+  exchanges are the network's part, below;
+- the network: a ping-pong of messages from 8 bytes to 8 MB between two
+  processes of this host (their alpha and beta); and, as root, across two
+  hosts of tools/hosts.py, with no limit (the machine's own link) and at
+  1 Gbit/s (the share of a limited link's rate that a message gets);
+  without root the link's figures of the committed calibration stay;
+- memory: the peak of train.py on one process, on synthetic data, for two
+  batch sizes on each path: the fixed part and the bytes each value the
+  model keeps for its backward pass costs in resident memory.
+"""
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import chainermn
+import numpy
+from mpi4py import MPI
+
+from job.costs import fit_memory
+from models.dropout import dropout_key
+from models.parallel_convolution import Block, ParallelConvolution2D
+from models.partition import channel_counts
+from models.vgg import HEAD_WIDTH, KERNEL_SIZE, PAD, VGG16_BLOCKS
+
+REPO = str(pathlib.Path(__file__).resolve().parent.parent)
+ROWS = (4, 16, 64)
+CHANNEL_RANKS = (1, 2, 4, 8)
+CHANNEL_RANKS_ALL_THREADS = (1, 2)
+WIDTHS = (1, 2)
+PATHS = ('slices', 'gathered')
+REPEATS = 2  # timed, after one untimed
+UPDATE_SIZES = (1_000_000, 8_000_000)
+MESSAGE_BYTES = tuple(8 * 4 ** i for i in range(11))  # 8 B to 8 MiB
+MEMORY_BATCHES = (16, 64)
+LINK_RATE = '1gbit'
+LINK_RATE_BYTES = 1e9 / 8
+
+
+# --- the workers: each in a process of its own ----------------------------------------
+
+def compute_worker(channel_ranks: list[int]) -> dict:
+    """The blocks, the head and the update on this process's threads."""
+    alone = chainermn.create_communicator('naive', mpi_comm=MPI.COMM_SELF)
+    data = numpy.random.default_rng(0)
+
+    def fastest(run) -> tuple:
+        times = [run(repeat) for repeat in range(REPEATS + 1)][1:]
+        return tuple(min(t[i] for t in times) for i in range(len(times[0])))
+
+    def block_times(index, rows, channels, in_channels, side, keep) -> tuple:
+        _, _, ratio, pool = VGG16_BLOCKS[index]
+        conv = ParallelConvolution2D(alone, in_channels, channels, KERNEL_SIZE, PAD, data,
+                                     keep_gathered=keep)
+        block = Block(conv, channels, ratio, pool)
+        x = data.standard_normal((rows, in_channels, side, side)).astype(numpy.float32)
+
+        def run(repeat):
+            start = time.perf_counter()
+            h = block(chainer.Variable(x), dropout_key(0, repeat, index))
+            middle = time.perf_counter()
+            h.grad = numpy.ones_like(h.array)
+            h.backward()
+            return middle - start, time.perf_counter() - middle
+        return fastest(run)
+
+    compute, head = {}, {}
+    for width in WIDTHS:
+        compute[width] = {}
+        for path in PATHS:
+            table = compute[width][path] = {}
+            in_channels, side = 3, 32
+            for index, (name, channels, _, pool) in enumerate(VGG16_BLOCKS):
+                channels = int(channels * width)
+                table[name] = [
+                    [rows, k, *block_times(index, rows, channel_counts(channels, k)[0],
+                                           in_channels, side, path == 'gathered')]
+                    for rows in ROWS for k in channel_ranks]
+                in_channels, side = channels, side // 2 if pool else side
+        head_in = int(VGG16_BLOCKS[-1][1] * width)
+
+        def head_time(rows, head_in=head_in):
+            fc1 = L.Linear(head_in, HEAD_WIDTH, nobias=True)
+            bn = L.BatchNormalization(HEAD_WIDTH)
+            fc2 = L.Linear(HEAD_WIDTH, 10, nobias=True)
+            x = data.standard_normal((rows, head_in)).astype(numpy.float32)
+            t = data.integers(0, 10, rows).astype(numpy.int32)
+
+            def run(repeat):
+                start = time.perf_counter()
+                h = F.dropout(F.relu(bn(fc1(F.dropout(x, 0.5)))), 0.5)
+                F.softmax_cross_entropy(fc2(h), t).backward()
+                return time.perf_counter() - start,
+            return fastest(run)[0]
+        head[width] = [[rows, head_time(rows)] for rows in ROWS]
+
+    def update_time(values):
+        link = chainer.Link()
+        with link.init_scope():
+            link.W = chainer.Parameter(data.standard_normal(values).astype(numpy.float32))
+        optimizer = chainer.optimizers.MomentumSGD(0.05)
+        optimizer.setup(link)
+        optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
+
+        def run(repeat):
+            link.W.grad = numpy.ones_like(link.W.array)
+            start = time.perf_counter()
+            optimizer.update()
+            return time.perf_counter() - start,
+        return fastest(run)[0]
+
+    (small, large), (t_small, t_large) = UPDATE_SIZES, map(update_time, UPDATE_SIZES)
+    per_value = (t_large - t_small) / (large - small)
+    return {'compute': compute, 'head': head,
+            'update': [max(0.0, t_small - per_value * small), per_value]}
+
+
+def pingpong_worker() -> list:
+    """[bytes, seconds one way] between ranks 0 and 1, the fastest of repeats."""
+    comm = MPI.COMM_WORLD
+    found = []
+    for size in MESSAGE_BYTES:
+        buffer = numpy.zeros(size, numpy.uint8)
+        repeats = 20 if size < 2 ** 16 else 4
+        times = []
+        for _ in range(repeats + 1):
+            comm.Barrier()
+            start = time.perf_counter()
+            if comm.rank == 0:
+                comm.Send(buffer, 1)
+                comm.Recv(buffer, 1)
+            else:
+                comm.Recv(buffer, 0)
+                comm.Send(buffer, 0)
+            times.append((time.perf_counter() - start) / 2)
+        found.append([size, min(times[1:])])
+    return found
+
+
+# --- the driver ---------------------------------------------------------------------
+
+def run_worker(name: str, threads: int, *extra: str, launch=None) -> object:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), PYTHONPATH=REPO)
+    command = [sys.executable, os.path.abspath(__file__), '--worker', name, *extra]
+    done = (launch(command, env) if launch else
+            subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO))
+    if done.returncode != 0:
+        sys.exit(f'calibrate.py: the {name} measurement failed (exit {done.returncode}): '
+                 f'{(done.stderr.strip().splitlines() or ["no output"])[-1]}')
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fit_alpha_beta(points: list) -> tuple[float, float]:
+    """Least squares of seconds = alpha + bytes x beta, each point weighed by 1/seconds
+    (relative errors: small messages fix alpha, large ones beta)."""
+    weights = [1 / s for _, s in points]
+    sw = sum(w * w for w in weights)
+    sx = sum(w * w * b for w, (b, _) in zip(weights, points))
+    sy = sum(w * w * s for w, (_, s) in zip(weights, points))
+    sxx = sum(w * w * b * b for w, (b, _) in zip(weights, points))
+    sxy = sum(w * w * b * s for w, (b, s) in zip(weights, points))
+    beta = (sw * sxy - sx * sy) / (sw * sxx - sx * sx)
+    return max(0.0, (sy - beta * sx) / sw), max(beta, 1e-12)
+
+
+def mpiexec() -> str:
+    beside = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
+    return beside if os.path.exists(beside) else 'mpiexec'
+
+
+def measure_network(previous: dict | None) -> dict:
+    def on_host(command, env):
+        return subprocess.run([mpiexec(), '-n', '2', *command], capture_output=True, text=True,
+                              env=env, cwd=REPO)
+    intra_alpha, intra_beta = fit_alpha_beta(run_worker('pingpong', 1, launch=on_host))
+    network = {'intra_alpha': intra_alpha, 'intra_beta': intra_beta}
+    if os.geteuid() != 0:
+        print('calibrate.py: not root, so no hosts to measure a link between: the link\'s '
+              'figures are the committed calibration\'s', file=sys.stderr)
+        return {**(previous or {}), **network}
+    from tools.hosts import hosts
+    for rate in (None, LINK_RATE):
+        with hosts(2, rate=rate) as made:
+            def across(command, env, made=made):
+                launched = made.launch(1, command, env=env, cwd=REPO, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                stdout, stderr = launched.communicate()
+                return subprocess.CompletedProcess(command, launched.returncode, stdout, stderr)
+            alpha, beta = fit_alpha_beta(run_worker('pingpong', 1, launch=across))
+        if rate is None:
+            network.update(link_alpha=alpha, link_beta=beta)
+        else:
+            network['rate_share'] = 1 / (beta * LINK_RATE_BYTES)
+    return network
+
+
+def measure_memory() -> list:
+    """[path, batch, peak MB of rank 0] of one-process train.py runs on synthetic data."""
+    found = []
+    for path in PATHS:
+        for batch in MEMORY_BATCHES:
+            with tempfile.TemporaryDirectory(prefix='calibrate-') as out:
+                command = [sys.executable, os.path.join(REPO, 'train.py'), '--dataset',
+                           'synthetic', '--train-size', str(2 * batch), '--test-size',
+                           str(batch), '--batchsize', str(batch), '--epoch', '1', '--out', out]
+                if path == 'gathered':
+                    command.append('--keep-gathered')
+                done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
+                                      env=dict(os.environ, OMP_NUM_THREADS='1'))
+                if done.returncode != 0:
+                    sys.exit(f'calibrate.py: train.py for memory failed: {done.stderr[-500:]}')
+                with open(os.path.join(out, 'run.json')) as file:
+                    found.append([path, batch, json.load(file)['peak_memory_mb'][0]])
+    return found
+
+
+def calibrate(out_path: str, previous_path: str) -> None:
+    started = time.time()
+    previous = None
+    if os.path.exists(previous_path):
+        with open(previous_path) as file:
+            previous = json.load(file)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    compute, head, update = {}, {}, {}
+    for threads, ks in ((1, CHANNEL_RANKS), (cores, CHANNEL_RANKS_ALL_THREADS)):
+        print(f'calibrate.py: compute on {threads} thread(s)', file=sys.stderr, flush=True)
+        found = run_worker('compute', threads, ','.join(map(str, ks)))
+        compute[threads], head[threads], update[threads] = (
+            found['compute'], found['head'], found['update'])
+    print('calibrate.py: the network', file=sys.stderr, flush=True)
+    network = measure_network(previous and previous['network'])
+    print('calibrate.py: memory', file=sys.stderr, flush=True)
+    memory = fit_memory(measure_memory())
+    data = {'machine': f'{platform.node()}: {platform.processor() or platform.machine()}, '
+                       f'{cores} cores',
+            'date': datetime.date.today().isoformat(), 'cores': cores,
+            'seconds_to_measure': round(time.time() - started),
+            'compute': compute, 'head': head, 'update': update, 'network': network,
+            'memory': memory}
+    with open(out_path, 'w') as file:
+        json.dump(data, file, indent=1)
+    print(f'calibrate.py: wrote {out_path} in {time.time() - started:.0f} s', file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description='calibrate.py: workers of tools/plan.py '
+                                                 '--calibrate')
+    parser.add_argument('--worker', choices=('compute', 'pingpong'), required=True)
+    parser.add_argument('arguments', nargs='*')
+    args = parser.parse_args(argv)
+    if args.worker == 'compute':
+        print(json.dumps(compute_worker([int(k) for k in args.arguments[0].split(',')])))
+    else:
+        found = pingpong_worker()
+        if MPI.COMM_WORLD.rank == 0:
+            print(json.dumps(found))
+
+
+if __name__ == '__main__':
+    main()
