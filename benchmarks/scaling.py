@@ -118,9 +118,9 @@ def print_table(results: list[dict]) -> None:
           f'{"err":>6}')
     for r in results:
         cells = []
-        (rank0, others), (measured0, measured_others) = r['predicted_peak_mb'], r['measured_peak_mb']
+        (rank0, others), (seen0, seen_others) = r['predicted_peak_mb'], r['measured_peak_mb']
         for predicted, measured, width in ((r['predicted_step'], r['measured_step'], 3),
-                                           (rank0, measured0, 0), (others, measured_others, 0)):
+                                           (rank0, seen0, 0), (others, seen_others, 0)):
             e = error(predicted, measured)
             cells.append('      -' if e is None else
                          f'{predicted:9.{width}f} {measured:7.{width}f} {100 * e:+5.0f}%')
