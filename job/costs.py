@@ -47,7 +47,8 @@ DEFAULT_CALIBRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                    'calibration.json')
 MIB = 2 ** 20  # run.json's MB (job/memory.py)
 IMAGE = (3, 32, 32)
-IMAGE_BYTES_FLOAT32 = 3 * 32 * 32 * 4  # the synthetic set holds float32
+# The synthetic set holds float32 images and int32 labels.
+SYNTHETIC_ROW_BYTES = 3 * 32 * 32 * 4 + 4
 # An input row as job/feed.py sends CIFAR's: the image's bytes and an int32 label.
 ROW_BYTES = 3 * 32 * 32 + 4
 # MPICH's generic tuning (maint/tuning/coll/mpir/generic.json): the message
@@ -520,7 +521,9 @@ def fit_memory(points: list) -> dict:
 
     peak = fixed + data + state + batch x bytes per kept value x (values + layout x gathered)
     """
-    peaks = {(path, batch): mb for path, batch, mb in points}
+    # Less what rank 0 held of the set: 3 x batch images and their labels.
+    peaks = {(path, batch): mb - 3 * batch * SYNTHETIC_ROW_BYTES / MIB
+             for path, batch, mb in points}
     (small, large) = sorted({batch for _, batch, _ in points})
     per_image = {path: (peaks[path, large] - peaks[path, small]) / (large - small)
                  for path in ('slices', 'gathered')}
@@ -528,8 +531,7 @@ def fit_memory(points: list) -> dict:
     kept_values, gathered = kept_per_image(1, 1, True)
     per_value = per_image['slices'] * MIB / (values * 4)
     layout = max(0.0, (per_image['gathered'] * MIB / (per_value * 4) - kept_values) / gathered)
-    synthetic = 3 * small * IMAGE_BYTES_FLOAT32 / MIB
-    fixed = (peaks['slices', small] - synthetic - _state_values(1, 1) * 4 / MIB
+    fixed = (peaks['slices', small] - _state_values(1, 1) * 4 / MIB
              - small * per_image['slices'])
     return {'fixed_mb': fixed, 'bytes_per_kept_byte': per_value, 'layout_factor': layout,
             'points': points}

@@ -30,7 +30,7 @@ TIME_UNITS = {'s': 1, 'ms': 1e-3, 'us': 1e-6, 'ns': 1e-9}
 SIZE_UNITS = {'': 1, 'k': 2 ** 10, 'm': 2 ** 20, 'g': 2 ** 30, 't': 2 ** 40}
 # What rank 0 holds of each dataset (train.py reads it whole): images as the files hold them.
 DATASET_BYTES = {'cifar10': 60_000 * costs.ROW_BYTES, 'cifar100': 60_000 * costs.ROW_BYTES,
-                 'synthetic': 6_000 * (costs.IMAGE_BYTES_FLOAT32 + 4)}
+                 'synthetic': 6_000 * costs.SYNTHETIC_ROW_BYTES}
 
 
 def parse_quantity(text: str, units: dict, what: str) -> float:
