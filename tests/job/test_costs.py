@@ -1,10 +1,11 @@
 """job/costs.py: MPICH's algorithms, where groups lie, what a rank keeps, and the step's
 parts, on a made-up calibration whose every figure the tests know."""
+from job import costs
+
 import math
 
 import pytest
 
-from job import costs
 from models.vgg import VGG16_BLOCKS
 
 SECONDS_PER_MULTIPLY_ADD = 1e-10
