@@ -44,8 +44,8 @@ def load_machine(path: str | None) -> costs.Machine:
     try:
         return costs.Machine.load(path or costs.DEFAULT_CALIBRATION)
     except FileNotFoundError:
-        raise UsageError(f'--calibration {path}: no such file: give a file that '
-                         f'python tools/plan.py --calibrate wrote') from None
+        raise UsageError(f'--calibration {path or costs.DEFAULT_CALIBRATION}: no such file: '
+                         f'give a file that python tools/plan.py --calibrate wrote') from None
     except (ValueError, KeyError, TypeError) as error:
         raise UsageError(f'--calibration {path} is not a calibration ({type(error).__name__}): '
                          f'give a file that python tools/plan.py --calibrate wrote') from None

@@ -64,6 +64,7 @@ MESSAGE_BYTES = tuple(8 * 4 ** i for i in range(11))  # 8 B to 8 MiB
 MEMORY_BATCHES = (16, 64)
 LINK_RATE = '1gbit'
 LINK_RATE_BYTES = 1e9 / 8
+PROVISIONAL_MEMORY = {'fixed_mb': 0.0, 'bytes_per_kept_byte': 0.0, 'layout_factor': 0.0}
 
 
 # --- the workers: each in a process of its own ----------------------------------------
@@ -224,17 +225,18 @@ def measure_network(previous: dict | None) -> dict:
     return network
 
 
-def measure_memory() -> list:
-    """[path, batch, peak MB of rank 0] of one-process train.py runs on synthetic data."""
+def measure_memory(calibration: str) -> list:
+    """[path, batch, peak MB of rank 0] of one-process train.py runs on synthetic data
+    (``calibration``: a file for train.py's predictions, which these runs do not use)."""
     found = []
     for path in PATHS:
         for batch in MEMORY_BATCHES:
             with tempfile.TemporaryDirectory(prefix='calibrate-') as out:
                 command = [sys.executable, os.path.join(REPO, 'train.py'), '--dataset',
                            'synthetic', '--train-size', str(2 * batch), '--test-size',
-                           str(batch), '--batchsize', str(batch), '--epoch', '1', '--out', out]
-                if path == 'gathered':
-                    command.append('--keep-gathered')
+                           str(batch), '--batchsize', str(batch), '--epoch', '1', '--out', out,
+                           '--calibration', calibration,
+                           '--keep-gathered' if path == 'gathered' else '--slices']
                 done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
                                       env=dict(os.environ, OMP_NUM_THREADS='1'))
                 if done.returncode != 0:
@@ -259,17 +261,32 @@ def calibrate(out_path: str, previous_path: str) -> None:
             found['compute'], found['head'], found['update'])
     print('calibrate.py: the network', file=sys.stderr, flush=True)
     network = measure_network(previous and previous['network'])
-    print('calibrate.py: memory', file=sys.stderr, flush=True)
-    memory = fit_memory(measure_memory())
-    data = {'machine': f'{platform.node()}: {platform.processor() or platform.machine()}, '
-                       f'{cores} cores',
+    data = {'machine': f'{platform.node()}: {_cpu()}, {cores} cores',
             'date': datetime.date.today().isoformat(), 'cores': cores,
-            'seconds_to_measure': round(time.time() - started),
             'compute': compute, 'head': head, 'update': update, 'network': network,
-            'memory': memory}
-    with open(out_path, 'w') as file:
-        json.dump(data, file, indent=1)
+            'memory': PROVISIONAL_MEMORY}
+    # Written now, with a memory model that predicts nothing, for the memory
+    # runs' train.py, which needs a calibration to start (and forces its path).
+    _write(out_path, data)
+    print('calibrate.py: memory', file=sys.stderr, flush=True)
+    data['memory'] = fit_memory(measure_memory(out_path))
+    data['seconds_to_measure'] = round(time.time() - started)
+    _write(out_path, data)
     print(f'calibrate.py: wrote {out_path} in {time.time() - started:.0f} s', file=sys.stderr)
+
+
+def _write(path: str, data: dict) -> None:
+    with open(path, 'w') as file:
+        json.dump(data, file, indent=1)
+
+
+def _cpu() -> str:
+    try:
+        with open('/proc/cpuinfo') as file:
+            return next(line.split(':', 1)[1].strip() for line in file
+                        if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> None:
