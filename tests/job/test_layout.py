@@ -1,13 +1,14 @@
 """job/layout.py: the path of each K and the K's auto still times, from the model's
 predictions (a made-up calibration, tests/job/test_costs.py's); and on real ranks,
 what train.py then says and records."""
+from job import costs, layout
+
 import argparse
 import json
 
 import pytest
 
 from conftest import NARROW, run_mpi
-from job import costs, layout
 from test_costs import made_up_machine
 
 
