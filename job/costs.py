@@ -519,7 +519,13 @@ def fit_memory(points: list) -> dict:
     batches on each path, on synthetic data (2 x batch training images, batch
     test images, float32), width 1.
 
-    peak = fixed + data + state + batch x bytes per kept value x (values + layout x gathered)
+    peak = fixed + data + state + batch x bytes per kept byte x (kept + layout x gathered)
+           (+ filters x the convolutions' parameters, with the gathered inputs)
+
+    The slices' two batches give the fixed part and the bytes per kept byte;
+    the gathered inputs' slope gives how many times its input a convolution's
+    layout holds, and their part that does not grow with the batch what the
+    convolutions keep of their filters (laid out for their method).
     """
     # Less what rank 0 held of the set: 3 x batch images and their labels.
     peaks = {(path, batch): mb - 3 * batch * SYNTHETIC_ROW_BYTES / MIB
@@ -533,17 +539,31 @@ def fit_memory(points: list) -> dict:
     layout = max(0.0, (per_image['gathered'] * MIB / (per_value * 4) - kept_values) / gathered)
     fixed = (peaks['slices', small] - _state_values(1, 1) * 4 / MIB
              - small * per_image['slices'])
+    fixed_gathered = peaks['gathered', small] - small * per_image['gathered']
+    filters = max(0.0, (fixed_gathered - peaks['slices', small] + small * per_image['slices'])
+                  * MIB / (parameters(1, 1)[0] * 4))
     return {'fixed_mb': fixed, 'bytes_per_kept_byte': per_value, 'layout_factor': layout,
-            'points': points}
+            'filter_factor': filters, 'points': points}
 
 
 def predict_peak_mb(machine: Machine, layout: Layout, batch: int, width: float = 1,
                     data_bytes: float = 0.0, item_bytes: int = 4) -> float:
     """The peak resident memory of the rank with the most channels, in MiB (2**20
-    bytes, as run.json's), holding ``data_bytes`` of the dataset (rank 0 holds it all)."""
+    bytes, as run.json's), holding ``data_bytes`` of the dataset (rank 0 holds it all).
+
+    The fixed part and the calibrated factors, plus the dataset, the
+    parameters with their gradients and momentum (and with replicas the
+    buckets the gradients are summed in), and what the rank keeps of each
+    image for the backward pass (``kept_per_image``).
+    """
     memory = machine.memory
     values, gathered = kept_per_image(width, layout.channel_ranks, layout.keep_gathered)
     kept = values + memory['layout_factor'] * gathered
     activations = batch / layout.replicas * kept * item_bytes * memory['bytes_per_kept_byte']
+    conv, head = parameters(width, layout.channel_ranks)
     state = _state_values(width, layout.channel_ranks) * item_bytes
+    if layout.replicas > 1:  # the gradient buckets' buffers (models/data_parallel/)
+        state += (conv + head) * item_bytes
+    if layout.keep_gathered:
+        state += memory['filter_factor'] * conv * item_bytes
     return memory['fixed_mb'] + (data_bytes + state + activations) / MIB

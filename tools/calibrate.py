@@ -64,7 +64,8 @@ MESSAGE_BYTES = tuple(8 * 4 ** i for i in range(11))  # 8 B to 8 MiB
 MEMORY_BATCHES = (16, 64)
 LINK_RATE = '1gbit'
 LINK_RATE_BYTES = 1e9 / 8
-PROVISIONAL_MEMORY = {'fixed_mb': 0.0, 'bytes_per_kept_byte': 0.0, 'layout_factor': 0.0}
+PROVISIONAL_MEMORY = {'fixed_mb': 0.0, 'bytes_per_kept_byte': 0.0, 'layout_factor': 0.0,
+                      'filter_factor': 0.0}
 
 
 # --- the workers: each in a process of its own ----------------------------------------
@@ -182,16 +183,13 @@ def run_worker(name: str, threads: int, *extra: str, launch=None) -> object:
 
 
 def fit_alpha_beta(points: list) -> tuple[float, float]:
-    """Least squares of seconds = alpha + bytes x beta, each point weighed by 1/seconds
-    (relative errors: small messages fix alpha, large ones beta)."""
-    weights = [1 / s for _, s in points]
-    sw = sum(w * w for w in weights)
-    sx = sum(w * w * b for w, (b, _) in zip(weights, points))
-    sy = sum(w * w * s for w, (_, s) in zip(weights, points))
-    sxx = sum(w * w * b * b for w, (b, _) in zip(weights, points))
-    sxy = sum(w * w * b * s for w, (b, s) in zip(weights, points))
-    beta = (sw * sxy - sx * sy) / (sw * sxx - sx * sx)
-    return max(0.0, (sy - beta * sx) / sw), max(beta, 1e-12)
+    """(alpha, beta) of seconds = alpha + bytes x beta: alpha the median time of the
+    messages of at most 512 bytes, beta the slope between the two largest (a
+    limited link lets a burst through at the machine's speed: only large
+    messages show its rate)."""
+    small = sorted(seconds for size, seconds in points if size <= 512)
+    (size_a, seconds_a), (size_b, seconds_b) = sorted(points)[-2:]
+    return small[len(small) // 2], max((seconds_b - seconds_a) / (size_b - size_a), 1e-12)
 
 
 def mpiexec() -> str:

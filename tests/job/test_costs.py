@@ -27,7 +27,8 @@ def made_up_machine(**network) -> costs.Machine:
         'update': {'1': [0.0, 1e-9]},
         'network': {'intra_alpha': 1e-5, 'intra_beta': 1e-10, 'link_alpha': 5e-5,
                     'link_beta': 1e-9, 'rate_share': 0.9, **network},
-        'memory': {'fixed_mb': 150.0, 'bytes_per_kept_byte': 1.5, 'layout_factor': 4.0}})
+        'memory': {'fixed_mb': 150.0, 'bytes_per_kept_byte': 1.5, 'layout_factor': 4.0,
+                   'filter_factor': 0.5}})
 
 
 def _work(index: int, width: float, rows: int, k: int) -> float:
@@ -159,7 +160,7 @@ def test_fit_memory_finds_the_parameters_it_was_made_with():
             points.append([path, batch, costs.predict_peak_mb(
                 machine, costs.Layout(1, 1, path == 'gathered'), batch, data_bytes=synthetic)])
     fitted = costs.fit_memory(points)
-    for key in ('fixed_mb', 'bytes_per_kept_byte', 'layout_factor'):
+    for key in ('fixed_mb', 'bytes_per_kept_byte', 'layout_factor', 'filter_factor'):
         assert fitted[key] == pytest.approx(machine.memory[key]), key
 
 
