@@ -172,19 +172,20 @@ def check_model_fits(flag: str, path: str, arrays: dict, args: argparse.Namespac
     first_weights = arrays.get('conv1_1/conv/W')
     last_weights, grouped_weights = arrays.get('fc2/W'), arrays.get('conv2_1/conv/W')
     # conv1_1 is whole in both networks (models/grouped.py): 64 x --width filters.
-    width, rest = divmod(getattr(first_weights, 'shape', (0,))[0], VGG16_BLOCKS[0][1])
+    width = getattr(first_weights, 'shape', (0,))[0] / VGG16_BLOCKS[0][1]
+    width = int(width) if width.is_integer() else width
     if (getattr(last_weights, 'ndim', 0) != 2 or getattr(grouped_weights, 'ndim', 0) != 4
-            or getattr(first_weights, 'ndim', 0) != 4 or rest or not width):
+            or getattr(first_weights, 'ndim', 0) != 4 or not width):
         raise UsageError(f'{flag} {path} holds no VGG16 of train.py: '
                          f'pass {FILES_EXPECTED[flag]} written by train.py')
     if last_weights.shape[0] != n_classes:
         raise UsageError(f'{flag} {path} was written for {last_weights.shape[0]} classes, '
                          f'this dataset has {n_classes}: use the --dataset it was trained on')
     if width != args.width:
-        raise UsageError(f'{flag} {path} was trained with --width {width}, this run has '
-                         f'--width {args.width}: pass --width {width}')
+        raise UsageError(f'{flag} {path} was trained with --width {width:g}, this run has '
+                         f'--width {args.width:g}: pass --width {width:g}')
     # conv2_1 is the first layer whose filters the grouped network narrows.
-    inputs = VGG16_BLOCKS[0][1] * width // (channel_ranks if args.conv == 'grouped' else 1)
+    inputs = first_weights.shape[0] // (channel_ranks if args.conv == 'grouped' else 1)
     if grouped_weights.shape[1] != inputs:
         raise UsageError(f'{flag} {path} holds another network ({grouped_weights.shape[1]} '
                          f'input channels per conv2_1 filter, this one has {inputs}): use its '

@@ -23,7 +23,7 @@ WEIGHT_DECAY = 5e-4
 
 def build_network(conv: str, grid: ProcessGrid, n_classes: int, seed: int = 0,
                   dtype: str = 'float32', keep_gathered: bool = False,
-                  width: int = 1) -> chainer.Chain:
+                  width: float = 1) -> chainer.Chain:
     """The network --conv names (a key of models.NETWORKS), in ``dtype``, ``width``
     times VGG16's channels (--width).
 

@@ -25,6 +25,14 @@ HEAD_WIDTH = 512
 HEAD_DROPOUT = 0.5
 
 
+def widened(channels: int, width: float) -> int:
+    """A layer's ``channels`` at ``width``: whole for every layer when 64 x ``width`` is."""
+    narrowest = min(c for _, c, *_ in VGG16_BLOCKS)
+    if not width > 0 or (narrowest * width) % 1:
+        raise ValueError(f'width must be a multiple of 1/{narrowest} greater than 0, got {width}')
+    return int(channels * width)
+
+
 class VGG16(chainer.Chain):
     """VGG16 whose convolutions are spread over the ranks of ``comm``.
 
@@ -50,14 +58,13 @@ class VGG16(chainer.Chain):
 
     ``width``: every convolution's output channels are VGG16_BLOCKS' times
     ``width``, and so the head's input; the head itself stays HEAD_WIDTH
-    wide (train.py --width). 1 is VGG16, weights and names included.
+    wide (train.py --width). 1 is VGG16, weights and names included; a
+    multiple of 1/64 below it is a narrow VGG16 (quick runs, the tests).
     """
 
     def __init__(self, comm, n_classes: int = 10, seed: int = 0, dropout: bool = True,
-                 replicas=None, keep_gathered: bool = False, width: int = 1):
+                 replicas=None, keep_gathered: bool = False, width: float = 1):
         super().__init__()
-        if width < 1:
-            raise ValueError(f'width must be 1 or more, got {width}')
         self.comm = comm
         self.keep_gathered = keep_gathered
         self.width = width
@@ -72,7 +79,7 @@ class VGG16(chainer.Chain):
             for index, (name, channels, ratio, pool) in enumerate(VGG16_BLOCKS):
                 rng = numpy.random.default_rng([seed, index])
                 ratio = ratio if dropout else 0.0
-                channels *= width
+                channels = widened(channels, width)
                 conv = self.make_convolution(comm, index, in_channels, channels, rng)
                 setattr(self, name, Block(conv, channels, ratio, pool, replicas))
                 in_channels = channels
@@ -96,7 +103,7 @@ class VGG16(chainer.Chain):
 
     def sliced_channels(self) -> dict[str, int]:
         """Full output channels of each block, whose arrays are all sliced."""
-        return {name: channels * self.width for name, channels, *_ in VGG16_BLOCKS}
+        return {name: widened(channels, self.width) for name, channels, *_ in VGG16_BLOCKS}
 
     def blocks(self) -> list[Block]:
         return [getattr(self, name) for name, *_ in VGG16_BLOCKS]
