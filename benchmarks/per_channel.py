@@ -39,7 +39,7 @@ import numpy
 
 from models.batch_norm import BatchNormalization
 from models.dropout import channel_slice_dropout, dropout_key
-from models.partition import channel_range
+from models.partition import split_range
 from models.vgg import VGG16_BLOCKS
 
 IMAGE_SIZE = 32
@@ -49,7 +49,7 @@ def slice_specs(processes: int, batch: int) -> list[tuple]:
     """(channels, dropout ratio, shape) of rank 0's slice of each block's output."""
     specs, size = [], IMAGE_SIZE
     for _, channels, ratio, pool in VGG16_BLOCKS:
-        start, stop = channel_range(channels, processes, 0)
+        start, stop = split_range(channels, processes, 0)
         specs.append(((start, stop), ratio, (batch, stop - start, size, size)))
         size //= 2 if pool else 1
     return specs

@@ -82,10 +82,10 @@ def test_resume_of_replicas_on_another_grid_continues_the_run(hybrid_run, proces
 
 def vgg16_arrays(width: float, groups: int = 1) -> dict:
     """The arrays check_model_fits reads, shaped as train.py saves them: conv1_1
-    and conv2_1's filters and fc2's, of a VGG16 (or with ``groups`` > 1, the
+    and conv1_2's filters and fc2's, of a VGG16 (or with ``groups`` > 1, the
     grouped network) with ``width`` times its channels."""
     return {'conv1_1/conv/W': numpy.zeros((int(64 * width), 3, 3, 3)),
-            'conv2_1/conv/W': numpy.zeros((int(128 * width), int(64 * width) // groups, 3, 3)),
+            'conv1_2/conv/W': numpy.zeros((int(64 * width), int(64 * width) // groups, 3, 3)),
             'fc2/W': numpy.zeros((10, 512))}
 
 

@@ -24,7 +24,7 @@ from chainer.iterators import SerialIterator, ShuffleOrderSampler
 
 from cifar_files import Call, Cifar, Global, code_runners, python2_pickle, python3_pickle, rows
 from conftest import REPO, run_mpi
-from models.partition import channel_range
+from models.partition import split_range
 from workers.batches_worker import epoch
 
 CHAINER_URL = 'https://www.cs.toronto.edu/~kriz/{}-python.tar.gz'
@@ -190,7 +190,7 @@ def _old_converter(replica: int, n_replicas: int):
     """train.py's converter of the float32 sets: a replica's rows, cast."""
     def convert(batch, device):
         images, labels = chainer.dataset.concat_examples(batch, device)
-        mine = slice(*channel_range(len(labels), n_replicas, replica))
+        mine = slice(*split_range(len(labels), n_replicas, replica))
         return images[mine].astype(chainer.get_dtype(), copy=False), labels[mine]
 
     return convert
@@ -227,7 +227,7 @@ def test_batches_are_those_of_the_old_float32_sets_bit_for_bit(cifar, dtype, tmp
             old_set = _old_sets(cifar)[split]
             for replica in range(n_replicas):
                 def my_rows(n, replica=replica):
-                    return channel_range(n, n_replicas, replica)
+                    return split_range(n, n_replicas, replica)
                 new = epoch(_iterator(new_set, split),
                              data.batch_converter(cifar.variant, my_rows))
                 old = epoch(_iterator(old_set, split), _old_converter(replica, n_replicas))

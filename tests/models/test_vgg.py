@@ -182,7 +182,7 @@ def VGG16_initial_state():
     from models.serialization import full_state
     comm = chainermn.create_communicator('naive')
     model = VGG16(comm, seed=0)
-    return full_state(model, comm, model.sliced_channels())
+    return full_state(model, comm, model)
 
 
 @pytest.mark.parametrize('keep_gathered', [False, True])

@@ -46,7 +46,7 @@ def main(dataset: str, root: str, out_path: str) -> None:
     seen = {}
     for k in (k for k in range(1, comm.size + 1) if comm.size % k == 0):
         grid = process_grid(comm, k)
-        converter = batch_converter(dataset, grid.rows)
+        converter = batch_converter(dataset, grid.replica_rows)
         for dtype in DTYPES:
             if comm.rank == 0:
                 order = chainer.iterators.ShuffleOrderSampler(numpy.random.RandomState(SEED))

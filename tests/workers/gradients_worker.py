@@ -61,9 +61,10 @@ def record_sends(events: list) -> None:
 
 def model_and_data(grid):
     with chainer.using_config('dtype', numpy.float64):
-        model = classifier(VGG16(grid.channels, seed=0, replicas=grid.replicas), grid.replicas)
+        model = classifier(VGG16(grid.channel_group, seed=0, replica_group=grid.replica_group),
+                           grid.replica_group)
     rng = numpy.random.RandomState(0)
-    mine = slice(*grid.rows(BATCH))
+    mine = slice(*grid.replica_rows(BATCH))
     return (model, rng.randn(BATCH, 3, 32, 32)[mine],
             rng.randint(0, 10, BATCH).astype(numpy.int32)[mine])
 
@@ -72,7 +73,7 @@ def bucketed_step(grid) -> dict:
     model, x, t = model_and_data(grid)
     optimizer = chainer.optimizers.SGD(0.01)
     optimizer.setup(model)
-    optimizer.add_hook(MeanOverReplicas(grid.gradients, model, BUCKET_BYTES))
+    optimizer.add_hook(MeanOverReplicas(grid.gradient_group, model, BUCKET_BYTES))
     seen = {}
 
     def probe(optimizer):
@@ -91,7 +92,7 @@ def unbucketed_step(grid) -> dict:
     model.cleargrads()
     model(x, t).backward()
     own = {name: param.grad.copy() for name, param in model.namedparams()}
-    grid.replicas.multi_node_mean_grad(model)
+    grid.replica_group.multi_node_mean_grad(model)
     return {'own': own, 'chainermn_means': {name: param.grad for name, param in
                                             model.namedparams()}}
 

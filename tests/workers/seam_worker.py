@@ -44,8 +44,8 @@ def main(k: str, out_path: str) -> None:
     network = recipe.build_network('exact', grid, 10, dtype='float64')
     model = recipe.build_classifier(network, grid, chainer.get_device('@numpy'))
     optimizer = recipe.make_optimizer(model, grid, 0.01)
-    labels = {'channel group': grid.channels, 'replica group': grid.replicas,
-              'gradient buckets': grid.gradients}
+    labels = {'channel group': grid.channel_group, 'replica group': grid.replica_group,
+              'gradient buckets': grid.gradient_group}
     for label, communicator in labels.items():
         if communicator is not None:
             seam.observe_mpi(communicator, label)
@@ -53,7 +53,7 @@ def main(k: str, out_path: str) -> None:
     seam.observe_mpi(other, 'thread')
 
     rng = numpy.random.RandomState(0)
-    mine = slice(*grid.rows(BATCH))
+    mine = slice(*grid.replica_rows(BATCH))
     x = rng.randn(BATCH, 3, 32, 32)[mine]
     t = rng.randint(0, 10, BATCH).astype(numpy.int32)[mine]
     recorder = Recorder()
