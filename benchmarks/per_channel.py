@@ -46,7 +46,7 @@ IMAGE_SIZE = 32
 
 
 def slice_specs(processes: int, batch: int) -> list[tuple]:
-    """(channels, dropout ratio, shape) of rank 0's slice of each block's output."""
+    """((start, stop), dropout ratio, shape) of rank 0's slice of each block's output."""
     specs, size = [], IMAGE_SIZE
     for _, channels, ratio, pool in VGG16_BLOCKS:
         start, stop = split_range(channels, processes, 0)
@@ -58,9 +58,9 @@ def slice_specs(processes: int, batch: int) -> list[tuple]:
 class Slice:
     """A random slice of one block's convolution output, and its gradient."""
 
-    def __init__(self, channels: tuple[int, int], ratio: float, shape: tuple,
+    def __init__(self, out_range: tuple[int, int], ratio: float, shape: tuple,
                  rng: numpy.random.Generator):
-        self.channels = channels
+        self.out_range = out_range
         self.ratio = ratio
         self.shape = shape
         self.x = rng.standard_normal(shape, numpy.float32)
@@ -84,7 +84,7 @@ def chainer_dropout(piece: Slice) -> Callable:
 def our_dropout(piece: Slice) -> Callable:
     """This project's dropout on the slice's channels."""
     key = dropout_key(0, 0, 0)
-    return lambda x: channel_slice_dropout(x, piece.ratio, *piece.channels, key)
+    return lambda x: channel_slice_dropout(x, piece.ratio, *piece.out_range, key)
 
 
 # Method name: (makes the function for a slice, whether it applies to one).
