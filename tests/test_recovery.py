@@ -15,6 +15,7 @@ import pytest
 
 from cifar_files import Cifar
 from conftest import (
+    NARROW,
     check_all_gone_by,
     check_clean_failure,
     check_earlier_run_kept,
@@ -25,11 +26,16 @@ from conftest import (
     start_job,
 )
 
+# The narrow VGG16: how a job ends, and what --evaluate reads, do not depend
+# on the network's size.
 RUN = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '24',
-       '--batchsize', '16']
+       '--batchsize', '16', *NARROW]
 # Four iterations an epoch: a fault at iteration 2 is mid-epoch.
 LONGER_RUN = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '16',
-              '--batchsize', '16']
+              '--batchsize', '16', *NARROW]
+# Forty iterations an epoch: Ctrl-C a moment into epoch 2 comes before its end.
+LONGEST_RUN = ['--dataset', 'synthetic', '--train-size', '640', '--test-size', '16',
+               '--batchsize', '16', *NARROW]
 # The time a job may take to end once one of its processes failed.
 ENDS_WITHIN_S = 10
 # Bounds a whole job, start-up and training included, should one hang.
@@ -126,7 +132,7 @@ def test_a_failing_rank_ends_the_job(n, action, grid, tmp_path):
 
 def test_ctrl_c_stops_every_rank_and_keeps_the_last_snapshot(tmp_path):
     out = tmp_path / 'out'
-    flags = [*LONGER_RUN, '--epoch', '2', '--frequency', '1']
+    flags = [*LONGEST_RUN, '--epoch', '2', '--frequency', '1']
     job = start_job(2, out, *flags)
     snapshot = out / 'snapshot_epoch_1'
     deadline = time.time() + JOB_TIMEOUT_S

@@ -1,10 +1,15 @@
-"""Snapshots and resume, through train.py on real mpiexec processes."""
+"""Snapshots and resume, through train.py on real mpiexec processes.
+
+The runs are the narrow VGG16's (conftest.NARROW): what a snapshot holds and
+how a run resumes do not depend on the network's size.
+"""
 import numpy
 import pytest
 
 from conftest import (
     HYBRID_RUN,
     HYBRID_TOLERANCE,
+    NARROW,
     check_same_run,
     log_without_time,
     relative_error,
@@ -12,7 +17,7 @@ from conftest import (
 )
 
 RUN = ['--dataset', 'synthetic', '--train-size', '48', '--test-size', '16',
-       '--batchsize', '16', '--epoch', '2', '--frequency', '1']
+       '--batchsize', '16', '--epoch', '2', '--frequency', '1', *NARROW]
 
 
 def train(n, out, *flags):
@@ -37,7 +42,8 @@ def test_snapshots_are_written_every_epoch_and_complete(uninterrupted):
         assert 'updater/iterator:main/current_position' in keys
         assert 'shuffle_rng/keys' in keys
     with numpy.load(uninterrupted / 'snapshot_epoch_1') as snapshot:
-        assert snapshot['updater/model:main/predictor/conv1_1/conv/W'].shape == (64, 3, 3, 3)
+        assert snapshot['updater/model:main/predictor/conv1_1/conv/W'].shape == (8, 3, 3, 3)
+        assert snapshot['updater/optimizer:main/predictor/conv1_1/conv/W/v'].shape == (8, 3, 3, 3)
     assert not [p for p in uninterrupted.iterdir() if '.tmp' in p.name]
 
 
