@@ -209,6 +209,6 @@ def test_one_channel_rank_applies_no_gather(keep_gathered):
     from models import VGG16
     comm = chainermn.create_communicator('naive')
     with chainer.using_config('dtype', numpy.float64):
-        model = VGG16(comm, seed=0, keep_gathered=keep_gathered)
+        model = VGG16(comm, seed=0, keep_gathered=keep_gathered, width=NARROW_WIDTH)
     names = [type(node).__name__ for node in function_nodes(model(numpy.zeros((2, 3, 32, 32))))]
     assert len(names) > 13 * 4 and not [n for n in names if n.startswith('GatherInto')]
