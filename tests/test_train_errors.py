@@ -10,7 +10,9 @@ QUICK = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
          '--batchsize', '16', '--epoch', '1']
 
 
-@pytest.mark.parametrize('flags, words', [
+# Each bad flag and the words its one line must hold. check_args refuses
+# them all, the same way on every rank, before anything is read or written.
+BAD_FLAGS = [
     (['--dataset', 'mnist'], ['mnist', 'cifar10']),
     (['--batchsize', '0'], ['--batchsize']),
     (['--epoch', '-1'], ['--epoch']),
@@ -34,7 +36,26 @@ QUICK = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
     (['--timeout', 'nan'], ['--timeout', 'got nan']),
     (['--model-parallel', 'auto', '--evaluate', 'model.npz'],
      ['--model-parallel auto', '--evaluate', 'number of processes']),
-])
+]
+# Through real mpiexec, one of each kind: a flag's value, the grid of
+# replicas and a number that is no number.
+END_TO_END = [BAD_FLAGS[0], BAD_FLAGS[9], BAD_FLAGS[-2]]
+
+
+@pytest.mark.parametrize('flags, words', BAD_FLAGS)
+def test_bad_flag_is_refused_in_one_line_naming_it(flags, words):
+    # train.py prints the message after "train.py: error: " (run_checked).
+    from job.arguments import check_args, parse_args
+    from job.errors import UsageError
+    with pytest.raises(UsageError) as refused:
+        check_args(parse_args(QUICK + flags), 2)
+    message = str(refused.value)
+    assert '\n' not in message
+    for word in words:
+        assert word in message, message
+
+
+@pytest.mark.parametrize('flags, words', END_TO_END)
 def test_bad_flag_fails_in_one_line(flags, words, earlier_out):
     result = run_mpi(2, 'train.py', '--out', str(earlier_out), *QUICK, *flags, check=False,
                      timeout=60)
