@@ -4,8 +4,8 @@
     sudo .venv/bin/python benchmarks/two_hosts_traffic.py --rounds 3 --steps 10
     sudo .venv/bin/python benchmarks/two_hosts_traffic.py --rates 1gbit --steps 3
 
-Needs root and iproute2: the two hosts are tools/two_hosts.py's, network
-namespaces on this machine joined by a veth link, one process each, one
+Needs root and iproute2: the two hosts are tools/hosts.py's, network
+namespaces on this machine joined by a switch, one process each, one
 thread each, batch 32 by default (16 per replica), float32. Timed with
 benchmarks/step_time.py's worker (one random batch; a step is forward,
 backward and update, the slowest rank's time):
@@ -58,7 +58,7 @@ from benchmarks.step_configs import CONFIGURATIONS, REPO
 from benchmarks.step_report import machine
 from benchmarks.step_runs import exit_failed, read_result, worker_command, worker_env
 from job.run_info import RUN_INFO_NAME
-from tools.two_hosts import ADDRESSES, LINK, SetupError, two_hosts
+from tools.hosts import LINK, SetupError, hosts
 
 # (D, K): step_time.py's configuration for it on 2 processes.
 GRIDS = {(2, 1): 'e', (1, 2): 'c'}
@@ -109,7 +109,7 @@ def time_config(hosts, name: str, args: argparse.Namespace) -> dict:
     result line of its worker (step_seconds, comm_share, ...; or unavailable)."""
     config = CONFIGURATIONS[name]
     # PyTorch's rendezvous at the first host, and gloo on the link.
-    env = dict(worker_env(config), MASTER_ADDR=ADDRESSES[0], GLOO_SOCKET_IFNAME=LINK)
+    env = dict(worker_env(config), MASTER_ADDR=hosts.addresses[0], GLOO_SOCKET_IFNAME=LINK)
     done = run_across(hosts, worker_command(config, args), env)
     return read_result(config, done.returncode, done.stdout, done.stderr,
                                  'two_hosts_traffic.py')
@@ -139,20 +139,20 @@ def measure(args: argparse.Namespace) -> tuple[dict, dict]:
     DDP and AUTO (DDP's: {'unavailable': why} without torch, tried once), and
     {name: the bytes the first host sent per step, start-up included}."""
     runs, sent = {}, {}
-    with two_hosts() as hosts:
+    with hosts(2) as made:
         for round_index in range(args.rounds):
             for rate in (None, *args.rates):
-                hosts.set_rate(rate)
+                made.set_rate(rate)
                 for name in (*GRIDS.values(), DDP):
                     if name == DDP and ddp_missing(runs):
                         continue
                     progress(round_index, args, rate, name)
-                    before = hosts.link_bytes()
-                    runs.setdefault((rate, name), []).append(time_config(hosts, name, args))
-                    sent.setdefault(name, []).append((hosts.link_bytes() - before)
+                    before = made.link_bytes()
+                    runs.setdefault((rate, name), []).append(time_config(made, name, args))
+                    sent.setdefault(name, []).append((made.link_bytes() - before)
                                                      / (args.warmup + args.steps))
                 progress(round_index, args, rate, 'train.py --model-parallel auto')
-                runs.setdefault((rate, AUTO), []).append(auto_choice(hosts, args))
+                runs.setdefault((rate, AUTO), []).append(auto_choice(made, args))
     return runs, {name: statistics.median(per_step) for name, per_step in sent.items()}
 
 

@@ -67,48 +67,48 @@ def marker(tmp_path):
     sys.modules.pop(MARKER_MODULE, None)
 
 
-# --- two hosts on this machine (tools/two_hosts.py) ----------------------------
+# --- hosts on this machine (tools/hosts.py) ------------------------------------
 
-# .ci/run sets it to "required": there a two-host test that cannot run fails.
-TWO_HOSTS_REQUIRED = os.environ.get('PARALLEL_CONV_TWO_HOSTS') == 'required'
+# .ci/run sets it to "required": there a test across hosts that cannot run fails.
+HOSTS_REQUIRED = os.environ.get('PARALLEL_CONV_HOSTS') == 'required'
 
 
-def why_no_two_hosts() -> str | None:
-    """What this machine lacks to make two hosts, or None."""
+def why_no_hosts() -> str | None:
+    """What this machine lacks to make hosts, or None."""
     if sys.platform != 'linux' or os.geteuid() != 0:
-        return 'two hosts need root on Linux (network namespaces)'
+        return 'hosts need root on Linux (network namespaces)'
     missing = [tool for tool in ('ip', 'tc', 'unshare') if not shutil.which(tool)]
-    return f'two hosts need {", ".join(missing)} (iproute2, util-linux)' if missing else None
+    return f'hosts need {", ".join(missing)} (iproute2, util-linux)' if missing else None
 
 
 def skip_or_fail(reason: str) -> None:
-    if TWO_HOSTS_REQUIRED:
-        pytest.fail(f'{reason}, and PARALLEL_CONV_TWO_HOSTS=required')
+    if HOSTS_REQUIRED:
+        pytest.fail(f'{reason}, and PARALLEL_CONV_HOSTS=required')
     pytest.skip(reason)
 
 
 @contextlib.contextmanager
-def two_hosts_or_skip(rate: str | None = None):
-    """tools/two_hosts.py's two hosts; the test skips (or fails where they
+def hosts_or_skip(n: int, rate=None):
+    """tools/hosts.py's ``n`` hosts; the test skips (or fails where they
     are required) without them."""
-    from tools.two_hosts import SetupError, two_hosts
-    reason = why_no_two_hosts()
+    from tools.hosts import SetupError, hosts
+    reason = why_no_hosts()
     if reason:
         skip_or_fail(reason)
     made = False
     try:
-        with two_hosts(rate) as hosts:
+        with hosts(n, rate) as made_hosts:
             made = True
-            yield hosts
+            yield made_hosts
     except SetupError as error:
         if made:  # the test's own, e.g. from link_down()
             raise
-        skip_or_fail(f'two hosts could not be made: {error}')
+        skip_or_fail(f'{n} hosts could not be made: {error}')
 
 
 def run_across(hosts, procs: int, script: str, *args: str, timeout: float = 300,
                check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``script`` on ``procs`` processes on each of the two ``hosts``."""
+    """Run ``script`` on ``procs`` processes on each of the ``hosts``."""
     launched = hosts.launch(procs, [sys.executable, os.path.join(REPO, script), *args],
                        mpiexec=mpiexec_path(), env=mpi_env(), cwd=REPO, text=True,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -117,11 +117,12 @@ def run_across(hosts, procs: int, script: str, *args: str, timeout: float = 300,
     except subprocess.TimeoutExpired:
         launched.kill()  # what remains in the hosts goes with them
         stdout, stderr = launched.communicate()
-        pytest.fail(f'{script} across two hosts still running {timeout:.0f} s later\n'
+        pytest.fail(f'{script} across {len(hosts.names)} hosts still running '
+                    f'{timeout:.0f} s later\n'
                     f'stdout:\n{stdout[-4000:]}\nstderr:\n{stderr[-4000:]}')
     result = subprocess.CompletedProcess(launched.args, launched.returncode, stdout, stderr)
     if check and result.returncode != 0:
-        pytest.fail(f'{script} {" ".join(args)} across two hosts exited with '
+        pytest.fail(f'{script} {" ".join(args)} across {len(hosts.names)} hosts exited with '
                     f'{result.returncode}\nstdout:\n{stdout[-4000:]}\nstderr:\n{stderr[-4000:]}')
     return result
 

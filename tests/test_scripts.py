@@ -40,5 +40,5 @@ def test_python_script_runs(script, tmp_path):
 
 def test_every_script_is_found():
     # The scripts the suite knew of when this was written; new ones join by themselves.
-    assert {'benchmarks/traffic.py', 'benchmarks/step_time.py', 'tools/two_hosts.py',
+    assert {'benchmarks/traffic.py', 'benchmarks/step_time.py', 'tools/hosts.py',
             'tools/draw_parallel_conv.py'} <= set(scripts())

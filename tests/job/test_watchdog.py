@@ -1,10 +1,10 @@
 """--timeout: a frozen rank, or a lost host, ends the job in bounded time, with one line.
 
 Real mpiexec runs. On this host a rank freezes itself through
-PARALLEL_CONV_FAULT's ``stop`` action (job/faults.py). Across the two hosts
-of tools/two_hosts.py (which need root and iproute2: elsewhere those tests
-skip, and fail where PARALLEL_CONV_TWO_HOSTS=required, as in .ci/run) the
-link goes down, or the second host's ranks are frozen, mid-epoch.
+PARALLEL_CONV_FAULT's ``stop`` action (job/faults.py). Across two hosts of
+tools/hosts.py (which need root and iproute2: elsewhere those tests skip,
+and fail where PARALLEL_CONV_HOSTS=required, as in .ci/run) the second
+host's link goes down, or its ranks are frozen, mid-epoch.
 """
 import os
 import re
@@ -21,12 +21,12 @@ from conftest import (
     NARROW,
     REPO,
     finish,
+    hosts_or_skip,
     mpi_env,
     mpiexec_path,
     run_across,
     run_mpi,
     start_job,
-    two_hosts_or_skip,
 )
 from job.watchdog import EXIT_CODE
 
@@ -172,7 +172,7 @@ def test_every_heartbeat_is_taken_at_the_end():
 
 @pytest.fixture(scope='module')
 def hosts():
-    with two_hosts_or_skip() as made:
+    with hosts_or_skip(2) as made:
         yield made
 
 
@@ -224,7 +224,7 @@ def test_a_lost_host_ends_the_job(hosts, cut, tmp_path):
     cut_at = time.time()
     try:
         if cut == 'link-down':
-            hosts.link_down()
+            hosts.link_down(hosts.names[1])
         else:
             freeze_ranks(hosts, hosts.names[1])
         try:
@@ -236,7 +236,7 @@ def test_a_lost_host_ends_the_job(hosts, cut, tmp_path):
         check_hosts_empty_by(hosts, cut_at + ENDS_WITHIN_S)
     finally:
         if cut == 'link-down':
-            hosts.link_up()
+            hosts.link_up(hosts.names[1])
     assert launched.returncode == EXIT_CODE, stderr
     assert ended - cut_at < ENDS_WITHIN_S
     lines = watchdog_lines(stderr)
