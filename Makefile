@@ -31,7 +31,7 @@ $(VENV)/installed: requirements.txt
 
 # Without ARGS, the full run: say first what it costs (measured: README.md).
 train: setup
-	@$(if $(ARGS),:,echo 'make train: 20 epochs of CIFAR-10 on $(NP) CPU processes, about 6 hours on 2 cores; the 5-minute run: make train ARGS="--dataset synthetic --train-size 3200 --test-size 512 --epoch 6"')
+	@$(if $(ARGS),:,echo 'make train: 20 epochs of CIFAR-10 on $(NP) CPU processes, 5 to 6 hours on 2 cores; the 5-minute run: make train ARGS="--dataset synthetic --train-size 3200 --test-size 512 --epoch 6"')
 	$(BIN)/mpiexec -n $(NP) $(BIN)/python train.py $(ARGS)
 
 # --durations: the slowest tests, last, to keep the suite's time in view.
