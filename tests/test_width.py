@@ -7,7 +7,7 @@ loss. A file of another width fails in one line. Exactness on more
 processes and on replicas, resume and evaluation on another process count,
 at a width other than 1, are those of the other tests, which run the
 narrow VGG16 (--width 0.125). Width 2 is four times VGG16's arithmetic, so
-the run is two steps of four images.
+the run is one step of four images.
 """
 import json
 
@@ -20,10 +20,10 @@ from conftest import NARROW, check_clean_failure, relative_error, run_mpi
 from reference_vgg import ReferenceVGG16
 
 RUN = ['--dataset', 'synthetic', '--train-size', '4', '--test-size', '4',
-       '--batchsize', '4', '--epoch', '2', '--dtype', 'float64']
+       '--batchsize', '4', '--epoch', '1', '--dtype', 'float64']
 WIDE_RUN = RUN + ['--width', '2']
 # Past the last epoch: no snapshot, which at width 2 is 1 GB (weights and momenta).
-NO_SNAPSHOT = ['--frequency', '3']
+NO_SNAPSHOT = ['--frequency', '2']
 # As test_train.py's float64 runs; a mistake shows far above.
 TOLERANCE = 1e-8
 JOB_TIMEOUT_S = 300
