@@ -4,9 +4,9 @@ Real mpiexec across the hosts of tools/hosts.py (root and iproute2; elsewhere
 the tests skip, and fail where PARALLEL_CONV_HOSTS=required). The supervisor
 runs in the first host, as the harness runs mpiexec, and reaches the others
 through the harness's launcher (--mpiexec-option). A host is lost by cutting
-its link mid-run (the watchdog ends the job), or "powered off": its
-processes killed, then its link cut (mpiexec sees its proxy go at once).
-Its own bad input is checked without hosts.
+its link mid-run, or "powered off": its link cut, then its processes killed;
+either way the watchdog ends the job. Its own bad input is checked without
+hosts.
 """
 import contextlib
 import os
@@ -131,14 +131,13 @@ def train_pids(hosts, host: str) -> list[int]:
 
 
 def power_off(hosts, host: str) -> None:
-    """As a host that fails whole: everything in it killed, then its link cut."""
+    """As a host that fails whole: its link cut, so that nothing it does after
+    reaches the others (a crashed host sends no last word), and then
+    everything in it killed."""
+    hosts.link_down(host)
     for pid in hosts.pids(host):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.time() + 10
-    while hosts.pids(host) and time.time() < deadline:
-        time.sleep(0.02)
-    hosts.link_down(host)
 
 
 @contextlib.contextmanager
@@ -185,3 +184,109 @@ def test_a_lost_host_is_dropped_and_the_run_ends_as_resumed_by_hand(three_hosts,
         print(f'\nelastic.py: from the cut to training again {seconds:.1f} s (--timeout '
               f'{TIMEOUT_S}, cut {cut_at - written:.1f} s after snapshot_epoch_1)')
     assert seconds <= TIMEOUT_S + 30 + (cut_at - written), job.output[-6000:]
+
+
+def test_a_killed_rank_restarts_on_the_same_hosts_until_max_restarts(three_hosts, tmp_path):
+    hosts = three_hosts
+    first, second = hosts.names[:2]
+    out = tmp_path / 'out'
+    flags = [*RUN, '--epoch', '3']
+    with supervised(hosts, out, *flags, names=[first, second],
+                    elastic=['--max-restarts', '1']) as job:
+        wait_for_file(job, out / 'snapshot_epoch_1')
+        for pid in train_pids(hosts, second):  # mid-epoch 2
+            os.kill(pid, signal.SIGKILL)
+        _, restart = job.wait_for(r'elastic\.py: restart 1 ')
+        job.wait_for(TRAINING_FROM, after=restart)
+        wait_for_file(job, out / 'snapshot_epoch_2')  # the restarted job's: it made progress
+        for pid in train_pids(hosts, second):  # mid-epoch 3
+            os.kill(pid, signal.SIGKILL)
+        code = job.finish()
+    said = job.said()
+    assert f'{first}, {second} answer' in said
+    assert (f'restart 1 of at most 1 on 2 hosts ({first}, {second}), 2 processes, '
+            'from snapshot_epoch_1') in said
+    assert said[-2] == 'stopping: no restart left (--max-restarts 1)', said
+    assert said[-1].startswith(f'stopped with exit code {code} after 1 restart; hosts '
+                               'dropped: none; time lost '), said
+    assert code != 0
+    assert not (out / 'model.npz').exists()
+
+
+def test_a_bad_flag_is_reported_once_and_not_retried(three_hosts, tmp_path):
+    with supervised(three_hosts, tmp_path / 'out', *RUN, '--batchsize', '0') as job:
+        assert job.finish() == 2
+    errors = [line for _, line in job.lines if line.startswith('train.py: error')]
+    assert errors == ['train.py: error: --batchsize must be greater than 0, got 0'], job.output
+    said = job.said()
+    assert said[1:] == ['the job stopped on bad input (exit 2): not retried',
+                        'stopped with exit code 2 after 0 restarts; hosts dropped: none; no '
+                        'time lost to a restart'], said
+
+
+def test_the_same_failure_again_is_not_retried(three_hosts, tmp_path):
+    # An exception at step 2, before any snapshot: the restart fails there again.
+    with supervised(three_hosts, tmp_path / 'out', *RUN, names=three_hosts.names[:2],
+                    env=mpi_env(PARALLEL_CONV_FAULT='1:2:raise')) as job:
+        assert job.finish() == 1
+    said = job.said()
+    assert len([line for line in said if line.startswith('restart ')]) == 1, said
+    assert said[-2] == ('stopping: the job failed again (exit 1, attempt 2) with no host lost '
+                        'and no snapshot written since the last failure: not a lost host, not '
+                        'retried'), said
+
+
+def test_fewer_hosts_than_min_hosts_stops(three_hosts, tmp_path):
+    hosts = three_hosts
+    first, second = hosts.names[:2]
+    with mended(hosts, second), supervised(hosts, tmp_path / 'out', *RUN, names=[first, second],
+                                           elastic=['--min-hosts', '2']) as job:
+        job.wait_for(TRAINING_FROM)
+        power_off(hosts, second)
+        code = job.finish()
+    said = job.said()
+    assert any(line.startswith(f'{second} does not answer through mpiexec') for line in said)
+    assert said[-2] == 'stopping: 1 host(s) left, fewer than --min-hosts 2', said
+    assert not [line for line in said if line.startswith('restart ')], said
+    assert code != 0
+
+
+def test_a_layout_the_hosts_left_cannot_hold_stops_in_one_line(three_hosts, tmp_path):
+    hosts = three_hosts
+    lost = hosts.names[2]
+    with mended(hosts, lost), supervised(hosts, tmp_path / 'out', *RUN,
+                                         '--model-parallel', '3') as job:
+        job.wait_for(TRAINING_FROM)
+        power_off(hosts, lost)
+        assert job.finish() == 2
+    said = job.said()
+    assert said[-2] == ('the 2 processes left cannot run this job (train.py: error: '
+                        '--model-parallel 3 does not divide the 2 processes into channel '
+                        'groups: give 1 or 2): stopping'), said
+
+
+def elastic(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, ELASTIC, *arguments], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+
+
+@pytest.mark.parametrize('hostfile, flags, job, message', [
+    ('a:1\nb:1\n', ['--min-hosts', '3'], ['--resume', 'auto'],
+     '--hostfile HOSTS lists 2 host(s), fewer than --min-hosts 3'),
+    ('a:1\nb:two\n', [], ['--resume', 'auto'],
+     "--hostfile HOSTS, line 2: 'b:two' is not HOST or HOST:PROCESSES (1 or more)"),
+    ('a\na:2\n', [], ['--resume', 'auto'],
+     '--hostfile HOSTS: a is listed twice: give each host once, with its number of processes'),
+    ('a:1\n', [], ['--resume', 'result/snapshot_epoch_1'],
+     'the job must continue from its snapshots: give train.py --resume auto (and '
+     '--frequency, how often it writes one)'),
+    ('a:1\n', ['--max-restarts', '-1'], ['--resume', 'auto'],
+     '--max-restarts must be 0 or more, got -1'),
+], ids=['too-few-hosts', 'bad-line', 'twice', 'no-resume-auto', 'negative-restarts'])
+def test_its_own_bad_input_is_one_line(tmp_path, hostfile, flags, job, message):
+    path = tmp_path / 'hosts'
+    path.write_text(hostfile)
+    result = elastic('--hostfile', str(path), *flags, '--', sys.executable, TRAIN, *job)
+    assert result.returncode == 2
+    assert result.stderr == f'elastic.py: error: {message.replace("HOSTS", str(path))}\n'
+    assert result.stdout == ''
