@@ -4,10 +4,12 @@
     mpiexec -n 2 python train.py --dataset synthetic --epoch 5
 
 Each process holds the filters of its share of every convolution's output
-channels; all processes see the same mini-batches (rank 0 reads the data)
-and compute exactly what one process would. With --model-parallel K, the
-processes form N / K replicas of a channel group of K, each computing on its
-share of every batch, still exactly the single-process run (models/grid.py).
+channels; all processes see the same mini-batches (rank 0 reads the data
+and sends them) and compute exactly what one process would. With
+--model-parallel K, the processes form N / K replicas of a channel group of
+K, each computing on its share of every batch, still exactly the
+single-process run (models/grid.py); each replica receives only its rows
+of the batch (job/feed.py).
 Rank 0 prints the log and writes the files in --out.
 """
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
@@ -29,6 +31,7 @@ from job.blas_threads import threads_per_process
 from job.data import batch_converter, load_dataset
 from job.errors import process_ids, run_checked, run_or_abort
 from job.fastest_k import describe, fastest
+from job.feed import ReplicaFeed
 from job.memory import PeakMemory
 from job.reports import add_reports
 from job.run_info import collect_run_info, write_run_info
@@ -62,10 +65,10 @@ def train(args: argparse.Namespace, comm) -> None:
     optimizer = recipe.make_optimizer(model, grid, args.learnrate)
 
     shuffle_rng = numpy.random.RandomState(args.seed) if comm.rank == 0 else None
-    train_iter, test_iter = make_iterators(comm, train_set, test_set, args.batchsize, shuffle_rng)
-    # Every rank receives the whole batch (the multi-node iterator) and keeps
-    # its replica's rows; with one replica, all of them.
-    converter = batch_converter(args.dataset, grid.rows)
+    # Rank 0 draws the batches; each replica receives its rows of them.
+    train_iter, test_iter = make_iterators(comm, grid, train_set, test_set, args.batchsize,
+                                           shuffle_rng)
+    converter = batch_converter()
     updater = training.StandardUpdater(train_iter, optimizer, converter=converter,
                                        device=device)
     trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=args.out)
@@ -120,9 +123,8 @@ def evaluate(args: argparse.Namespace, comm) -> None:
     run_checked(comm, checkpoint.load_model, comm, vgg, grid, weights, args.evaluate)
     # The Evaluator the training runs, on the same batches: the same means.
     with watchdog.watching(communicators(comm, grid), args.timeout):
-        result = extensions.Evaluator(make_test_iterator(comm, test_set, args.batchsize),
-                                      model, converter=batch_converter(args.dataset, grid.rows),
-                                      device=device)()
+        result = extensions.Evaluator(make_test_iterator(comm, grid, test_set, args.batchsize),
+                                      model, converter=batch_converter(), device=device)()
     if comm.rank == 0:
         print(f'test loss {float(result["main/loss"]):.7g}, accuracy '
               f'{float(result["main/accuracy"]):.6f} ({len(test_set)} {args.dataset} test '
@@ -167,23 +169,22 @@ def read_data(args: argparse.Namespace, comm, train_size: int | None):
     return train_set, test_set, comm.bcast_obj(n_classes)
 
 
-def make_iterators(comm, train, test, batchsize: int, shuffle_rng):
-    """Multi-node iterators: rank 0 draws the batches, every rank gets them."""
-    if comm.rank == 0:
-        train_iter = chainer.iterators.SerialIterator(
-            train, batchsize,
-            order_sampler=chainer.iterators.ShuffleOrderSampler(shuffle_rng))
-    else:
-        train_iter = None
-    return (chainermn.iterators.create_multi_node_iterator(train_iter, comm),
-            make_test_iterator(comm, test, batchsize))
+def make_iterators(comm, grid: ProcessGrid, train, test, batchsize: int,
+                   shuffle_rng) -> tuple[ReplicaFeed, ReplicaFeed]:
+    """Rank 0 draws the training batches, shuffled by ``shuffle_rng``, and the
+    test batches in order; each replica receives its rows of them."""
+    train_iter = (chainer.iterators.SerialIterator(
+        train, batchsize, order_sampler=chainer.iterators.ShuffleOrderSampler(shuffle_rng))
+        if comm.rank == 0 else None)
+    return (ReplicaFeed(comm, grid, train_iter),
+            make_test_iterator(comm, grid, test, batchsize))
 
 
-def make_test_iterator(comm, test, batchsize: int):
-    """One pass over the test set in order, rank 0's batches given to every rank."""
+def make_test_iterator(comm, grid: ProcessGrid, test, batchsize: int) -> ReplicaFeed:
+    """One pass over the test set in order, each replica receiving its rows."""
     test_iter = (chainer.iterators.SerialIterator(test, batchsize, repeat=False, shuffle=False)
                  if comm.rank == 0 else None)
-    return chainermn.iterators.create_multi_node_iterator(test_iter, comm)
+    return ReplicaFeed(comm, grid, test_iter)
 
 
 def print_header(args: argparse.Namespace, comm, grid: ProcessGrid, n_classes: int,

@@ -24,7 +24,14 @@ with ring algorithms (an all-gather or a reduce-scatter over K ranks sends
   P_head the head's (replicated);
 - messages: batch normalization's over the replicas (2 per layer), the
   rows and the reported loss; the gathers; the gradient all-reduce's
-  buckets (models/data_parallel/gradient_mean.py).
+  buckets (models/data_parallel/gradient_mean.py);
+- the input (job/feed.py): rank 0 scatters each replica its rows of the
+  batch as the set holds them (CIFAR: an image's 3072 bytes and its
+  4-byte label), and each replica's first rank broadcasts them to the
+  other K - 1 of its channel group: the ranks receive
+  ((D - 1) / D + K - 1) B rows in all. Beside it, what ChainerMN's
+  multi-node iterator moved: the whole batch as float32 to each of the
+  N - 1 other ranks.
 
 With channel groups inside nodes, only the gradient all-reduce crosses
 between nodes: each of the K replica groups is a ring through every node,
@@ -46,6 +53,11 @@ from models.vgg import HEAD_WIDTH, KERNEL_SIZE, VGG16_BLOCKS
 
 ITEM_BYTES = 4  # float32
 N_CLASSES = 10
+IMAGE_VALUES = 3 * 32 * 32
+# An input row as job/feed.py sends CIFAR's (uint8 image, int32 label), and
+# as ChainerMN's multi-node iterator sent it (both cast to float32).
+FEED_ROW_BYTES = IMAGE_VALUES + 4
+MULTI_NODE_ROW_BYTES = (IMAGE_VALUES + 1) * ITEM_BYTES
 # The links of the predictions: (name, bytes per second, seconds per message).
 LINKS = (('25 Gb/s Ethernet', 25e9 / 8, 25e-6), ('200 Gb/s InfiniBand', 200e9 / 8, 2e-6))
 
@@ -119,6 +131,14 @@ def messages(replicas: int, channel_ranks: int,
     return channel, 2 * (blocks + 1) + 2 + gradient_buckets(channel_ranks)
 
 
+def input_bytes(batch: int, replicas: int, channel_ranks: int) -> tuple[float, float]:
+    """(job/feed.py's, ChainerMN's multi-node iterator's): the input bytes
+    that all ranks together receive per step, for CIFAR."""
+    ours = ((replicas - 1) / replicas + channel_ranks - 1) * batch * FEED_ROW_BYTES
+    multi_node = (replicas * channel_ranks - 1) * batch * MULTI_NODE_ROW_BYTES
+    return ours, multi_node
+
+
 def grids(processes: int) -> list[tuple[int, int]]:
     """Every (D, K) with D x K = ``processes``."""
     return [(processes // k, k) for k in range(1, processes + 1) if processes % k == 0]
@@ -171,6 +191,13 @@ def report(args: argparse.Namespace) -> None:
     print('\npredicted time between nodes per step: bytes over the link rate plus crossing '
           'messages times ' + ', '.join(f'{latency * 1e6:.0f} us ({name})'
                                          for name, _, latency in LINKS))
+    print('\nthe input (CIFAR), received by all ranks together per step: each replica its '
+          'rows as uint8 (job/feed.py), against the whole batch as float32 to every rank '
+          "(ChainerMN's multi-node iterator):")
+    for replicas, channel_ranks in grids(processes):
+        ours, multi_node = input_bytes(args.batchsize, replicas, channel_ranks)
+        print(f'  {f"{replicas} x {channel_ranks}":8} {ours / 1e6:8.2f} MB  '
+              f'multi-node iterator {multi_node / 1e6:8.2f} MB')
 
 
 def main(argv: list[str] | None = None) -> None:

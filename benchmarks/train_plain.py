@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     # Chainer's default converter gave the float32 images the sets once held,
     # whatever CHAINER_DTYPE says; this one gives the same from the uint8
     # they hold now, as a plain Chainer run on get_cifar10() would see them.
-    converter = batch_converter(args.dataset, dtype=numpy.float32)
+    converter = batch_converter(dtype=numpy.float32)
     trainer = training.Trainer(training.StandardUpdater(train_iter, optimizer,
                                                         converter=converter),
                                (args.epoch, 'epoch'), out=args.out)

@@ -81,8 +81,8 @@ def save_model(model, grid: ProcessGrid, path: str) -> None:
 
 def save_snapshot(trainer, model, shuffle_rng, grid: ProcessGrid, path: str) -> None:
     """Everything a resumed run needs: model, optimizer, iterators, log, RNG."""
-    # Every rank serializes the trainer: the multi-node iterator's serialize
-    # is collective.
+    # Every rank serializes the trainer, so that every rank's serializer
+    # holds the same sliced arrays, in the same order, to gather.
     arrays = full_arrays(trainer, grid.channels, model.sliced_channels(), root=0)
     _write_gathered(path, arrays, grid, _rng_state(shuffle_rng) if grid.rank == 0 else {})
 

@@ -7,11 +7,12 @@ safe_pickle, which builds data and refuses anything that would run code.
 'synthetic' is a generated CIFAR-shaped set for offline runs and tests.
 Every dataset gives images of shape (3, 32, 32) and int32 labels. CIFAR's
 images stay uint8, as the files hold them, a quarter of the memory of
-float32: batch_converter turns each mini-batch into float32 in [0, 1] with
-the multiply of chainer.datasets.get_cifar10(scale=1.), so a run sees the
-numbers it saw when the sets were held as float32. The synthetic images
-are generated in float32 and held so: they are not whole multiples of
-1/255, and rounding them would change every run on them.
+float32, and travel so to the ranks (job/feed.py): model_input turns each
+mini-batch into float32 in [0, 1] with the multiply of
+chainer.datasets.get_cifar10(scale=1.), so a run sees the numbers it saw
+when the sets were held as float32. The synthetic images are generated in
+float32 and held so: they are not whole multiples of 1/255, and rounding
+them would change every run on them.
 """
 
 from job import safe_pickle
@@ -22,7 +23,6 @@ import os
 import socket
 import tarfile
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import chainer
@@ -292,45 +292,45 @@ def _as_dataset(images: numpy.ndarray, labels: numpy.ndarray, size: int | None,
 
 # --- mini-batches in the model's dtype --------------------------------------
 
-def in_dtype(images: NdArray, dtype: DTypeLike, from_bytes: bool) -> NdArray:
-    """A mini-batch's images (numpy or CuPy) in dtype.
+def model_input(images: NdArray, dtype: DTypeLike) -> NdArray:
+    """A mini-batch's images (numpy or CuPy), as the set holds them, made the
+    model's input in ``dtype``.
 
-    from_bytes: they are CIFAR's bytes, whole numbers from 0 to 255: uint8
-    as the set holds them on rank 0, float32 on the other ranks, as
-    ChainerMN's multi-node iterator casts every batch it sends to float32
-    (exactly, for bytes). Either way they become float32 in [0, 1] first,
-    by the float32 multiply of chainer's get_cifar10(scale=1.), and only
-    then dtype: a float64 run gets the float32 values widened, as it did
-    when the sets held float32. Otherwise (synthetic) they are float32 in
-    [0, 1] already, and only cast.
+    A set of bytes (uint8, CIFAR's as its files hold them) holds intensities
+    from 0 to 255: they become float32 in [0, 1] first, by the float32
+    multiply of chainer's get_cifar10(scale=1.), and only then ``dtype``
+    (a float64 run gets the float32 values widened, as it did when the sets
+    were held as float32). A set of floats (the synthetic set's float32 in
+    [0, 1]) holds the model's values already, and is only cast. The type
+    of the images decides, so a new dataset of bytes is read as CIFAR is.
     """
-    if from_bytes:
+    if images.dtype == numpy.uint8:
         images = images.astype(numpy.float32)
         images *= numpy.float32(1. / 255.)
+    elif images.dtype.kind != 'f':
+        raise TypeError(f'images of type {images.dtype}: a dataset holds bytes (uint8, '
+                        f'0 to 255) or floats (the model\'s values)')
     return images.astype(dtype, copy=False)
 
 
-def batch_converter(dataset: str, rows: Callable[[int], tuple[int, int]] | None = None,
-                    dtype: DTypeLike | None = None) -> chainer.dataset.Converter:
-    """The converter of the updater and the evaluator for a run on dataset:
-    a mini-batch stacked on the device, the rows `rows(batch size)` gives
-    as (start, stop) kept (all for None), their images in dtype (None:
+def batch_converter(dtype: DTypeLike | None = None) -> chainer.dataset.Converter:
+    """The converter of the updater and the evaluator: a mini-batch on the
+    device, its images the model's input in ``dtype`` (None:
     chainer.get_dtype() at each call).
 
-    Every rank makes its own, and every rank knows the dataset's name, where
-    only rank 0 holds the set. The rows are cut before the conversion, so a
-    replica converts only its own, and the batch goes to a GPU as it came,
-    to be converted there. An evaluation's last, smaller batch may leave a
-    replica no rows: an empty array, which the classifier skips.
+    A batch is job.feed's (images, labels), this replica's rows as the set
+    holds them (none at all where an evaluation's last batch leaves this
+    replica no rows: empty arrays, which the classifier skips), or a plain
+    Chainer iterator's list of examples (benchmarks/train_plain.py). Either
+    way it goes to a GPU as it came, to be converted there.
     """
-    from_bytes = dataset in _CIFAR
-
     @chainer.dataset.converter()
     def convert(batch, device):
-        images, labels = chainer.dataset.concat_examples(batch, device)
-        mine = slice(None) if rows is None else slice(*rows(len(labels)))
-        model_dtype = chainer.get_dtype() if dtype is None else dtype
-        return in_dtype(images[mine], model_dtype, from_bytes), labels[mine]
+        if isinstance(batch, tuple):
+            images, labels = (chainer.dataset.to_device(device, part) for part in batch)
+        else:
+            images, labels = chainer.dataset.concat_examples(batch, device)
+        return model_input(images, chainer.get_dtype() if dtype is None else dtype), labels
 
     return convert
 

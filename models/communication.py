@@ -238,3 +238,30 @@ def replica_rows(comm, rows: int) -> tuple[int, int]:
     """
     counts = comm.mpi_comm.allgather(rows)
     return sum(counts[:comm.rank]), sum(counts)
+
+
+@exchange
+def broadcast(comm, x: numpy.ndarray) -> numpy.ndarray:
+    """Rank 0's host array ``x`` on every rank of ``comm``, in place: the others
+    pass an array of the same shape and dtype to receive it. Not differentiable."""
+    if comm.size > 1:
+        comm.mpi_comm.Bcast(_as_bytes(x), root=0)
+    return x
+
+
+@exchange
+def scatter_rows(comm, rows: numpy.ndarray | None, counts: list[int],
+                 dtype: numpy.dtype) -> numpy.ndarray:
+    """My ``counts[rank]`` rows of rank 0's host array ``rows`` (None on the others),
+    a 1-d array of records of ``dtype``: rank r gets the rows after those of
+    ranks 0 to r - 1. Not differentiable."""
+    mine = numpy.empty(counts[comm.rank], dtype)
+    sizes = [count * mine.itemsize for count in counts]
+    send = None if rows is None else [_as_bytes(rows), sizes, MPI.BYTE]
+    comm.mpi_comm.Scatterv(send, _as_bytes(mine), root=0)
+    return mine
+
+
+def _as_bytes(x: numpy.ndarray) -> numpy.ndarray:
+    # The same memory as plain bytes: MPI takes a buffer of records as bytes.
+    return numpy.ascontiguousarray(x).reshape(-1).view(numpy.uint8)

@@ -17,9 +17,10 @@ that a thread sends during the backward pass (models/data_parallel/gradient_mean
 orders the collectives of one communicator by call, not by thread, so two
 threads must not share one.
 
-Every rank receives the global batch that one process would draw; replica d
-computes on its rows ``channel_range(B, D, d)``, the rule that splits
-channels over ranks (models/partition.py): contiguous, as even as possible.
+Replica d computes on its rows ``channel_range(B, D, d)`` of the global
+batch that one process would draw, the rule that splits channels over
+ranks (models/partition.py): contiguous, as even as possible; it receives
+only those (job/feed.py).
 """
 from dataclasses import dataclass
 

@@ -68,3 +68,19 @@ def test_report_lists_every_grid_that_keeps_groups_in_nodes(capsys):
     lines = capsys.readouterr().out.splitlines()
     grids = [line.split()[0:3] for line in lines if line.endswith(' ms')]
     assert grids == [['4', 'x', '1'], ['2', 'x', '2'], ['1', 'x', '4']]
+
+
+@pytest.mark.parametrize('replicas, channel_ranks, ours, multi_node', [
+    # 4 x 1: rank 0 keeps its quarter and scatters three; every row is an
+    # image's 3072 bytes and a 4-byte label. The multi-node iterator sent
+    # the 32 images as float32 (12,288 bytes) with float32 labels to 3 ranks.
+    (4, 1, 3 * 8 * 3076, 3 * 32 * 12292),
+    # 2 x 2: half the batch to the other replica, then each replica's 16
+    # rows to its second rank.
+    (2, 2, 16 * 3076 + 2 * 16 * 3076, 3 * 32 * 12292),
+    # 1 x 4: the whole batch to each of the 3 other ranks of the group.
+    (1, 4, 3 * 32 * 3076, 3 * 32 * 12292),
+    (1, 1, 0, 0),
+])
+def test_input_bytes_of_a_batch_of_32(replicas, channel_ranks, ours, multi_node):
+    assert traffic.input_bytes(32, replicas, channel_ranks) == pytest.approx((ours, multi_node))

@@ -61,10 +61,9 @@ def _held(dataset):
     return images, labels
 
 
-def _batch(dataset, name='cifar10', dtype=numpy.float32):
-    """The whole dataset as one mini-batch through the runs' converter (the
-    same for either CIFAR)."""
-    return data.batch_converter(name, dtype=dtype)(list(dataset), None)
+def _batch(dataset, dtype=numpy.float32):
+    """The whole dataset as one mini-batch through the runs' converter."""
+    return data.batch_converter(dtype=dtype)(list(dataset), None)
 
 
 def _check_values(dataset, uint8_images, labels):
@@ -196,6 +195,19 @@ def _old_converter(replica: int, n_replicas: int):
     return convert
 
 
+def _replica_converter(replica: int, n_replicas: int):
+    """The runs' converter of a replica's rows, as job/feed.py hands them
+    over: stacked as the set holds them."""
+    convert = data.batch_converter()
+
+    def mine(batch, device):
+        images, labels = chainer.dataset.concat_examples(batch)
+        rows = slice(*channel_range(len(labels), n_replicas, replica))
+        return convert((images[rows], labels[rows]), device)
+
+    return mine
+
+
 def _iterator(dataset, split: str):
     """train.py's: the training set shuffled (here by RandomState(5)), the
     test set in order; batches of 16, so the last one is smaller or filled
@@ -226,36 +238,56 @@ def test_batches_are_those_of_the_old_float32_sets_bit_for_bit(cifar, dtype, tmp
         for split, new_set in (('train', train), ('test', test)):
             old_set = _old_sets(cifar)[split]
             for replica in range(n_replicas):
-                def my_rows(n, replica=replica):
-                    return channel_range(n, n_replicas, replica)
-                new = epoch(_iterator(new_set, split),
-                             data.batch_converter(cifar.variant, my_rows))
+                new = epoch(_iterator(new_set, split), _replica_converter(replica, n_replicas))
                 old = epoch(_iterator(old_set, split), _old_converter(replica, n_replicas))
                 _assert_same_bytes(new, old, len(old_set))
     # All 256 byte values occur, so every product of the multiply was compared.
     assert len(numpy.unique(cifar.train_images)) == 256
 
 
-def test_every_rank_gets_the_old_float32_batches_bit_for_bit(cifar, tmp_path):
-    """As train.py draws and converts them, on 3 processes as 3 replicas and
-    as one: rank 0 converts the uint8 it holds, the others the float32
-    copies that the multi-node iterator sends them; each rank's rows of
-    every batch are those of the float32 sets and converter of before."""
+@pytest.mark.parametrize('processes', [3, 4])
+def test_every_rank_gets_the_old_float32_batches_bit_for_bit(cifar, processes, tmp_path):
+    """As train.py draws, sends and converts them, on 3 processes (3 x 1 and
+    1 x 3 replicas x channel ranks) and on 4 (4 x 1, 2 x 2, 1 x 4): each
+    replica receives its rows as uint8 (job/feed.py), and each rank's rows
+    of every batch, converted, are those of the float32 sets and converter
+    of before, when every rank received the whole batch as float32."""
     cifar.write_tarball(tmp_path / cifar.archive)
-    out = tmp_path / 'batches.pickle'
-    run_mpi(3, 'tests/workers/batches_worker.py', cifar.variant, str(tmp_path), str(out))
-    with open(out, 'rb') as file:
-        ranks = pickle.load(file)
+    ranks = _batches_on_ranks(processes, cifar.variant, tmp_path)
     old_sets = _old_sets(cifar)
-    assert len(ranks) == 3
-    for seen in ranks:
-        assert sorted(seen) == [(1, 'float32'), (1, 'float64'), (3, 'float32'), (3, 'float64')]
-        for (_, dtype), run in seen.items():
+    grids = {k: (processes // k, k) for k in range(1, processes + 1) if processes % k == 0}
+    for rank, seen in enumerate(ranks):
+        assert sorted(seen) == [(k, dtype) for k in grids for dtype in ('float32', 'float64')]
+        for (k, dtype), run in seen.items():
+            assert (run['replica'], run['replicas']) == (rank // k, grids[k][0])
             old = _old_converter(run['replica'], run['replicas'])
             with chainer.using_config('dtype', numpy.dtype(dtype)):
                 for split, old_set in old_sets.items():
                     _assert_same_bytes(run[split], epoch(_iterator(old_set, split), old),
                                        len(old_set))
+
+
+def test_every_replica_gets_its_rows_of_the_synthetic_float32_set(tmp_path):
+    """The synthetic set travels as float32, as it is held: on 4 processes
+    each replica's rows of every batch are the set's rows, bit for bit."""
+    ranks = _batches_on_ranks(4, 'synthetic', tmp_path)
+    train, test, _ = data.load_dataset('synthetic', None, None, None, 0)
+    for seen in ranks:
+        for (_, dtype), run in seen.items():
+            old = _old_converter(run['replica'], run['replicas'])
+            with chainer.using_config('dtype', numpy.dtype(dtype)):
+                for split, held in (('train', train), ('test', test)):
+                    _assert_same_bytes(run[split], epoch(_iterator(held, split), old), len(held))
+
+
+def _batches_on_ranks(processes: int, dataset: str, root) -> list[dict]:
+    """What tests/workers/batches_worker.py saw on each of ``processes`` ranks."""
+    out = root / 'batches.pickle'
+    run_mpi(processes, 'tests/workers/batches_worker.py', dataset, str(root), str(out))
+    with open(out, 'rb') as file:
+        ranks = pickle.load(file)
+    assert len(ranks) == processes
+    return ranks
 
 
 def test_the_sets_hold_the_bytes_of_the_files(tmp_path):
@@ -284,7 +316,7 @@ def test_synthetic_batches_are_its_float32_images(tmp_path):
     train, _, _ = data.load_dataset('synthetic', None, 50, 10, 0)
     held, labels = _held(train)
     for dtype in (numpy.float32, numpy.float64):
-        images, batch_labels = _batch(train, 'synthetic', dtype)
+        images, batch_labels = _batch(train, dtype)
         assert images.dtype == dtype
         assert images.tobytes() == held.astype(dtype).tobytes()
         numpy.testing.assert_array_equal(batch_labels, labels)

@@ -4,10 +4,10 @@ Usage: mpiexec -n N python tests/workers/batches_worker.py DATASET ROOT OUT.pick
 
 Rank 0 reads DATASET from ROOT and draws the batches: the training set
 shuffled by RandomState(SEED) for one epoch, the test set once in order,
-BATCH examples each; ChainerMN's multi-node iterator hands them to every
-rank, and every rank converts them with job/data.py's converter and its
-grid's rows. For each K that divides N and each dtype, every rank reports
-its replica, the number of replicas, and the (images, labels) of each batch.
+BATCH examples each; job/feed.py gives each replica its rows, and every
+rank converts them with job/data.py's converter. For each K that divides
+N and each dtype, every rank reports its replica, the number of replicas,
+and the (images, labels) of each batch.
 """
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
@@ -19,6 +19,7 @@ import chainermn
 import numpy
 
 from job.data import batch_converter, load_dataset
+from job.feed import ReplicaFeed
 from models.grid import process_grid
 from workers.gathered import write_gathered
 
@@ -46,7 +47,7 @@ def main(dataset: str, root: str, out_path: str) -> None:
     seen = {}
     for k in (k for k in range(1, comm.size + 1) if comm.size % k == 0):
         grid = process_grid(comm, k)
-        converter = batch_converter(dataset, grid.rows)
+        converter = batch_converter()
         for dtype in DTYPES:
             if comm.rank == 0:
                 order = chainer.iterators.ShuffleOrderSampler(numpy.random.RandomState(SEED))
@@ -58,10 +59,8 @@ def main(dataset: str, root: str, out_path: str) -> None:
             with chainer.using_config('dtype', numpy.dtype(dtype)):
                 seen[k, dtype] = {
                     'replica': grid.replica, 'replicas': grid.n_replicas,
-                    'train': epoch(chainermn.iterators.create_multi_node_iterator(
-                        train_iter, comm), converter),
-                    'test': epoch(chainermn.iterators.create_multi_node_iterator(
-                        test_iter, comm), converter)}
+                    'train': epoch(ReplicaFeed(comm, grid, train_iter), converter),
+                    'test': epoch(ReplicaFeed(comm, grid, test_iter), converter)}
     write_gathered(comm, seen, out_path)
 
 
