@@ -96,12 +96,12 @@ def train(args: argparse.Namespace, comm) -> None:
     if args.resume:
         checkpoint.load_snapshot(comm, trainer, vgg, shuffle_rng, grid, snapshot)
 
-    if comm.rank == 0:
-        # tools/elastic.py reads this line as the moment training starts.
-        print(f'{TRAINING_FROM} {trainer.updater.iteration} (epochs done: '
-              f'{trainer.updater.epoch})', flush=True)
     # Start-up is over: from here, a rank that waits too long ends the job.
     with watchdog.watching(communicators(comm, grid), args.timeout, report_to=args.out):
+        if comm.rank == 0:
+            # Watched from here on; tools/elastic.py reads it as training started.
+            print(f'{TRAINING_FROM} {trainer.updater.iteration} (epochs done: '
+                  f'{trainer.updater.epoch})', flush=True)
         trainer.run()
         checkpoint.save_model(vgg, grid, os.path.join(args.out, 'model.npz'))
         peak_memory.write_run_info(args.out)

@@ -11,7 +11,9 @@ job/watchdog.py), name the hosts that fell silent; and every host is asked
 to run `true` through mpiexec, the launcher that starts the job (ssh, or
 the resource manager's): a host that has not within --probe-timeout is
 lost. It drops those and starts the job again on the rest, and train.py's
-`--resume auto` continues from the newest snapshot in --out. train.py's
+`--resume auto` continues from the newest snapshot in --out. (train.py's
+start-up is not watched: a job that has not started training within
+--start-timeout is ended, and fails as any other.) train.py's
 --batchsize is the whole batch on any number of processes, so the continued
 run is the same training run on fewer processes.
 
@@ -26,6 +28,7 @@ N (passed on to mpiexec), and 2 for its own bad input. docs/recovery.md has
 the details and what it does not do.
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -54,6 +57,11 @@ REPORT = re.compile(r'watchdog-rank-[0-9]+\.json')
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # The stderr lines kept of each attempt, where train.py's input error is.
 KEPT_LINES = 20
+# What mpiexec has to end the job after SIGTERM, before SIGKILL; how long the
+# copies of its output may run on after it ended (should a process it left
+# behind hold the pipes).
+END_GRACE_S = 10
+COPY_GRACE_S = 5
 
 
 class UsageError(Exception):
@@ -69,11 +77,14 @@ class Attempt:
     code: int | None = None
     ended: float | None = None
     training: float | None = None  # when train.py said training started
+    start_timed_out: bool = False
     lines: deque = field(default_factory=lambda: deque(maxlen=KEPT_LINES))
     lost: list[str] = field(default_factory=list)
 
 
 class Supervisor:
+    """Runs the attempts, one after the other, and says what it does."""
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.out = job_out_dir(args.job)
@@ -116,18 +127,41 @@ class Supervisor:
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, start_new_session=True)
         self.running = job
-        copies = [threading.Thread(target=self.relay, args=(job.stdout, sys.stdout.buffer,
-                                                            lambda line: self.seen(attempt, line))),
-                  threading.Thread(target=self.relay, args=(job.stderr, sys.stderr.buffer,
-                                                            attempt.lines.append))]
+        copies = [threading.Thread(target=self.relay, daemon=True,
+                                   args=(job.stdout, sys.stdout.buffer,
+                                         lambda line: self.seen(attempt, line))),
+                  threading.Thread(target=self.relay, daemon=True,
+                                   args=(job.stderr, sys.stderr.buffer, attempt.lines.append))]
         for copy in copies:
             copy.start()
-        code = job.wait()
+        code = self.wait(job, attempt)
         attempt.code = 128 - code if code < 0 else code  # killed by signal N: 128 + N
         attempt.ended = time.time()
         for copy in copies:
-            copy.join()
+            copy.join(COPY_GRACE_S)
         self.running = None
+
+    def wait(self, job: subprocess.Popen, attempt: Attempt) -> int:
+        """mpiexec's exit code. train.py's start-up is not watched (a rank lost
+        there leaves the others waiting for ever): with no training by
+        --start-timeout, the job is ended (SIGTERM, which hydra passes on, then
+        SIGKILL) and fails as any other."""
+        deadline = attempt.started + self.args.start_timeout
+        while True:
+            try:
+                return job.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            if attempt.training is not None or time.time() < deadline:
+                continue
+            if not attempt.start_timed_out:
+                attempt.start_timed_out = True
+                self.say(f'no training {self.args.start_timeout:g} s after the start '
+                         '(--start-timeout): ending the job')
+                job.send_signal(signal.SIGTERM)
+            elif time.time() > deadline + END_GRACE_S:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.pid, signal.SIGKILL)
 
     def seen(self, attempt: Attempt, line: str) -> None:
         """A line of the job's stdout: the first TRAINING_FROM of a restart says
@@ -178,11 +212,9 @@ class Supervisor:
         # A rank cut off writes its report too, naming everyone else: only the
         # reports of hosts that answer count.
         for report in read_reports(self.out, attempt.started):
-            if report.get('host') in attempt.lost:
-                continue
-            silent = ', '.join(report.get('silent') or {}) or 'no host'
-            self.say(f'the watchdog of rank {report.get("rank")} ({report.get("host")}) '
-                     f'found {silent} silent')
+            if report.get('host') not in attempt.lost:
+                self.say(f'the watchdog of rank {report.get("rank")} ({report.get("host")}) '
+                         f'found {watchdog_finding(report)}')
         for name in attempt.lost:
             self.say(f'{name} does not answer through mpiexec ({why_not[name]}): dropped')
         answering = [name for name in names if not why_not[name]]
@@ -238,11 +270,11 @@ class Supervisor:
             self.say('the job finished')
             return 0
         if attempt.code == INPUT_ERROR:
-            error = next((line for line in reversed(attempt.lines)
-                          if line.startswith('train.py: error')), 'its line above')
-            if len(self.attempts) == 1:
+            if attempt.hosts == self.attempts[0].hosts:
                 self.say(f'the job stopped on bad input (exit {INPUT_ERROR}): not retried')
             else:
+                error = next((line for line in reversed(attempt.lines)
+                              if line.startswith('train.py: error')), 'its line above')
                 processes = sum(procs for _, procs in attempt.hosts)
                 self.say(f'the {processes} processes left cannot run this job ({error}): '
                          'stopping')
@@ -290,6 +322,15 @@ def newest_snapshot(out: str) -> tuple[int, str, float] | None:
         return None
     path = os.path.join(out, epochs[max(epochs)])
     return max(epochs), path, os.stat(path).st_mtime
+
+
+def watchdog_finding(report: dict) -> str:
+    """What a watchdog's report says of the others: 'h3 silent'."""
+    if report.get('silent'):
+        return f'{", ".join(report["silent"])} silent'
+    if report.get('busy'):
+        return f'{", ".join(report["busy"])} busy outside any exchange'
+    return 'every rank waiting in an exchange'
 
 
 def read_reports(out: str, since: float) -> list[dict]:
@@ -363,7 +404,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                     'when it fails, drop the hosts that no longer answer and start it again '
                     'on the rest, from its newest snapshot (train.py --resume auto).',
         usage='%(prog)s [-h] --hostfile FILE [--min-hosts N] [--max-restarts N] '
-              '[--probe-timeout SECONDS] [--mpiexec PATH] [--mpiexec-option=OPTIONS] '
+              '[--probe-timeout SECONDS] [--start-timeout SECONDS] [--mpiexec PATH] '
+              '[--mpiexec-option=OPTIONS] '
               '-- COMMAND ...')
     parser.add_argument('--hostfile', required=True, metavar='FILE',
                         help='the hosts: HOST or HOST:PROCESSES a line, as mpiexec -f reads')
@@ -374,6 +416,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument('--probe-timeout', type=float, default=10, metavar='SECONDS',
                         help='a host that has not run `true` through mpiexec in this time '
                              'is lost (default 10)')
+    parser.add_argument('--start-timeout', type=float, default=600, metavar='SECONDS',
+                        help='end a job that has not started training this long after its '
+                             'start, and go on as after any failure (default 600)')
     parser.add_argument('--mpiexec', metavar='PATH',
                         help="MPICH's mpiexec (default: the one beside COMMAND's program, a "
                              "virtualenv's, else PATH's)")
@@ -392,9 +437,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                                ('--max-restarts', args.max_restarts, 0)):
         if value < least:
             raise UsageError(f'{flag} must be {least} or more, got {value}')
-    if not args.probe_timeout > 0:
-        raise UsageError(f'--probe-timeout must be a number of seconds above 0, '
-                         f'got {args.probe_timeout:g}')
+    for flag, value in (('--probe-timeout', args.probe_timeout),
+                        ('--start-timeout', args.start_timeout)):
+        if not 0 < value < float('inf'):
+            raise UsageError(f'{flag} must be a number of seconds above 0, got {value:g}')
     return args
 
 
