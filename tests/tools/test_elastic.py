@@ -301,3 +301,17 @@ def test_its_own_bad_input_is_one_line(tmp_path, hostfile, flags, job, message):
     assert result.returncode == 2
     assert result.stderr == f'elastic.py: error: {message.replace("HOSTS", str(path))}\n'
     assert result.stdout == ''
+
+
+def test_ctrl_c_goes_to_the_job_which_is_not_restarted(three_hosts, tmp_path):
+    hosts = three_hosts
+    with supervised(hosts, tmp_path / 'out', *RUN, names=hosts.names[:2]) as job:
+        job.wait_for(TRAINING_FROM)
+        job.process.send_signal(signal.SIGINT)  # elastic.py's own: the job has a session apart
+        code = job.finish()
+        assert not [pid for host in hosts.names for pid in train_pids(hosts, host)]
+    said = job.said()
+    assert code == 128 + signal.SIGINT
+    assert 'train.py: interrupted; stopping all 2 processes' in job.output
+    assert said[-2] == 'SIGINT passed on to the job, which ended with 130: not restarted', said
+    assert not [line for line in said if line.startswith('restart ')], said
