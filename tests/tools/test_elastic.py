@@ -21,6 +21,7 @@ import time
 import pytest
 
 from conftest import REPO, hosts_or_skip, log_without_time, mpi_env, mpiexec_path
+from tools.hosts import end_processes
 
 ELASTIC = os.path.join(REPO, 'tools', 'elastic.py')
 TRAIN = os.path.join(REPO, 'train.py')
@@ -46,6 +47,7 @@ class Supervised:
     line, with the time each line came."""
 
     def __init__(self, hosts, names, out, flags, elastic_flags, env):
+        self.hosts = hosts
         command = [sys.executable, ELASTIC, '--hostfile', hosts.hostfile(1, names),
                    f'--mpiexec-option={shlex.join(hosts.launcher_options)}',
                    '--mpiexec', mpiexec_path(), '--probe-timeout', str(PROBE_TIMEOUT_S),
@@ -89,8 +91,8 @@ class Supervised:
         return self.process.returncode
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # its mpiexec has a session of its own
+        """End it and everything in the hosts (its mpiexec has a session apart)."""
+        end_processes(self.hosts)
         self.process.wait()
         self.reader.join()
 
