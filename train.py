@@ -37,6 +37,8 @@ from job.reports import add_reports
 from job.run_info import collect_run_info, write_run_info
 from models.grid import ProcessGrid, process_grid
 
+# The line rank 0 prints when training starts, the iteration it starts from after it.
+TRAINING_FROM = 'Training from iteration'
 # ChainerMN marks its iterators and collectives experimental, on every rank.
 warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)
 
@@ -45,6 +47,7 @@ def train(args: argparse.Namespace, comm) -> None:
     """The recipe: check, data, model, optimizer, iterators, trainer, extensions, run."""
     run_checked(comm, check_args, args, comm.size)
     run_checked(comm, check_out_dir, args.out, only_rank0=True)
+    resuming = resume_from(args, comm)
     device = gpu.use_device(args, comm)
     train_set, test_set, n_classes = read_data(args, comm, args.train_size)
     k, auto = choose_channel_group_size(args, comm, n_classes, device)
@@ -83,6 +86,8 @@ def train(args: argparse.Namespace, comm) -> None:
     if comm.rank == 0:
         add_reports(trainer)
         print_header(args, comm, grid, n_classes, len(train_set), len(test_set))
+        if resuming:
+            print(resuming)
         if auto:
             print(describe(auto['seconds_per_step'], k, auto['startup_seconds']))
         print(f'Process ids by rank: {ids}', flush=True)
@@ -92,7 +97,11 @@ def train(args: argparse.Namespace, comm) -> None:
         checkpoint.load_snapshot(comm, trainer, vgg, shuffle_rng, grid, snapshot)
 
     # Start-up is over: from here, a rank that waits too long ends the job.
-    with watchdog.watching(communicators(comm, grid), args.timeout):
+    with watchdog.watching(communicators(comm, grid), args.timeout, report_to=args.out):
+        if comm.rank == 0:
+            # Watched from here on; tools/elastic.py reads it as training started.
+            print(f'{TRAINING_FROM} {trainer.updater.iteration} (epochs done: '
+                  f'{trainer.updater.epoch})', flush=True)
         trainer.run()
         checkpoint.save_model(vgg, grid, os.path.join(args.out, 'model.npz'))
         peak_memory.write_run_info(args.out)
@@ -120,6 +129,19 @@ def evaluate(args: argparse.Namespace, comm) -> None:
         print(f'test loss {float(result["main/loss"]):.7g}, accuracy '
               f'{float(result["main/accuracy"]):.6f} ({len(test_set)} {args.dataset} test '
               f'images, batch size {args.batchsize}, {args.evaluate})', flush=True)
+
+
+def resume_from(args: argparse.Namespace, comm) -> str | None:
+    """Set args.resume to the file to resume, None for a fresh start (--resume auto
+    decides on rank 0, which alone reads --out); the header's line about it, or None."""
+    if args.resume != AUTO:
+        return f'Resuming from {args.resume}' if args.resume else None
+    # In a list: bcast_obj refuses None on its root.
+    [args.resume] = comm.bcast_obj([checkpoint.newest_snapshot(args.out)] if comm.rank == 0
+                                   else None)
+    if args.resume is None:
+        return f'No snapshot in {args.out}: starting from the beginning (--resume {AUTO})'
+    return f'Resuming from {args.resume}, the newest snapshot in {args.out} (--resume {AUTO})'
 
 
 def communicators(comm, grid: ProcessGrid) -> dict:

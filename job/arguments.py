@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0,
                         help='fixes the initial weights, dropout and shuffling (default 0)')
     parser.add_argument('--resume', metavar='SNAPSHOT',
-                        help='continue the run saved in this snapshot file')
+                        help=f'continue the run saved in this snapshot file; {AUTO}: from '
+                             'the newest snapshot in --out, or from the start if it has none '
+                             '(what tools/elastic.py restarts with)')
     parser.add_argument('--evaluate', metavar='MODEL',
                         help='only print the test loss and accuracy of a model.npz or '
                              'snapshot file, then exit (writes nothing)')

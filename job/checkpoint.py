@@ -19,6 +19,7 @@ error (UsageError) that says which file to pass instead.
 import argparse
 import itertools
 import os
+import re
 import zipfile
 from collections.abc import Iterable, Iterator
 
@@ -40,6 +41,9 @@ from models.vgg import architecture_of
 
 # Where a snapshot keeps the model's arrays, under the names model.npz uses.
 SNAPSHOT_MODEL = 'updater/model:main/predictor/'
+# snapshot_epoch_E, E the epochs done.
+SNAPSHOT_PREFIX = 'snapshot_epoch_'
+SNAPSHOT_NAME = re.compile(rf'{SNAPSHOT_PREFIX}([0-9]+)')
 FILES_EXPECTED = {'--resume': 'a snapshot_epoch_E file',
                   '--evaluate': 'a model.npz or snapshot_epoch_E file'}
 
@@ -95,10 +99,21 @@ def snapshot_extension(model, shuffle_rng, grid: ProcessGrid, out: str, every: i
     # Priority -100, as Chainer's own snapshot: after the log is updated.
     @chainer.training.make_extension(trigger=(every, 'epoch'), priority=-100)
     def snapshot(trainer):
-        path = os.path.join(out, f'snapshot_epoch_{trainer.updater.epoch}')
+        path = os.path.join(out, f'{SNAPSHOT_PREFIX}{trainer.updater.epoch}')
         save_snapshot(trainer, model, shuffle_rng, grid, path)
 
     return snapshot
+
+
+def newest_snapshot(out: str) -> str | None:
+    """The snapshot of the most epochs in ``out`` (--resume auto), or None if it has none.
+
+    A file under a snapshot's name is complete: snapshots are written under a
+    temporary name (NAME.tmp-PID) and renamed, and those names do not match.
+    """
+    epochs = {int(found.group(1)): name for name in os.listdir(out)
+              if (found := SNAPSHOT_NAME.fullmatch(name))}
+    return os.path.join(out, epochs[max(epochs)]) if epochs else None
 
 
 def load_snapshot(comm, trainer, model, shuffle_rng, grid: ProcessGrid,

@@ -102,6 +102,54 @@ def test_evaluate_truncated_model_fails_in_one_line(trained, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
+# --- --resume auto -------------------------------------------------------------
+
+def test_resume_auto_without_a_snapshot_starts_from_the_beginning(trained, tmp_path):
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'snapshot_epoch_1.tmp-99').write_bytes(b'a write cut short')
+    result = run_mpi(2, 'train.py', '--out', str(out), *RUN, '--epoch', '1', '--resume', 'auto',
+                     timeout=JOB_TIMEOUT_S)
+    assert f'No snapshot in {out}: starting from the beginning (--resume auto)' in result.stdout
+    assert 'Training from iteration 0 (epochs done: 0)' in result.stdout
+    # The run without --resume, to the bit.
+    assert (out / 'model.npz').read_bytes() == (trained / 'model.npz').read_bytes()
+    assert (out / 'snapshot_epoch_1.tmp-99').read_bytes() == b'a write cut short'
+
+
+@pytest.fixture
+def snapshots(trained, tmp_path):
+    """An --out whose newest snapshot, by epoch number, is the trained run's
+    snapshot_epoch_1 under the name snapshot_epoch_10; beside it an older one
+    and a newer one cut short, neither readable."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'snapshot_epoch_10').write_bytes((trained / 'snapshot_epoch_1').read_bytes())
+    (out / 'snapshot_epoch_9').write_bytes(b'not read: older')
+    (out / 'snapshot_epoch_11.tmp-99').write_bytes(b'not read: cut short')
+    return out
+
+
+def test_resume_auto_continues_from_the_newest_snapshot(snapshots):
+    result = run_mpi(2, 'train.py', '--out', str(snapshots), *RUN, '--epoch', '2',
+                     '--resume', 'auto', timeout=JOB_TIMEOUT_S)
+    newest = snapshots / 'snapshot_epoch_10'
+    assert (f'Resuming from {newest}, the newest snapshot in {snapshots} (--resume auto)'
+            in result.stdout)
+    assert 'Training from iteration 2 (epochs done: 1)' in result.stdout
+    assert [entry['epoch'] for entry in json.loads((snapshots / 'log').read_text())] == [1, 2]
+    assert (snapshots / 'snapshot_epoch_9').read_bytes() == b'not read: older'
+
+
+def test_resume_auto_refuses_a_snapshot_of_another_width(snapshots):
+    before = files_in(snapshots)
+    result = run_mpi(2, 'train.py', '--out', str(snapshots), *RUN, '--width', '2',
+                     '--resume', 'auto', check=False, timeout=JOB_TIMEOUT_S)
+    check_clean_failure(result, f'--resume {snapshots / "snapshot_epoch_10"} was trained with '
+                                '--width 1, this run has --width 2: pass --width 1')
+    assert files_in(snapshots) == before
+
+
 # --- jobs that fail or are interrupted ---------------------------------------
 
 @pytest.mark.parametrize('n, action, grid', [

@@ -6,6 +6,7 @@ tools/hosts.py (which need root and iproute2: elsewhere those tests skip,
 and fail where PARALLEL_CONV_HOSTS=required, as in .ci/run) the second
 host's link goes down, or its ranks are frozen, mid-epoch.
 """
+import json
 import os
 import re
 import signal
@@ -28,7 +29,7 @@ from conftest import (
     run_mpi,
     start_job,
 )
-from job.watchdog import EXIT_CODE
+from job.watchdog import EXIT_CODE, REPORT_NAME
 
 # Four iterations an epoch: a fault at iteration 6 is mid-epoch 2, after
 # the snapshot of epoch 1.
@@ -87,6 +88,16 @@ def silent(ranks: str) -> str:
     return rf'no answer from {re.escape(ranks)} for \d+ s'
 
 
+def check_report(out, line: str, silent: dict) -> None:
+    """The printing rank wrote its line into --out as data too: the same line,
+    and the ranks that fell ``silent`` by host."""
+    rank, host = re.match(r'train\.py: rank (\d+) \((\S+)\)', line).groups()
+    report = json.loads((out / REPORT_NAME.format(rank=rank)).read_text())
+    assert (report['line'], report['rank'], report['host']) == (line, int(rank), host)
+    assert report['silent'] == silent
+    assert report['timeout_s'] == TIMEOUT_S and report['waited_s'] > TIMEOUT_S
+
+
 def check_snapshot_resumes(n: int, out, flags: list[str]) -> None:
     """snapshot_epoch_1 is whole, and the run continues from it to the end."""
     assert not [p.name for p in out.iterdir() if '.tmp-' in p.name]
@@ -115,6 +126,7 @@ def test_a_frozen_rank_ends_the_job(n, frozen, tmp_path):
     out = tmp_path / 'out'
     stdout, line, frozen_at = run_to_the_watchdog(n, out, f'{frozen}:6:stop')
     check_the_line(line, silent(f'rank {frozen} ({socket.gethostname()})'))
+    check_report(out, line, {socket.gethostname(): [frozen]})
     # mpiexec ended the frozen one, the others ended themselves.
     check_gone_by(process_ids(stdout), frozen_at + ENDS_WITHIN_S)
     assert not (out / 'model.npz').exists()
@@ -242,5 +254,6 @@ def test_a_lost_host_ends_the_job(hosts, cut, tmp_path):
     lines = watchdog_lines(stderr)
     assert len(lines) == 1, stderr
     check_the_line(lines[0], silent(f'ranks 2, 3 ({hosts.names[1]})'))
+    check_report(out, lines[0], {hosts.names[1]: [2, 3]})
     assert not (out / 'model.npz').exists()
     check_snapshot_resumes(2, out, WATCHED)
