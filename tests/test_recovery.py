@@ -16,6 +16,7 @@ import pytest
 from cifar_files import Cifar
 from conftest import (
     NARROW,
+    NARROW_WIDTH,
     check_all_gone_by,
     check_clean_failure,
     check_earlier_run_kept,
@@ -145,8 +146,10 @@ def test_resume_auto_refuses_a_snapshot_of_another_width(snapshots):
     before = files_in(snapshots)
     result = run_mpi(2, 'train.py', '--out', str(snapshots), *RUN, '--width', '2',
                      '--resume', 'auto', check=False, timeout=JOB_TIMEOUT_S)
+    # RUN is the narrow VGG16's (conftest.NARROW).
     check_clean_failure(result, f'--resume {snapshots / "snapshot_epoch_10"} was trained with '
-                                '--width 1, this run has --width 2: pass --width 1')
+                                f'--width {NARROW_WIDTH}, this run has --width 2: '
+                                f'pass --width {NARROW_WIDTH}')
     assert files_in(snapshots) == before
 
 
