@@ -56,7 +56,7 @@ def train(args: argparse.Namespace, comm) -> None:
     fault = run_checked(comm, faults.fault_injection, comm)
     # Read by rank 0 alone, and given out array by array once the model is built.
     snapshot = (run_checked(comm, checkpoint.read_snapshot, args.resume, args, n_classes,
-                            grid.channels.size, only_rank0=True)
+                            grid.channel_group.size, only_rank0=True)
                 if args.resume else None)
 
     vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype,
@@ -92,7 +92,7 @@ def train(args: argparse.Namespace, comm) -> None:
             print(describe(auto['seconds_per_step'], k, auto['startup_seconds']))
         print(f'Process ids by rank: {ids}', flush=True)
         write_run_info(args.out, collect_run_info(args, comm.size, args.conv,
-                                                  grid.channels.size, auto))
+                                                  grid.channel_group.size, auto))
     if args.resume:
         checkpoint.load_snapshot(comm, trainer, vgg, shuffle_rng, grid, snapshot)
 
@@ -116,7 +116,7 @@ def evaluate(args: argparse.Namespace, comm) -> None:
     # The test set is all it needs: one training example spares reading in the rest.
     _, test_set, n_classes = read_data(args, comm, 1)
     weights = run_checked(comm, checkpoint.read_model, args.evaluate, args, n_classes,
-                          grid.channels.size, only_rank0=True)
+                          grid.channel_group.size, only_rank0=True)
     vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype,
                                width=args.width)
     model = recipe.build_classifier(vgg, grid, device)
@@ -146,8 +146,8 @@ def resume_from(args: argparse.Namespace, comm) -> str | None:
 
 def communicators(comm, grid: ProcessGrid) -> dict:
     """Every communicator of the run, by the name the watchdog's line gives it."""
-    return {'all ranks': comm, 'channel group': grid.channels, 'replica group': grid.replicas,
-            'gradient buckets': grid.gradients}
+    return {'all ranks': comm, 'channel group': grid.channel_group,
+            'replica group': grid.replica_group, 'gradient buckets': grid.gradient_group}
 
 
 def choose_channel_group_size(args: argparse.Namespace, comm, n_classes: int,
@@ -197,7 +197,7 @@ def print_header(args: argparse.Namespace, comm, grid: ProcessGrid, n_classes: i
         network += ', convolutions keeping their gathered inputs (--keep-gathered)'
     print(f'{network} on {args.dataset} ({n_classes} classes, '
           f'{train_size} train / {test_size} test images)')
-    layout = (f' ({grid.n_replicas} replicas x {grid.channels.size} channel ranks)'
+    layout = (f' ({grid.n_replicas} replicas x {grid.channel_group.size} channel ranks)'
               if grid.n_replicas > 1 else '')
     # With --gpu, how many of rank 0's node's processes share each of its GPUs.
     shared = f', {gpu.sharing(comm.intra_size, gpu.gpu_count())}' if args.gpu else ''

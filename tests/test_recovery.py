@@ -15,6 +15,8 @@ import pytest
 
 from cifar_files import Cifar
 from conftest import (
+    NARROW,
+    NARROW_WIDTH,
     check_all_gone_by,
     check_clean_failure,
     check_earlier_run_kept,
@@ -25,10 +27,17 @@ from conftest import (
     start_job,
 )
 
+# The narrow VGG16: how a job ends, and what --evaluate reads, do not depend
+# on the network's size.
 RUN = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '24',
-       '--batchsize', '16']
+       '--batchsize', '16', *NARROW]
 # Four iterations an epoch: a fault at iteration 2 is mid-epoch.
 LONGER_RUN = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '16',
+              '--batchsize', '16', *NARROW]
+# VGG16 itself, four iterations an epoch: Ctrl-C a moment into epoch 2 comes
+# before its end. The narrow network's step, bound by overhead, would need
+# forty iterations an epoch for that, at more cost.
+CTRL_C_RUN = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '16',
               '--batchsize', '16']
 # The time a job may take to end once one of its processes failed.
 ENDS_WITHIN_S = 10
@@ -137,8 +146,10 @@ def test_resume_auto_refuses_a_snapshot_of_another_width(snapshots):
     before = files_in(snapshots)
     result = run_mpi(2, 'train.py', '--out', str(snapshots), *RUN, '--width', '2',
                      '--resume', 'auto', check=False, timeout=JOB_TIMEOUT_S)
+    # RUN is the narrow VGG16's (conftest.NARROW).
     check_clean_failure(result, f'--resume {snapshots / "snapshot_epoch_10"} was trained with '
-                                '--width 1, this run has --width 2: pass --width 1')
+                                f'--width {NARROW_WIDTH}, this run has --width 2: '
+                                f'pass --width {NARROW_WIDTH}')
     assert files_in(snapshots) == before
 
 
@@ -174,7 +185,7 @@ def test_a_failing_rank_ends_the_job(n, action, grid, tmp_path):
 
 def test_ctrl_c_stops_every_rank_and_keeps_the_last_snapshot(tmp_path):
     out = tmp_path / 'out'
-    flags = [*LONGER_RUN, '--epoch', '2', '--frequency', '1']
+    flags = [*CTRL_C_RUN, '--epoch', '2', '--frequency', '1']
     job = start_job(2, out, *flags)
     snapshot = out / 'snapshot_epoch_1'
     deadline = time.time() + JOB_TIMEOUT_S
