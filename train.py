@@ -37,6 +37,8 @@ from job.reports import add_reports
 from job.run_info import collect_run_info, write_run_info
 from models.grid import ProcessGrid, process_grid
 
+# The line rank 0 prints when training starts, the iteration it starts from after it.
+TRAINING_FROM = 'Training from iteration'
 # ChainerMN marks its iterators and collectives experimental, on every rank.
 warnings.filterwarnings('ignore', message='.* is experimental', category=FutureWarning)
 
@@ -45,6 +47,7 @@ def train(args: argparse.Namespace, comm) -> None:
     """The recipe: check, data, model, optimizer, iterators, trainer, extensions, run."""
     run_checked(comm, check_args, args, comm.size)
     run_checked(comm, check_out_dir, args.out, only_rank0=True)
+    resuming = resume_from(args, comm)
     device = gpu.use_device(args, comm)
     train_set, test_set, n_classes = read_data(args, comm, args.train_size)
     # The model of step time and memory (job/costs.py) picks each K's path
@@ -61,7 +64,7 @@ def train(args: argparse.Namespace, comm) -> None:
     fault = run_checked(comm, faults.fault_injection, comm)
     # Read by rank 0 alone, and given out array by array once the model is built.
     snapshot = (run_checked(comm, checkpoint.read_snapshot, args.resume, args, n_classes,
-                            grid.channels.size, only_rank0=True)
+                            grid.channel_group.size, only_rank0=True)
                 if args.resume else None)
 
     vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype,
@@ -93,17 +96,23 @@ def train(args: argparse.Namespace, comm) -> None:
         add_reports(trainer)
         print_header(args, comm, grid, n_classes, len(train_set), len(test_set))
         print('\n'.join(layout.header_lines(choice, k, cluster)))
+        if resuming:
+            print(resuming)
         if auto:
             print(describe(auto, k))
         print(f'Process ids by rank: {ids}', flush=True)
-        info = collect_run_info(args, comm.size, args.conv, grid.channels.size, auto)
+        info = collect_run_info(args, comm.size, args.conv, grid.channel_group.size, auto)
         write_run_info(args.out, {**info, 'keep_gathered': keep_gathered,
                                   **layout.run_info(choice, k)})
     if args.resume:
         checkpoint.load_snapshot(comm, trainer, vgg, shuffle_rng, grid, snapshot)
 
     # Start-up is over: from here, a rank that waits too long ends the job.
-    with watchdog.watching(communicators(comm, grid), args.timeout):
+    with watchdog.watching(communicators(comm, grid), args.timeout, report_to=args.out):
+        if comm.rank == 0:
+            # Watched from here on; tools/elastic.py reads it as training started.
+            print(f'{TRAINING_FROM} {trainer.updater.iteration} (epochs done: '
+                  f'{trainer.updater.epoch})', flush=True)
         trainer.run()
         checkpoint.save_model(vgg, grid, os.path.join(args.out, 'model.npz'))
         peak_memory.write_run_info(args.out)
@@ -120,7 +129,7 @@ def evaluate(args: argparse.Namespace, comm) -> None:
     # The test set is all it needs: one training example spares reading in the rest.
     _, test_set, n_classes = read_data(args, comm, 1)
     weights = run_checked(comm, checkpoint.read_model, args.evaluate, args, n_classes,
-                          grid.channels.size, only_rank0=True)
+                          grid.channel_group.size, only_rank0=True)
     vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype,
                                width=args.width)
     model = recipe.build_classifier(vgg, grid, device)
@@ -135,10 +144,23 @@ def evaluate(args: argparse.Namespace, comm) -> None:
               f'images, batch size {args.batchsize}, {args.evaluate})', flush=True)
 
 
+def resume_from(args: argparse.Namespace, comm) -> str | None:
+    """Set args.resume to the file to resume, None for a fresh start (--resume auto
+    decides on rank 0, which alone reads --out); the header's line about it, or None."""
+    if args.resume != AUTO:
+        return f'Resuming from {args.resume}' if args.resume else None
+    # In a list: bcast_obj refuses None on its root.
+    [args.resume] = comm.bcast_obj([checkpoint.newest_snapshot(args.out)] if comm.rank == 0
+                                   else None)
+    if args.resume is None:
+        return f'No snapshot in {args.out}: starting from the beginning (--resume {AUTO})'
+    return f'Resuming from {args.resume}, the newest snapshot in {args.out} (--resume {AUTO})'
+
+
 def communicators(comm, grid: ProcessGrid) -> dict:
     """Every communicator of the run, by the name the watchdog's line gives it."""
-    return {'all ranks': comm, 'channel group': grid.channels, 'replica group': grid.replicas,
-            'gradient buckets': grid.gradients}
+    return {'all ranks': comm, 'channel group': grid.channel_group,
+            'replica group': grid.replica_group, 'gradient buckets': grid.gradient_group}
 
 
 def choose_channel_group_size(args: argparse.Namespace, comm, n_classes: int, device,
@@ -190,7 +212,7 @@ def print_header(args: argparse.Namespace, comm, grid: ProcessGrid, n_classes: i
         network += f', {args.width} times as wide (--width {args.width})'
     print(f'{network} on {args.dataset} ({n_classes} classes, '
           f'{train_size} train / {test_size} test images)')
-    layout = (f' ({grid.n_replicas} replicas x {grid.channels.size} channel ranks)'
+    layout = (f' ({grid.n_replicas} replicas x {grid.channel_group.size} channel ranks)'
               if grid.n_replicas > 1 else '')
     # With --gpu, how many of rank 0's node's processes share each of its GPUs.
     shared = f', {gpu.sharing(comm.intra_size, gpu.gpu_count())}' if args.gpu else ''

@@ -72,7 +72,7 @@ def worker(feed: str, model_parallel: int, batchsize: int, steps: int) -> None:
     batches = chainermn.iterators.create_multi_node_iterator(iterator, comm)
     for _ in range(steps):
         images, labels = chainer.dataset.concat_examples(next(batches))
-        rows = slice(*grid.rows(len(labels)))
+        rows = slice(*grid.replica_rows(len(labels)))
         convert((images[rows], labels[rows]), None)
 
 

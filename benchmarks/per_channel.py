@@ -39,17 +39,17 @@ import numpy
 
 from models.batch_norm import BatchNormalization
 from models.dropout import channel_slice_dropout, dropout_key
-from models.partition import channel_range
+from models.partition import split_range
 from models.vgg import VGG16_BLOCKS
 
 IMAGE_SIZE = 32
 
 
 def slice_specs(processes: int, batch: int) -> list[tuple]:
-    """(channels, dropout ratio, shape) of rank 0's slice of each block's output."""
+    """((start, stop), dropout ratio, shape) of rank 0's slice of each block's output."""
     specs, size = [], IMAGE_SIZE
     for _, channels, ratio, pool in VGG16_BLOCKS:
-        start, stop = channel_range(channels, processes, 0)
+        start, stop = split_range(channels, processes, 0)
         specs.append(((start, stop), ratio, (batch, stop - start, size, size)))
         size //= 2 if pool else 1
     return specs
@@ -58,9 +58,9 @@ def slice_specs(processes: int, batch: int) -> list[tuple]:
 class Slice:
     """A random slice of one block's convolution output, and its gradient."""
 
-    def __init__(self, channels: tuple[int, int], ratio: float, shape: tuple,
+    def __init__(self, out_range: tuple[int, int], ratio: float, shape: tuple,
                  rng: numpy.random.Generator):
-        self.channels = channels
+        self.out_range = out_range
         self.ratio = ratio
         self.shape = shape
         self.x = rng.standard_normal(shape, numpy.float32)
@@ -84,7 +84,7 @@ def chainer_dropout(piece: Slice) -> Callable:
 def our_dropout(piece: Slice) -> Callable:
     """This project's dropout on the slice's channels."""
     key = dropout_key(0, 0, 0)
-    return lambda x: channel_slice_dropout(x, piece.ratio, *piece.channels, key)
+    return lambda x: channel_slice_dropout(x, piece.ratio, *piece.out_range, key)
 
 
 # Method name: (makes the function for a slice, whether it applies to one).

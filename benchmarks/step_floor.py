@@ -17,11 +17,11 @@ def step_multiply_adds(network: str, batch: int, processes: int, rank: int) -> i
     (none for the image's input gradient). The convolutions count every
     3x3 tap, padding included, as chainer.links and the floor's product do.
     """
-    from models.partition import channel_counts
+    from models.partition import split_counts
     from models.vgg import HEAD_WIDTH, VGG16_BLOCKS
     total, in_channels, size = 0, 3, 32
     for index, (_, channels, _, pool) in enumerate(VGG16_BLOCKS):
-        mine = channels if network == 'plain' else channel_counts(channels, processes)[rank]
+        mine = channels if network == 'plain' else split_counts(channels, processes)[rank]
         inputs = in_channels // processes if network == 'grouped' and index > 0 else in_channels
         passes = 2 if index == 0 else 3
         total += passes * batch * size * size * inputs * mine * 9

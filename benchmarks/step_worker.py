@@ -92,7 +92,7 @@ def main(config: Configuration, args: argparse.Namespace) -> None:
     exchanges = ExchangeSeconds()
     data = numpy.random.RandomState(0)
     # The global batch; each replica computes on its rows.
-    mine = slice(*grid.rows(args.batchsize))
+    mine = slice(*grid.replica_rows(args.batchsize))
     x = device.send((data.rand(args.batchsize, 3, 32, 32) - 0.5).astype(numpy.float32)[mine])
     t = device.send(data.randint(0, 10, args.batchsize).astype(numpy.int32)[mine])
     profiler = None
@@ -116,8 +116,8 @@ def main(config: Configuration, args: argparse.Namespace) -> None:
     if profiler:
         profiler.disable()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    multiply_adds = step_multiply_adds(config.network, len(t), grid.channels.size,
-                                       grid.channels.rank)
+    multiply_adds = step_multiply_adds(config.network, len(t), grid.channel_group.size,
+                                       grid.channel_group.rank)
     comm.mpi_comm.Barrier()
     floor = time_floor(multiply_adds, config.device)
     report(comm, args, step_seconds[args.warmup:], cpu_seconds[args.warmup:],

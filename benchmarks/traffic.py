@@ -48,7 +48,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
 
 from models.data_parallel.gradient_mean import BUCKET_BYTES
-from models.partition import channel_counts
+from models.partition import split_counts
 from models.vgg import HEAD_WIDTH, KERNEL_SIZE, VGG16_BLOCKS
 
 ITEM_BYTES = 4  # float32
@@ -106,7 +106,7 @@ def gradient_buckets(channel_ranks: int) -> int:
     """Buckets of channel rank 0's gradients, in the order the backward pass finishes them."""
     arrays, in_channels = [], 3
     for _, channels, *_ in VGG16_BLOCKS:
-        mine = channel_counts(channels, channel_ranks)[0]
+        mine = split_counts(channels, channel_ranks)[0]
         arrays += [mine * in_channels * KERNEL_SIZE ** 2, mine, mine]  # W, beta, gamma
         in_channels = channels
     arrays += [in_channels * HEAD_WIDTH, HEAD_WIDTH, HEAD_WIDTH, HEAD_WIDTH * N_CLASSES]

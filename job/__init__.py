@@ -1,10 +1,13 @@
 """What train.py stands on: the parts of a training job that are not the network.
 
-The flags (arguments), the data, the checkpoints, the errors and aborts,
-fault injection, the device choice (gpu), the run record (run_info), the
-channel group size timed at start-up (model_parallel), each rank's peak
-memory (memory), and two modules that must act before the libraries they
-adjust are loaded:
+The flags (arguments), the data (data, and safe_pickle, which reads the
+CIFAR files as data only), the recipe of network, classifier and optimizer
+(recipe), the checkpoints, the errors and aborts (errors), fault injection
+(faults), the watchdog of --timeout (watchdog), the device choice (gpu),
+the run record (run_info), the channel group size timed at start-up
+(fastest_k), each rank's peak memory (memory), the reports and plots
+(reports), and two modules that must act before the libraries they adjust
+are loaded:
 
 - blas_threads sets the BLAS thread count per process, which OpenBLAS and
   MKL read once, when numpy loads them: it must run before numpy is imported.

@@ -16,6 +16,8 @@ from models.vgg import VGG16_BLOCKS
 
 # At --width 1; --width W multiplies every layer's channels by W.
 NARROWEST_LAYER = min(channels for _, channels, *_ in VGG16_BLOCKS)
+# --width W must make every layer's channels whole: W times 64 a whole number.
+WIDTH_STEP = NARROWEST_LAYER
 # --timeout's default, in seconds: docs/recovery.md#a-lost-host-ends-the-job says why.
 DEFAULT_TIMEOUT_S = 300
 AUTO = 'auto'  # --model-parallel auto: the fastest K, timed at start-up (job/fastest_k.py)
@@ -43,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0,
                         help='fixes the initial weights, dropout and shuffling (default 0)')
     parser.add_argument('--resume', metavar='SNAPSHOT',
-                        help='continue the run saved in this snapshot file')
+                        help=f'continue the run saved in this snapshot file; {AUTO}: from '
+                             'the newest snapshot in --out, or from the start if it has none '
+                             '(what tools/elastic.py restarts with)')
     parser.add_argument('--evaluate', metavar='MODEL',
                         help='only print the test loss and accuracy of a model.npz or '
                              'snapshot file, then exit (writes nothing)')
@@ -57,8 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="exact: VGG16 split by output channel (default); grouped: the "
                              "original example's scheme, a smaller network with one group of "
                              "input channels per process (see docs/original.md)")
-    parser.add_argument('--width', type=int, default=1, metavar='W',
-                        help="W times VGG16's channels per convolution (default 1)")
+    parser.add_argument('--width', type=width, default=1, metavar='W',
+                        help="W times VGG16's channels per convolution, a multiple of "
+                             f"1/{WIDTH_STEP} (default 1; below 1 for quick runs)")
     parser.add_argument('--keep-gathered', action='store_true',
                         help='each convolution keeps its whole gathered input for the '
                              'backward pass instead of its channel slice: a faster step, '
@@ -94,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def width(value: str) -> int | float:
+    """--width's number: an int when whole, so that 2 prints as 2."""
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
 def _channel_group_size(value: str) -> int | str:
     if value == AUTO:
         return value
@@ -125,8 +136,10 @@ def check_args(args: argparse.Namespace, n_processes: int) -> None:
         raise UsageError(f'--frequency must be a number of epochs (1 or more) or -1, '
                          f'got {args.frequency}')
     model_parallel = None if args.model_parallel == AUTO else args.model_parallel
-    if args.width < 1:
-        raise UsageError(f'--width must be a whole number, 1 or more, got {args.width}')
+    if not args.width > 0 or (args.width * WIDTH_STEP) % 1:
+        raise UsageError(f'--width must be a multiple of 1/{WIDTH_STEP} greater than 0, so that '
+                         f'every layer has whole channels (such as 0.125, 1 or 2), '
+                         f'got {args.width:g}')
     for flag, value in (('--train-size', args.train_size), ('--test-size', args.test_size),
                         ('--model-parallel', model_parallel)):
         if value is not None and value <= 0:
@@ -161,13 +174,13 @@ def _grid_problem(args: argparse.Namespace, n_processes: int, k: int) -> str | N
     # What fixed K, in the messages.
     chosen = (f'--model-parallel {k}' if isinstance(args.model_parallel, int)
               else f'{n_processes} processes')
-    narrowest = NARROWEST_LAYER * args.width
+    narrowest = int(NARROWEST_LAYER * args.width)
     if k > narrowest:
         advice = (f'run at most {narrowest} processes, or replicas of smaller channel '
                   'groups (--model-parallel)' if args.model_parallel is None
                   else f'give at most {narrowest}')
         # The width only where it is not VGG16's, to say where the number comes from.
-        width = f' (--width {args.width})' if args.width != 1 else ''
+        width = f' (--width {args.width:g})' if args.width != 1 else ''
         return (f'{chosen}, but the narrowest layer has only {narrowest} '
                 f'channels{width} to split: {advice}')
     if n_processes % k:
@@ -185,7 +198,7 @@ def _grid_problem(args: argparse.Namespace, n_processes: int, k: int) -> str | N
         return (f'--gpu with {replicas} replicas: batch normalization over replicas '
                 f'runs on CPU only; run without --gpu, or one replica '
                 f'(--model-parallel {n_processes})')
-    grouped_inputs = [channels * args.width for channels in GROUPED_INPUT_CHANNELS]
+    grouped_inputs = [int(channels * args.width) for channels in GROUPED_INPUT_CHANNELS]
     if args.conv == 'grouped' and any(c % k for c in grouped_inputs):
         divisor = math.gcd(*grouped_inputs)
         counts = [n for n in range(1, divisor + 1) if divisor % n == 0]

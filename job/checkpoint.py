@@ -19,6 +19,7 @@ error (UsageError) that says which file to pass instead.
 import argparse
 import itertools
 import os
+import re
 import zipfile
 from collections.abc import Iterable, Iterator
 
@@ -26,12 +27,23 @@ import chainer.training
 import numpy
 
 from job.errors import UsageError
+from models import NETWORKS
 from models.grid import ProcessGrid
-from models.serialization import full_arrays, load_shares, my_share
-from models.vgg import VGG16_BLOCKS
+from models.partition import ChannelSplit
+from models.serialization import (
+    create_optimizer_state,
+    full_arrays,
+    load_shares,
+    my_share,
+    split_keys,
+)
+from models.vgg import architecture_of
 
 # Where a snapshot keeps the model's arrays, under the names model.npz uses.
 SNAPSHOT_MODEL = 'updater/model:main/predictor/'
+# snapshot_epoch_E, E the epochs done.
+SNAPSHOT_PREFIX = 'snapshot_epoch_'
+SNAPSHOT_NAME = re.compile(rf'{SNAPSHOT_PREFIX}([0-9]+)')
 FILES_EXPECTED = {'--resume': 'a snapshot_epoch_E file',
                   '--evaluate': 'a model.npz or snapshot_epoch_E file'}
 
@@ -71,15 +83,14 @@ def _write_gathered(path: str, arrays: Iterator, grid: ProcessGrid, extra: dict)
 
 def save_model(model, grid: ProcessGrid, path: str) -> None:
     """``model.npz``: the full parameters and batch-norm statistics."""
-    _write_gathered(path, full_arrays(model, grid.channels, model.sliced_channels(), root=0),
-                    grid, {})
+    _write_gathered(path, full_arrays(model, grid.channel_group, model, root=0), grid, {})
 
 
 def save_snapshot(trainer, model, shuffle_rng, grid: ProcessGrid, path: str) -> None:
     """Everything a resumed run needs: model, optimizer, iterators, log, RNG."""
     # Every rank serializes the trainer, so that every rank's serializer
-    # holds the same sliced arrays, in the same order, to gather.
-    arrays = full_arrays(trainer, grid.channels, model.sliced_channels(), root=0)
+    # holds the same split arrays, in the same order, to gather.
+    arrays = full_arrays(trainer, grid.channel_group, model, root=0)
     _write_gathered(path, arrays, grid, _rng_state(shuffle_rng) if grid.rank == 0 else {})
 
 
@@ -88,16 +99,33 @@ def snapshot_extension(model, shuffle_rng, grid: ProcessGrid, out: str, every: i
     # Priority -100, as Chainer's own snapshot: after the log is updated.
     @chainer.training.make_extension(trigger=(every, 'epoch'), priority=-100)
     def snapshot(trainer):
-        path = os.path.join(out, f'snapshot_epoch_{trainer.updater.epoch}')
+        path = os.path.join(out, f'{SNAPSHOT_PREFIX}{trainer.updater.epoch}')
         save_snapshot(trainer, model, shuffle_rng, grid, path)
 
     return snapshot
 
 
+def newest_snapshot(out: str) -> str | None:
+    """The snapshot of the most epochs in ``out`` (--resume auto), or None if it has none.
+
+    A file under a snapshot's name is complete: snapshots are written under a
+    temporary name (NAME.tmp-PID) and renamed, and those names do not match.
+    """
+    epochs = {int(found.group(1)): name for name in os.listdir(out)
+              if (found := SNAPSHOT_NAME.fullmatch(name))}
+    return os.path.join(out, epochs[max(epochs)]) if epochs else None
+
+
 def load_snapshot(comm, trainer, model, shuffle_rng, grid: ProcessGrid,
                   state: dict | None) -> None:
     """Restore a snapshot's ``state``, read by rank 0 (None on the other ranks). Collective."""
-    shares = share_file(comm, grid, model.sliced_channels(), state)
+    for optimizer in trainer.updater.get_all_optimizers().values():
+        create_optimizer_state(optimizer)
+    # The model and its optimizer lie under the updater (Chainer's
+    # Trainer.serialize), which, unlike a trainer not yet run, serializes.
+    splits = {f'updater/{key}': split
+              for key, split in split_keys(trainer.updater, model).items()}
+    shares = share_file(comm, grid, splits, state)
     load_shares(trainer, shares)
     if shuffle_rng is not None:
         shuffle_rng.set_state(('MT19937', shares['shuffle_rng/keys'],
@@ -106,15 +134,17 @@ def load_snapshot(comm, trainer, model, shuffle_rng, grid: ProcessGrid,
                                float(shares['shuffle_rng/cached_gaussian'])))
 
 
-def share_file(comm, grid: ProcessGrid, sliced: dict[str, int], state: dict | None) -> dict:
+def share_file(comm, grid: ProcessGrid, splits: dict[str, ChannelSplit],
+               state: dict | None) -> dict:
     """Rank 0's ``state``, a file's full arrays (None on the other ranks), on every
-    rank as that rank loads it (models.serialization.my_share).
+    rank as that rank loads it (models.serialization.my_share; ``splits``: which
+    keys are split, models.serialization.split_keys).
 
     One array at a time, each dropped by rank 0 once sent and by the others
     once sliced: no other rank ever holds the whole file.
     """
     keys = comm.bcast_obj(sorted(state) if comm.rank == 0 else None)
-    return {key: my_share(grid.channels, sliced, key,
+    return {key: my_share(grid.channel_group, splits, key,
                           comm.bcast_obj(state.pop(key) if comm.rank == 0 else None))
             for key in keys}
 
@@ -150,7 +180,7 @@ def read_model(path: str, args: argparse.Namespace, n_classes: int,
                channel_ranks: int) -> dict:
     """The model's arrays in a model.npz, or in a snapshot under the same names."""
     state = read_npz(path, '--evaluate')
-    if SNAPSHOT_MODEL + 'fc2/W' in state:
+    if any(key.startswith(SNAPSHOT_MODEL) for key in state):
         state = model_arrays(state)
     check_model_fits('--evaluate', path, state, args, n_classes, channel_ranks)
     return state
@@ -169,34 +199,29 @@ def check_model_fits(flag: str, path: str, arrays: dict, args: argparse.Namespac
     ``channel_ranks``: the processes per channel group, K, which is the
     grouped network's number of groups.
     """
-    first_weights = arrays.get('conv1_1/conv/W')
-    last_weights, grouped_weights = arrays.get('fc2/W'), arrays.get('conv2_1/conv/W')
-    # conv1_1 is whole in both networks (models/grouped.py): 64 x --width filters.
-    width, rest = divmod(getattr(first_weights, 'shape', (0,))[0], VGG16_BLOCKS[0][1])
-    if (getattr(last_weights, 'ndim', 0) != 2 or getattr(grouped_weights, 'ndim', 0) != 4
-            or getattr(first_weights, 'ndim', 0) != 4 or rest or not width):
+    saved = architecture_of(arrays)
+    if saved is None:
         raise UsageError(f'{flag} {path} holds no VGG16 of train.py: '
                          f'pass {FILES_EXPECTED[flag]} written by train.py')
-    if last_weights.shape[0] != n_classes:
-        raise UsageError(f'{flag} {path} was written for {last_weights.shape[0]} classes, '
-                         f'this dataset has {n_classes}: use the --dataset it was trained on')
-    if width != args.width:
-        raise UsageError(f'{flag} {path} was trained with --width {width}, this run has '
-                         f'--width {args.width}: pass --width {width}')
-    # conv2_1 is the first layer whose filters the grouped network narrows.
-    inputs = VGG16_BLOCKS[0][1] * width // (channel_ranks if args.conv == 'grouped' else 1)
-    if grouped_weights.shape[1] != inputs:
-        raise UsageError(f'{flag} {path} holds another network ({grouped_weights.shape[1]} '
-                         f'input channels per conv2_1 filter, this one has {inputs}): use its '
-                         '--conv and, for grouped, its processes per channel group')
+    run = NETWORKS[args.conv].architecture(n_classes, args.width, channel_ranks)
+    if saved.n_classes != run.n_classes:
+        raise UsageError(f'{flag} {path} was written for {saved.n_classes} classes, '
+                         f'this dataset has {run.n_classes}: use the --dataset it was trained on')
+    if saved.width != run.width:
+        raise UsageError(f'{flag} {path} was trained with --width {saved.width:g}, this run has '
+                         f'--width {run.width:g}: pass --width {saved.width:g}')
+    if saved.groups != run.groups:
+        raise UsageError(f'{flag} {path} holds another network ({saved.groups} groups of input '
+                         f'channels per convolution after the first, this one has '
+                         f'{run.groups}): use its --conv and, for grouped, its processes per '
+                         'channel group')
 
 
 def load_model(comm, model, grid: ProcessGrid, weights: dict | None, path: str) -> None:
     """Load the --evaluate file's full ``weights``, read by rank 0 (None on the
     other ranks), into ``model``, each rank its slice. Collective."""
-    shares = share_file(comm, grid, model.sliced_channels(), weights)
     try:
-        load_shares(model, shares)
+        load_shares(model, share_file(comm, grid, split_keys(model, model), weights))
     except (KeyError, ValueError) as e:  # an array missing or of the wrong shape
         raise UsageError(f'--evaluate {path} does not fit VGG16 ({type(e).__name__}: {e}): '
                          f'pass {FILES_EXPECTED["--evaluate"]} written by train.py')

@@ -40,8 +40,8 @@ import os
 from dataclasses import dataclass, field
 
 from models.data_parallel.gradient_mean import BUCKET_BYTES
-from models.partition import channel_counts
-from models.vgg import HEAD_WIDTH, KERNEL_SIZE, VGG16_BLOCKS
+from models.partition import split_counts
+from models.vgg import HEAD_WIDTH, KERNEL_SIZE, VGG16_BLOCKS, widened
 
 DEFAULT_CALIBRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                    'calibration.json')
@@ -128,15 +128,10 @@ class Block:
 def blocks(width: float) -> list[Block]:
     found, in_channels, side = [], 3, 32
     for name, channels, _, pool in VGG16_BLOCKS:
-        channels = scaled(channels, width)
+        channels = widened(channels, width)
         found.append(Block(name, in_channels, channels, side, pool))
         in_channels, side = channels, side // 2 if pool else side
     return found
-
-
-def scaled(channels: int, width: float) -> int:
-    """A layer's channels at ``width``, as models/vgg.py makes them."""
-    return max(1, round(channels * width))
 
 
 def parameters(width: float, channel_ranks: int, n_classes: int = 10) -> tuple[int, int]:
@@ -144,7 +139,7 @@ def parameters(width: float, channel_ranks: int, n_classes: int = 10) -> tuple[i
     the most channels, the head's): what one rank holds and updates."""
     conv = 0
     for block in blocks(width):
-        mine = channel_counts(block.out_channels, channel_ranks)[0]
+        mine = split_counts(block.out_channels, channel_ranks)[0]
         conv += mine * (block.in_channels * KERNEL_SIZE ** 2 + 2)
     head_in = blocks(width)[-1].out_channels
     return conv, head_in * HEAD_WIDTH + 2 * HEAD_WIDTH + HEAD_WIDTH * n_classes
@@ -216,13 +211,13 @@ class Machine:
         table = self.compute[t][w][path][name]
         here = blocks(width)[block_index]
         there = blocks(float(w))[block_index]
-        mine = channel_counts(here.out_channels, channel_ranks)[0]
+        mine = split_counts(here.out_channels, channel_ranks)[0]
         work = multiply_adds(here, rows, mine)
 
         def rate(point):
             point_rows, point_k, forward, backward = point
             point_work = multiply_adds(there, point_rows,
-                                       channel_counts(there.out_channels, point_k)[0])
+                                       split_counts(there.out_channels, point_k)[0])
             return forward / point_work, backward / point_work
 
         forward, backward = _interpolate(table, rows, channel_ranks, rate)
@@ -418,7 +413,7 @@ def predict_step(machine: Machine, cluster: Cluster, layout: Layout, batch: int,
                 if not layout.keep_gathered:
                     exchanged += cost(allgather, gathered, channels)
                     parts['second gathers'] += cost(allgather, gathered, channels)
-        mine = channel_counts(block.out_channels, k)[0]
+        mine = split_counts(block.out_channels, k)[0]
         sums = 0.0
         if d > 1:
             sums = (cost(allgather, BN_FORWARD_VALUES * 8 * mine * d, replicas)
@@ -492,7 +487,7 @@ def kept_per_image(width: float, channel_ranks: int, keep_gathered: bool) -> tup
     """
     values, gathered = float(IMAGE[0] * IMAGE[1] * IMAGE[2]), 0.0
     for block, (_, _, ratio, _) in zip(blocks(width), VGG16_BLOCKS):
-        mine = channel_counts(block.out_channels, channel_ranks)[0]
+        mine = split_counts(block.out_channels, channel_ranks)[0]
         area, handed_on = block.side ** 2, block.gathered_side ** 2
         values += mine * area * (2 + (ratio > 0))
         if block.pool:

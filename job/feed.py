@@ -4,7 +4,7 @@ Rank 0 alone holds the dataset and a Chainer iterator over it, which draws
 the global batch that one process would draw: the same order, from the
 same shuffling generator. Each step rank 0 packs the batch's examples as
 the set holds them (CIFAR's uint8 bytes, the synthetic set's float32) and
-gives each replica its rows, ``grid.rows(B)`` (models/grid.py): scattered
+gives each replica its rows, ``grid.replica_rows(B)`` (models/grid.py): scattered
 to the first rank of every replica, then broadcast inside each channel
 group, whose ranks all compute on their replica's rows.
 
@@ -25,7 +25,7 @@ import numpy
 
 from models.communication import broadcast, scatter_rows
 from models.grid import ProcessGrid
-from models.partition import channel_counts
+from models.partition import split_counts
 
 # The message before each batch: whether the iterator stopped, the batch's
 # rows, then the position of rank 0's iterator (previous_epoch_detail -1
@@ -106,14 +106,14 @@ class ReplicaFeed(chainer.dataset.Iterator):
     def _my_rows(self, batch: list | None, rows: int) -> numpy.ndarray:
         """This replica's rows of the global batch of ``rows`` rows."""
         grid = self._grid
-        counts = channel_counts(rows, grid.n_replicas)
+        counts = split_counts(rows, grid.n_replicas)
         mine = None
-        if grid.channels.rank == 0:  # the first rank of each replica
+        if grid.channel_group.rank == 0:  # the first rank of each replica
             packed = None if batch is None else _pack(batch, self._record)
-            mine = (packed if grid.replicas is None
-                    else scatter_rows(grid.replicas, packed, counts, self._record))
-        if grid.channels.size > 1:
-            mine = broadcast(grid.channels, numpy.empty(counts[grid.replica], self._record)
+            mine = (packed if grid.replica_group is None
+                    else scatter_rows(grid.replica_group, packed, counts, self._record))
+        if grid.channel_group.size > 1:
+            mine = broadcast(grid.channel_group, numpy.empty(counts[grid.replica], self._record)
                              if mine is None else mine)
         return mine
 

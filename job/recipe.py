@@ -23,7 +23,7 @@ WEIGHT_DECAY = 5e-4
 
 def build_network(conv: str, grid: ProcessGrid, n_classes: int, seed: int = 0,
                   dtype: str = 'float32', keep_gathered: bool = False,
-                  width: int = 1) -> chainer.Chain:
+                  width: float = 1) -> chainer.Chain:
     """The network --conv names (a key of models.NETWORKS), in ``dtype``, ``width``
     times VGG16's channels (--width).
 
@@ -31,14 +31,15 @@ def build_network(conv: str, grid: ProcessGrid, n_classes: int, seed: int = 0,
     ``keep_gathered``: see models.vgg.VGG16.
     """
     chainer.global_config.dtype = numpy.dtype(dtype)
-    return NETWORKS[conv](grid.channels, n_classes, seed=seed, replicas=grid.replicas,
-                          keep_gathered=keep_gathered, width=width)
+    return NETWORKS[conv](grid.channel_group, n_classes, seed=seed,
+                          replica_group=grid.replica_group, keep_gathered=keep_gathered,
+                          width=width)
 
 
 def build_classifier(network: chainer.Chain, grid: ProcessGrid,
                      device: chainer.backend.Device) -> chainer.Chain:
     """The loss and accuracy of ``network`` over the global batch, on ``device``."""
-    model = classifier(network, grid.replicas)
+    model = classifier(network, grid.replica_group)
     model.to_device(device)
     return model
 
@@ -50,8 +51,8 @@ def make_optimizer(model: chainer.Chain, grid: ProcessGrid,
     optimizer.setup(model)
     # Before the weight decay, so that it is added to the averaged gradient,
     # as one process adds it to its gradient.
-    if grid.gradients is not None:
-        optimizer.add_hook(MeanOverReplicas(grid.gradients, model))
+    if grid.gradient_group is not None:
+        optimizer.add_hook(MeanOverReplicas(grid.gradient_group, model))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(WEIGHT_DECAY))
     return optimizer
 
@@ -62,7 +63,7 @@ def choose_exchanges(grid: ProcessGrid, device: chainer.backend.Device) -> None:
     Only the channel group: replicas run on the CPU (docs/design.md), so the
     replica group's sums are host arrays, which always take MPI.
     """
-    use_exchanges(grid.channels, device)
+    use_exchanges(grid.channel_group, device)
 
 
 def trial_step(args: argparse.Namespace, comm, n_classes: int, device: chainer.backend.Device,
@@ -78,7 +79,7 @@ def trial_step(args: argparse.Namespace, comm, n_classes: int, device: chainer.b
         model = build_classifier(network, grid, device)
         optimizer = make_optimizer(model, grid, args.learnrate)
         rng = numpy.random.RandomState(args.seed)
-        mine = slice(*grid.rows(args.batchsize))
+        mine = slice(*grid.replica_rows(args.batchsize))
         x = device.send(rng.rand(args.batchsize, *IMAGE_SHAPE).astype(args.dtype)[mine])
         t = device.send(rng.randint(0, n_classes, args.batchsize).astype(numpy.int32)[mine])
         return lambda: optimizer.update(model, x, t)

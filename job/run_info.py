@@ -58,19 +58,26 @@ def write_run_info(out_dir: str, info: dict) -> str:
     """
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, RUN_INFO_NAME)
-    fd, tmp_path = tempfile.mkstemp(prefix=".run.json.", dir=out_dir)
+    write_json(path, info)
+    return path
+
+
+def write_json(path: str, data) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file in the same
+    directory and a rename: a reader sees the whole file or none."""
+    directory, name = os.path.split(path)
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{name}.", dir=directory or ".")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(info, f, indent=2)
+            json.dump(data, f, indent=2)
             f.write("\n")
-        # mkstemp creates the file readable by its owner only; run.json is
-        # meant to be read by whoever reads the results.
+        # mkstemp creates the file readable by its owner only; these files
+        # are meant to be read by whoever reads the results.
         os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, path)
     except BaseException:
         os.unlink(tmp_path)
         raise
-    return path
 
 
 def read_run_info(path: str) -> dict | None:

@@ -21,6 +21,9 @@ elsewhere) and ends the job: MPI_Abort, which mpiexec turns into the end of
 every rank; a rank cut off from mpiexec, whose abort goes nowhere, ends
 itself. Of the ranks that still hear each other, the lowest prints; the
 others give it GRACE_S to end them, so that the job's output has one line.
+Each rank that prints also writes what the line says as data, to
+watchdog-rank-R.json in the folder given (train.py's --out), for a
+supervisor (tools/elastic.py) to read once the job has ended.
 docs/recovery.md#a-lost-host-ends-the-job has the measurements.
 """
 import contextlib
@@ -35,6 +38,7 @@ from collections.abc import Iterator
 import numpy
 from mpi4py import MPI
 
+from job.run_info import write_json
 from models import seam
 
 # mpiexec's exit code when the watchdog ends the job: that of coreutils' timeout.
@@ -53,6 +57,8 @@ ABORT_WAIT_S = 5
 _TAG = 1
 # A rank's last heartbeat, after which it sends none (the others carry 0 or 1).
 _LAST = -1.0
+# What a rank that ends the job writes, in the folder given to watching().
+REPORT_NAME = 'watchdog-rank-{rank}.json'
 
 
 class _MainThread:
@@ -82,8 +88,10 @@ _main = _MainThread()
 
 
 @contextlib.contextmanager
-def watching(communicators: dict, timeout: float) -> Iterator[None]:
-    """Watch the main thread's exchanges over ``communicators`` ({label: communicator}).
+def watching(communicators: dict, timeout: float,
+             report_to: str | None = None) -> Iterator[None]:
+    """Watch the main thread's exchanges over ``communicators`` ({label: communicator});
+    a rank that ends the job writes its report into the folder ``report_to``, if given.
 
     Collective: every rank enters, with the same ``timeout``, and the first
     communicator is the whole job's. On leaving, the ranks wait for each
@@ -95,7 +103,7 @@ def watching(communicators: dict, timeout: float) -> Iterator[None]:
         if comm is not None:
             seam.observe_mpi(comm, label)
     job = next(iter(communicators.values()))
-    dog = Watchdog(job.mpi_comm, timeout)
+    dog = Watchdog(job.mpi_comm, timeout, report_to)
     # Not removed if the block raises: the abort that follows is watched too.
     seam.add_observer(_main)
     dog.start()
@@ -107,8 +115,9 @@ def watching(communicators: dict, timeout: float) -> Iterator[None]:
 class Watchdog:
     """The watchdog thread of this rank; made collectively over ``job``, the whole job."""
 
-    def __init__(self, job: MPI.Intracomm, timeout: float):
+    def __init__(self, job: MPI.Intracomm, timeout: float, report_to: str | None = None):
         self.timeout = timeout
+        self.report_to = report_to
         self.beat = min(BEAT_S, timeout / 10)
         self.comm = job.Dup()
         self.rank, self.size = self.comm.rank, self.comm.size
@@ -155,7 +164,7 @@ class Watchdog:
             since, call = _main.since, _main.call
             # Read twice: unchanged, the main thread was in that state all along.
             if now - since > self.timeout and since == _main.since:
-                self._end(self._line(now - since, call))
+                self._end(self._verdict(now - since, call))
         if beating:
             self._part(incoming, receives)
         else:
@@ -209,7 +218,9 @@ class Watchdog:
             receive.Cancel()
             receive.Wait()
 
-    def _line(self, seconds: float, call) -> str:
+    def _verdict(self, seconds: float, call) -> dict:
+        """What this rank waited for, and who did not answer: the line it
+        prints (``line``), and the same as data for the report."""
         me = f'rank {self.rank} ({self.hosts[self.rank]})'
         if call is None:
             what = f'{me} made no progress outside any exchange for {seconds:.0f} s'
@@ -217,7 +228,7 @@ class Watchdog:
             name, label = call
             what = f'{me} waited {seconds:.0f} s in {name} over {label}'
         now = time.monotonic()
-        silent = self._silent()
+        silent, busy = self._silent(), []
         if silent:
             quiet = min(now - self.heard[r] for r in silent)
             why = f'no answer from {self._ranks(silent)} for {quiet:.0f} s'
@@ -225,34 +236,57 @@ class Watchdog:
             busy = [r for r in range(self.size) if r != self.rank and not self.waiting[r]]
             why = (f'{self._ranks(busy)} answering but busy outside any exchange' if busy
                    else 'every rank answers and waits in an exchange')
-        return f'train.py: {what}; {why}: ending the job (--timeout {self.timeout:g})'
+        return {'line': f'train.py: {what}; {why}: ending the job (--timeout {self.timeout:g})',
+                'rank': self.rank, 'host': self.hosts[self.rank], 'time': time.time(),
+                'waited_s': seconds, 'call': None if call is None else ' over '.join(call),
+                'timeout_s': self.timeout, 'silent': self._by_host(silent),
+                'busy': self._by_host(busy)}
 
     def _silent(self) -> list[int]:
         now = time.monotonic()
         return [r for r in range(self.size)
                 if r != self.rank and now - self.heard[r] > SILENT_BEATS * self.beat]
 
-    def _ranks(self, ranks: list[int]) -> str:
-        """'ranks 2, 3 (h2), rank 5 (h3)': ``ranks`` by host."""
+    def _by_host(self, ranks: list[int]) -> dict[str, list[int]]:
+        """{host: its ranks among ``ranks``}, in rank order."""
         by_host = {}
         for r in ranks:
-            by_host.setdefault(self.hosts[r], []).append(str(r))
-        return ', '.join(f'{"ranks" if len(rs) > 1 else "rank"} {", ".join(rs)} ({host})'
-                         for host, rs in by_host.items())
+            by_host.setdefault(self.hosts[r], []).append(r)
+        return by_host
 
-    def _end(self, line: str) -> None:
+    def _ranks(self, ranks: list[int]) -> str:
+        """'ranks 2, 3 (h2), rank 5 (h3)': ``ranks`` by host."""
+        return ', '.join(f'{"ranks" if len(rs) > 1 else "rank"} {", ".join(map(str, rs))} '
+                         f'({host})' for host, rs in self._by_host(ranks).items())
+
+    def _end(self, verdict: dict) -> None:
         silent = self._silent()
         if self.rank != min(r for r in range(self.size) if r not in silent):
             time.sleep(GRACE_S)
-        print(line, file=sys.stderr, flush=True)
+        print(verdict['line'], file=sys.stderr, flush=True)
         time.sleep(LINE_S)
+        # Should anything from here on not return (the report's write on a
+        # file system behind the lost link, the abort), the kernel ends the
+        # process after ABORT_WAIT_S (SIGALRM, whose default action Python
+        # leaves in place).
+        signal.alarm(ABORT_WAIT_S)
+        self._report(verdict)
         # On the whole job's communicator, MPI_Abort asks mpiexec, through
         # this host's hydra proxy, to end every rank (on another, MPICH
         # sends each rank a message, which waits for the lost ones). Cut off
-        # from mpiexec, it returns, and the rank ends itself; should it not
-        # return, the kernel ends the process after ABORT_WAIT_S (SIGALRM,
-        # whose default action Python leaves in place).
-        signal.alarm(ABORT_WAIT_S)
+        # from mpiexec, it returns, and the rank ends itself.
         MPI.COMM_WORLD.Abort(EXIT_CODE)
         os._exit(EXIT_CODE)
+
+    def _report(self, verdict: dict) -> None:
+        """The verdict as data, for a supervisor, before the job ends; a rank
+        cut off writes its own view, which the supervisor weighs (tools/elastic.py)."""
+        if self.report_to is None:
+            return
+        try:
+            write_json(os.path.join(self.report_to, REPORT_NAME.format(rank=self.rank)),
+                       verdict)
+        except OSError as e:  # the line is out; the job must end all the same
+            print(f'train.py: rank {self.rank} could not write its watchdog report: {e}',
+                  file=sys.stderr, flush=True)
 

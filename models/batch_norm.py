@@ -50,6 +50,7 @@ import numpy
 from chainer import function_node
 
 from models.communication import allgather_stack, allreduce_sum
+from models.partition import split_along
 
 
 class BatchNormalization(L.BatchNormalization):
@@ -62,19 +63,27 @@ class BatchNormalization(L.BatchNormalization):
     parent does. Everything else (test mode, fine-tuning, other devices,
     other dtypes) is the parent's.
 
-    With ``replicas`` (a communicator of size D > 1; None: one replica), the
-    input holds this replica's rows of the batch, and training mode always
-    normalizes over the global batch with ``batch_normalization``, even with
-    one value per channel here; other devices and dtypes are refused there.
+    With ``replica_group`` (a communicator of size D > 1; None: one
+    replica), the input holds this replica's rows of the batch, and training
+    mode always normalizes over the global batch with
+    ``batch_normalization``, even with one value per channel here; other
+    devices and dtypes are refused there.
+
+    With ``full_size``, its ``size`` channels are this rank's part of a
+    layer of ``full_size`` channels split over a channel group, and its
+    four arrays say so (models/partition.py).
     """
 
-    def __init__(self, size: int, replicas=None, **kwargs):
+    def __init__(self, size: int, replica_group=None, full_size: int | None = None, **kwargs):
         super().__init__(size, **kwargs)
-        self.replicas = replicas
+        self.replica_group = replica_group
+        if full_size is not None:
+            for name in ('gamma', 'beta', 'avg_mean', 'avg_var'):
+                split_along(self, name, axis=0, size=full_size)
 
     def forward(self, x, **kwargs):
         if kwargs or not self._fast_path_applies(x):
-            if self.replicas is not None and chainer.config.train:
+            if self.replica_group is not None and chainer.config.train:
                 raise NotImplementedError(
                     'batch normalization over replicas needs numpy arrays of the '
                     f'link\'s dtype {self.avg_mean.dtype} in training mode (CPU only)')
@@ -86,7 +95,7 @@ class BatchNormalization(L.BatchNormalization):
             x, self.gamma, self.beta, eps=self.eps,
             running_mean=self.avg_mean if update else None,
             running_var=self.avg_var if update else None, decay=self.decay,
-            replicas=self.replicas)
+            replica_group=self.replica_group)
 
     def _fast_path_applies(self, x) -> bool:
         array = x.array if isinstance(x, chainer.Variable) else x
@@ -99,13 +108,13 @@ class BatchNormalization(L.BatchNormalization):
                 # A single value per channel: the parent warns about it.
                 # With replicas the parent cannot be used whatever the rows
                 # here: the statistics are the global batch's.
-                and (self.replicas is not None or array.size > self.avg_mean.size))
+                and (self.replica_group is not None or array.size > self.avg_mean.size))
 
 
 def batch_normalization(x, gamma, beta, eps: float = 2e-5,
                         running_mean: numpy.ndarray | None = None,
                         running_var: numpy.ndarray | None = None,
-                        decay: float = 0.9, replicas=None) -> chainer.Variable:
+                        decay: float = 0.9, replica_group=None) -> chainer.Variable:
     """chainer.functions.batch_normalization over all axes but axis 1, on CPU.
 
     x: (N, C, ...) numpy array or Variable; gamma, beta: (C,), of x's dtype.
@@ -114,24 +123,24 @@ def batch_normalization(x, gamma, beta, eps: float = 2e-5,
     mean, and the unbiased batch variance (m / (m - 1) times the biased one,
     m values per channel). Not differentiable twice.
 
-    With ``replicas`` (a communicator; None: one replica), x holds this
+    With ``replica_group`` (a communicator; None: one replica), x holds this
     replica's rows of the batch, and the batch statistics, m included, are
     those of the rows of all replicas. The gradients of gamma and beta are
     this replica's own sums.
     """
-    y, = _BatchNormalization(eps, running_mean, running_var, decay, replicas).apply(
+    y, = _BatchNormalization(eps, running_mean, running_var, decay, replica_group).apply(
         (x, gamma, beta))
     return y
 
 
 class _BatchNormalization(function_node.FunctionNode):
 
-    def __init__(self, eps, running_mean, running_var, decay, replicas):
+    def __init__(self, eps, running_mean, running_var, decay, replica_group):
         self.eps = eps
         self.running_mean = running_mean
         self.running_var = running_var
         self.decay = decay
-        self.replicas = replicas
+        self.replica_group = replica_group
 
     def forward_cpu(self, inputs):
         self.retain_inputs((0,))
@@ -168,9 +177,9 @@ class _BatchNormalization(function_node.FunctionNode):
         holds the counts exactly and float32 values too; every replica
         combines the same numbers in the same order.
         """
-        if self.replicas is None:
+        if self.replica_group is None:
             return mean, squares, count
-        every = allgather_stack(self.replicas,
+        every = allgather_stack(self.replica_group,
                                 numpy.concatenate(([count], mean, squares)).astype(numpy.float64))
         counts, means, every_squares = numpy.split(every, [1, 1 + len(mean)], axis=1)
         total = counts.sum()
@@ -189,7 +198,7 @@ class _BatchNormalization(function_node.FunctionNode):
     def backward(self, indexes, grad_outputs):
         x, = self.get_retained_inputs()
         grad = _BatchNormalizationGrad(x.array, self.mean, self.inv_std, self.scale,
-                                       self.count, self.replicas)
+                                       self.count, self.replica_group)
         return grad.apply(grad_outputs)
 
 
@@ -200,13 +209,13 @@ class _BatchNormalizationGrad(function_node.FunctionNode):
     replicas.
     """
 
-    def __init__(self, x, mean, inv_std, scale, count, replicas):
+    def __init__(self, x, mean, inv_std, scale, count, replica_group):
         self.x = x
         self.mean = mean
         self.inv_std = inv_std
         self.scale = scale
         self.count = count
-        self.replicas = replicas
+        self.replica_group = replica_group
 
     def forward_cpu(self, inputs):
         gy, = inputs
@@ -226,9 +235,9 @@ class _BatchNormalizationGrad(function_node.FunctionNode):
 
     def _global_sums(self, ggamma, gbeta):
         """Both sums over the whole batch, which the input gradient needs: one message."""
-        if self.replicas is None:
+        if self.replica_group is None:
             return ggamma, gbeta
-        total = allreduce_sum(self.replicas, numpy.concatenate((ggamma, gbeta)))
+        total = allreduce_sum(self.replica_group, numpy.concatenate((ggamma, gbeta)))
         return total[:len(ggamma)], total[len(ggamma):]
 
     def backward(self, indexes, grad_outputs):

@@ -18,25 +18,26 @@ from chainer import function_node
 from models.communication import allreduce_sum
 
 
-def classifier(predictor: chainer.Link, replicas=None) -> L.Classifier:
-    """L.Classifier with one replica (``replicas`` None), else ReplicaClassifier."""
-    return L.Classifier(predictor) if replicas is None else ReplicaClassifier(predictor, replicas)
+def classifier(predictor: chainer.Link, replica_group=None) -> L.Classifier:
+    """L.Classifier with one replica (``replica_group`` None), else ReplicaClassifier."""
+    return (L.Classifier(predictor) if replica_group is None
+            else ReplicaClassifier(predictor, replica_group))
 
 
 class ReplicaClassifier(L.Classifier):
     """L.Classifier for this replica's rows, reporting the global batch's means.
 
-    ``predictor`` and its serialized names are L.Classifier's. ``replicas``:
-    the replica communicator. Every rank of the replica group must call it
-    for every batch. A replica with no rows (a batch smaller than D, in
+    ``predictor`` and its serialized names are L.Classifier's.
+    ``replica_group``: the replica group's communicator; every rank of it
+    must call it for every batch. A replica with no rows (a batch smaller than D, in
     evaluation) runs no network and adds nothing; all ranks of its channel
     group have the same rows, so they skip together and their gathers stay
     matched.
     """
 
-    def __init__(self, predictor: chainer.Link, replicas):
+    def __init__(self, predictor: chainer.Link, replica_group):
         super().__init__(predictor)
-        self.replicas = replicas
+        self.replica_group = replica_group
 
     def forward(self, x, t):
         self.y = self.loss = self.accuracy = None
@@ -47,7 +48,7 @@ class ReplicaClassifier(L.Classifier):
             self.loss = self.lossfun(self.y, t)
             predicted = self.y.array.argmax(axis=1).reshape(t.shape)
             sums[:] = (float(self.loss.array) * rows, int((predicted == t).sum()), rows)
-        loss_sum, correct, total = allreduce_sum(self.replicas, sums)
+        loss_sum, correct, total = allreduce_sum(self.replica_group, sums)
         self.accuracy = correct / total
         chainer.reporter.report({'loss': self._reported(loss_sum / total),
                                  'accuracy': self.accuracy}, self)

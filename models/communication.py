@@ -1,18 +1,26 @@
-"""Every exchange between ranks that the channel-parallel model makes.
+"""Every exchange of arrays between ranks that the model's training step makes.
 
 Each step that autograd must see is one small Chainer function whose
-docstring states its forward and backward; the parallel layers are built from
-these and nothing else in ``models`` exchanges data over MPI (models/grid.py
-only makes the communicators). Every exchange here passes the seam of
-models/seam.py, where the watchdog and the benchmark observe it.
+docstring states its forward and backward; the parallel layers are built
+from these, and they are the model's only exchanges of arrays in a training
+step. Outside this module, models/nccl_exchange.py runs the same exchanges
+on device memory (and agrees on NCCL over MPI, once, at set-up), and the
+training job exchanges small objects of its own over the job's
+communicator (job/: errors and aborts, the watchdog, the files' broadcasts,
+the memory peaks, the timing of --model-parallel auto).
+
+Each exchange here passes the seam of models/seam.py, where the watchdog
+and the benchmark observe it, but ``start_allreduce_sum``: the pacing
+thread of the gradient buckets calls it, and the seam sees the main thread
+only. The ``wait`` for those buckets passes it.
 
 Two kinds of communicator come here (see models/grid.py): a channel group,
 whose ranks hold the channel slices that the gathers join, and a replica
 group, whose ranks hold the same channels for different rows of the batch
-and sum over them (``allreduce_sum``, ``allgather_stack``, ``replica_rows``,
-and ``start_allreduce_sum`` and ``wait`` for the gradient buckets of
-models/data_parallel/, whose pacing thread has a communicator of the
-replica group to itself: ``grid.gradients``).
+and sum over them (``allreduce_sum``, ``allgather_stack``,
+``position_in_batch``, and ``start_allreduce_sum`` and ``wait`` for the
+gradient buckets of models/data_parallel/, whose pacing thread has a
+communicator of the replica group's ranks to itself: ``grid.gradient_group``).
 
 We call mpi4py directly instead of ``chainermn.functions.allgather``. That
 function is exact for a gather that feeds another parallel layer (its
@@ -32,16 +40,12 @@ import numpy
 from mpi4py import MPI
 
 from models.nccl_exchange import nccl_of
-from models.partition import channel_counts, channel_range
+from models.partition import split_counts, split_range, with_size
 from models.seam import exchange
 
 
 def _host(x):
     return chainer.backend.CpuDevice().send(x)
-
-
-def _with_channels(shape: tuple, axis: int, channels: int) -> tuple:
-    return shape[:axis] + (channels,) + shape[axis + 1:]
 
 
 @exchange
@@ -57,7 +61,7 @@ def allgather_channels(comm, x, channels: int, axis: int = 1):
         return nccl.allgather_channels(x, channels, axis)
     device = chainer.backend.get_device_from_array(x)
     x = numpy.ascontiguousarray(_host(x))
-    counts = channel_counts(channels, comm.size)
+    counts = split_counts(channels, comm.size)
     per_channel = x.size // counts[comm.rank]
     sizes = [c * per_channel for c in counts]
     received = numpy.empty(sum(sizes), dtype=x.dtype)
@@ -66,31 +70,31 @@ def allgather_channels(comm, x, channels: int, axis: int = 1):
     # along the channel axis puts them in place.
     blocks = numpy.split(received, numpy.cumsum(sizes)[:-1])
     full = numpy.concatenate(
-        [b.reshape(_with_channels(x.shape, axis, c)) for b, c in zip(blocks, counts)],
+        [b.reshape(with_size(x.shape, axis, c)) for b, c in zip(blocks, counts)],
         axis=axis)
     return device.send(full)
 
 
 @exchange
-def gather_channels(comm, x, channels: int, root: int = 0) -> numpy.ndarray | None:
+def gather_channels(comm, x, channels: int, root: int = 0, axis: int = 0) -> numpy.ndarray | None:
     """The full tensor on ``root``, None on the others, from each rank's slice
-    ``x`` along axis 0 (a parameter's output channels).
+    ``x`` along ``axis`` (a parameter's output channels: 0).
 
     For files, which one rank writes: the others never hold the full tensor.
     Through host memory whatever the device. Not differentiable.
     """
-    x = numpy.ascontiguousarray(_host(x))
+    # Slices along axis 0 lie one after the other in the full tensor's buffer.
+    x = numpy.ascontiguousarray(numpy.moveaxis(_host(x), axis, 0))
     if comm.size == 1:
-        return x
-    counts = channel_counts(channels, comm.size)
+        return numpy.moveaxis(x, 0, axis)
+    counts = split_counts(channels, comm.size)
     per_channel = x.size // counts[comm.rank]
     sizes = [c * per_channel for c in counts]
     full = (numpy.empty((channels,) + x.shape[1:], dtype=x.dtype)
             if comm.rank == root else None)
-    # Slices along axis 0 lie one after the other in the full tensor's buffer.
     comm.mpi_comm.Gatherv(x.reshape(-1), None if full is None else [full.reshape(-1), sizes],
                           root=root)
-    return full
+    return None if full is None else numpy.moveaxis(full, 0, axis)
 
 
 @exchange
@@ -106,12 +110,12 @@ def reduce_scatter_channels(comm, partial, axis: int = 1):
         return nccl.reduce_scatter_channels(partial, axis)
     device = chainer.backend.get_device_from_array(partial)
     partial = _host(partial)
-    counts = channel_counts(partial.shape[axis], comm.size)
+    counts = split_counts(partial.shape[axis], comm.size)
     # MPI wants rank r's part of the send buffer as one contiguous block.
     send = numpy.concatenate([
         piece.reshape(-1)
         for piece in numpy.split(partial, numpy.cumsum(counts)[:-1], axis=axis)])
-    mine = numpy.empty(_with_channels(partial.shape, axis, counts[comm.rank]),
+    mine = numpy.empty(with_size(partial.shape, axis, counts[comm.rank]),
                        dtype=partial.dtype)
     per_channel = mine.size // counts[comm.rank]
     comm.mpi_comm.Reduce_scatter(send, mine.reshape(-1),
@@ -126,9 +130,14 @@ class _GatherChannels(chainer.FunctionNode):
         self.comm = comm
         self.channels = channels
 
+    @staticmethod
+    def gathered(comm, x, channels: int):
+        """The forward, on arrays: the full tensor from every rank's slice ``x``."""
+        return allgather_channels(comm, x, channels)
+
     def forward(self, inputs):
         x, = inputs
-        return allgather_channels(self.comm, x, self.channels),
+        return self.gathered(self.comm, x, self.channels),
 
 
 class GatherIntoParallel(_GatherChannels):
@@ -137,13 +146,19 @@ class GatherIntoParallel(_GatherChannels):
     For a gathered tensor that feeds another parallel convolution: each rank's
     gradient of it holds only its own filters' contributions, and the true
     gradient of my slice is the sum of every rank's partial, restricted to my
-    channels.
+    channels. A convolution that gathers its slices inside its own function
+    (models/parallel_convolution.py) calls ``gathered`` and ``slice_gradient``.
     """
+
+    @staticmethod
+    def slice_gradient(comm, partial):
+        """The backward, on arrays: my slice of the sum over ranks of ``partial``."""
+        return reduce_scatter_channels(comm, partial)
 
     def backward(self, indexes, grad_outputs):
         gy, = grad_outputs
         # A plain Variable: no double backprop through the exchange.
-        return chainer.Variable(reduce_scatter_channels(self.comm, gy.array)),
+        return chainer.Variable(self.slice_gradient(self.comm, gy.array)),
 
 
 class GatherIntoReplicated(_GatherChannels):
@@ -157,7 +172,7 @@ class GatherIntoReplicated(_GatherChannels):
 
     def backward(self, indexes, grad_outputs):
         gy, = grad_outputs
-        start, stop = channel_range(self.channels, self.comm.size, self.comm.rank)
+        start, stop = split_range(self.channels, self.comm.size, self.comm.rank)
         return gy[:, start:stop],
 
 
@@ -230,7 +245,7 @@ def wait(comm, requests: list[MPI.Request]) -> None:
 
 
 @exchange
-def replica_rows(comm, rows: int) -> tuple[int, int]:
+def position_in_batch(comm, rows: int) -> tuple[int, int]:
     """(my first row, rows of all ranks): where my ``rows`` lie in the batch of ``comm``.
 
     Rank r's rows follow those of ranks 0 to r - 1, as the converter cuts the

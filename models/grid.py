@@ -11,35 +11,35 @@ belongs to two groups:
   them what needs the whole batch (batch normalization, the reported loss
   and accuracy, the gradients).
 
-The replica group has two communicators: ``replicas``, for the main
-thread's sums, and ``gradients``, the same ranks, for the gradient buckets
-that a thread sends during the backward pass (models/data_parallel/gradient_mean.py): MPI
-orders the collectives of one communicator by call, not by thread, so two
-threads must not share one.
+The replica group has two communicators: ``replica_group``, for the main
+thread's sums, and ``gradient_group``, the same ranks, for the gradient
+buckets that a thread sends during the backward pass
+(models/data_parallel/gradient_mean.py): MPI orders the collectives of one
+communicator by call, not by thread, so two threads must not share one.
 
-Replica d computes on its rows ``channel_range(B, D, d)`` of the global
-batch that one process would draw, the rule that splits channels over
-ranks (models/partition.py): contiguous, as even as possible; it receives
-only those (job/feed.py).
+Replica d computes on its rows, ``replica_rows``: ``split_range(B, D, d)``
+of the global batch that one process would draw, the rule that splits
+channels over ranks (models/partition.py), contiguous and as even as
+possible; it receives only those (job/feed.py).
 """
 from dataclasses import dataclass
 
-from models.partition import channel_range
+from models.partition import split_range
 
 
 @dataclass(frozen=True)
 class ProcessGrid:
     """This rank's place in the grid and its communicators."""
     rank: int  # in the whole job
-    channels: object  # ChainerMN communicator of the channel group, size K
-    replicas: object | None  # of the replica group, size D; None with one replica
-    gradients: object | None  # the replica group again, for the gradient buckets alone
+    channel_group: object  # ChainerMN communicator of the channel group, size K
+    replica_group: object | None  # of the replica group, size D; None with one replica
+    gradient_group: object | None  # the replica group's ranks again, for the gradient buckets
     replica: int  # d
     n_replicas: int  # D
 
-    def rows(self, batch: int) -> tuple[int, int]:
+    def replica_rows(self, batch: int) -> tuple[int, int]:
         """(start, stop) of this replica's rows in a global batch of ``batch`` rows."""
-        return channel_range(batch, self.n_replicas, self.replica)
+        return split_range(batch, self.n_replicas, self.replica)
 
 
 def process_grid(comm, model_parallel: int | None = None) -> ProcessGrid:
@@ -56,7 +56,7 @@ def process_grid(comm, model_parallel: int | None = None) -> ProcessGrid:
     if size == comm.size:
         return ProcessGrid(comm.rank, comm, None, None, 0, 1)
     return ProcessGrid(rank=comm.rank,
-                       channels=comm.split(color=comm.rank // size, key=comm.rank),
-                       replicas=comm.split(color=comm.rank % size, key=comm.rank),
-                       gradients=comm.split(color=comm.rank % size, key=comm.rank),
+                       channel_group=comm.split(color=comm.rank // size, key=comm.rank),
+                       replica_group=comm.split(color=comm.rank % size, key=comm.rank),
+                       gradient_group=comm.split(color=comm.rank % size, key=comm.rank),
                        replica=comm.rank // size, n_replicas=comm.size // size)

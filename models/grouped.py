@@ -19,6 +19,7 @@ import chainer
 import chainer.functions as F
 import numpy
 
+from models.kernels.conv_cpu import convolution_2d
 from models.parallel_convolution import ParallelConvolution2D
 from models.vgg import KERNEL_SIZE, PAD, VGG16, VGG16_BLOCKS
 
@@ -30,13 +31,14 @@ GROUPED_INPUT_CHANNELS = tuple(channels for _, channels, *_ in VGG16_BLOCKS[:-1]
 class GroupedConvolution2D(ParallelConvolution2D):
     """Rank r's group: input channels r, r + N, ... into its output slice.
 
-    Input: the full tensor (batch, in_channels, H, W), as for
-    ParallelConvolution2D; output: this rank's slice ``self.channels`` of the
-    output channels. ``in_channels`` must be a multiple of the number of
-    ranks N, so that every group has in_channels / N inputs and the filters
-    of all ranks stack into one (out_channels, in_channels / N, k, k) tensor,
-    the weights of a grouped convolution (drawn from ``rng``, each rank
-    keeping its rows, as in the parent).
+    Takes this rank's slice of its input, as ParallelConvolution2D with
+    ``input_is_sliced``, and gathers the whole input; gives this rank's
+    slice ``self.out_range`` of the output channels. ``in_channels`` must be
+    a multiple of the number of ranks N, so that every group has
+    in_channels / N inputs and the filters of all ranks stack into one
+    (out_channels, in_channels / N, k, k) tensor, the weights of a grouped
+    convolution (drawn from ``rng``, each rank keeping its rows, as in the
+    parent).
     """
 
     def __init__(self, comm, in_channels: int, out_channels: int,
@@ -44,12 +46,14 @@ class GroupedConvolution2D(ParallelConvolution2D):
         if in_channels % comm.size:
             raise ValueError(f'a grouped convolution over {comm.size} ranks needs a '
                              f'multiple of {comm.size} input channels, got {in_channels}')
-        # Its input is a view of the gathered tensor: the gathered tensor is
-        # held anyway, so the convolution keeps its input laid out (faster).
-        super().__init__(comm, in_channels // comm.size, out_channels, ksize, pad, rng,
-                         keep_gathered=True)
+        super().__init__(comm, in_channels, out_channels, ksize, pad, rng, input_is_sliced=True)
         self.group = comm.rank
         self.groups = comm.size
+
+    @staticmethod
+    def inputs_per_filter(in_channels: int, ranks: int) -> int:
+        """The input channels each filter sees: its group's, one in ``ranks``."""
+        return in_channels // ranks
 
     def forward(self, x):
         # Strided, as in the original: after a gather, input channel c came
@@ -58,11 +62,14 @@ class GroupedConvolution2D(ParallelConvolution2D):
         # viewed as (C / N, N). Taken with split_axis rather than x[:, r::N],
         # whose backward (numpy.add.at) is slower: 40 ms against 12 ms on
         # conv1_2's input at batch 64, N = 2.
+        x = self.whole_input(x)
         batch, channels, height, width = x.shape
         per_group = (batch, channels // self.groups, height, width)
         interleaved = F.reshape(x, (batch, channels // self.groups, self.groups, height, width))
         mine = F.split_axis(interleaved, self.groups, axis=2)[self.group]
-        return super().forward(F.reshape(mine, per_group))
+        # Its input is a view of the gathered tensor, which is held anyway:
+        # the convolution keeps it laid out (faster), on any device.
+        return convolution_2d(F.reshape(mine, per_group), self.W, self.pad)
 
 
 class GroupedVGG16(VGG16):
@@ -74,6 +81,11 @@ class GroupedVGG16(VGG16):
     that layer holds only 1,728 of the 14.7 million convolution weights.
     With one process this is VGG16, weights included.
     """
+
+    @staticmethod
+    def input_groups(channel_ranks: int) -> int:
+        """Groups of input channels of the convolutions after the first: one per rank."""
+        return channel_ranks
 
     def make_convolution(self, comm, index: int, in_channels: int, out_channels: int,
                          rng: numpy.random.Generator) -> chainer.Link:

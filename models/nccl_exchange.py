@@ -27,7 +27,7 @@ import chainer
 import numpy
 from mpi4py import MPI
 
-from models.partition import channel_counts
+from models.partition import split_counts, with_size
 from models.seam import passing
 
 # The NCCL exchange of each communicator that use_exchanges gave one. Weak:
@@ -79,10 +79,6 @@ def padded_block(counts: list[int], per_channel: int) -> int:
     return max(counts) * per_channel
 
 
-def _with_channels(shape: tuple, axis: int, channels: int) -> tuple:
-    return shape[:axis] + (channels,) + shape[axis + 1:]
-
-
 def gather_send_buffer(x, block: int, xp):
     """My slice ``x``, flat, at the start of a buffer of ``block`` elements."""
     flat = xp.ascontiguousarray(x).reshape(-1)
@@ -99,10 +95,10 @@ def gathered_from_padded(received, counts: list[int], shape: tuple, axis: int, x
 
     ``shape`` is any rank's slice shape; only its channel count differs.
     """
-    per_channel = numpy.prod(_with_channels(shape, axis, 1), dtype=int)
+    per_channel = numpy.prod(with_size(shape, axis, 1), dtype=int)
     block = received.size // len(counts)
     return xp.concatenate(
-        [received[r * block:r * block + c * per_channel].reshape(_with_channels(shape, axis, c))
+        [received[r * block:r * block + c * per_channel].reshape(with_size(shape, axis, c))
          for r, c in enumerate(counts)], axis=axis)
 
 
@@ -121,7 +117,7 @@ def scatter_send_buffer(partial, counts: list[int], axis: int, xp):
 
 def mine_from_padded(received, shape: tuple, axis: int, channels: int):
     """My slice, of ``channels`` channels, from the start of my received block."""
-    mine = _with_channels(shape, axis, channels)
+    mine = with_size(shape, axis, channels)
     return received[:numpy.prod(mine, dtype=int)].reshape(mine)
 
 
@@ -155,7 +151,7 @@ class NcclExchange:
 
     def allgather_channels(self, x, channels: int, axis: int):
         import cupy
-        counts = channel_counts(channels, self.comm.size)
+        counts = split_counts(channels, self.comm.size)
         block = padded_block(counts, x.size // counts[self.comm.rank])
         send = gather_send_buffer(x, block, cupy)
         received = cupy.empty(block * self.comm.size, dtype=x.dtype)
@@ -165,7 +161,7 @@ class NcclExchange:
 
     def reduce_scatter_channels(self, partial, axis: int):
         import cupy
-        counts = channel_counts(partial.shape[axis], self.comm.size)
+        counts = split_counts(partial.shape[axis], self.comm.size)
         send = scatter_send_buffer(partial, counts, axis, cupy)
         received = cupy.empty(send.shape[1], dtype=partial.dtype)
         passing('ncclReduceScatter', self.comm, self._nccl_comm.reduceScatter,

@@ -19,11 +19,11 @@ import numpy
 from chainer import function_node
 
 from models.batch_norm import BatchNormalization
-from models.communication import allgather_channels, gather_into_parallel, reduce_scatter_channels
+from models.communication import GatherIntoParallel, gather_into_parallel
 from models.dropout import channel_slice_dropout
 from models.kernels.conv_cpu import SlicePlan, check_arguments, convolution_2d
 from models.kernels.pooling import max_pooling_2x2
-from models.partition import channel_range
+from models.partition import split_along, split_range
 
 # Rows of the batch that a convolution handles at once, as many as keep its
 # full-size arrays near this many bytes (the gathered input; its layout and
@@ -48,44 +48,73 @@ def lecun_normal(shape: tuple, rng: numpy.random.Generator) -> numpy.ndarray:
 class ParallelConvolution2D(chainer.Link):
     """The filters of this rank's output channels, over all input channels.
 
-    Input: the full tensor (batch, in_channels, H, W), the same on every rank;
-    with ``gathers_input``, this rank's channel slice of it, which the
-    convolution gathers itself (see the module's docstring), over ``comm``.
-    Output: this rank's slice of the output, (batch, stop - start, H', W'),
-    where (start, stop) = ``self.channels``. The output's slices are gathered
-    later, after the per-channel layers that follow (see ``Block``), so that
-    batch normalization, ReLU and pooling run on the slice alone.
+    Takes: with ``input_is_sliced``, this rank's channel slice of its input
+    (a parallel layer's output), and gathers the whole input itself over
+    ``comm``; without, the whole input (the image), the same on every rank.
+    Gives: this rank's slice of the output, (batch, stop - start, H', W'),
+    where (start, stop) = ``self.out_range``: the per-channel layers that
+    follow run on the slice alone (see ``Block``).
 
-    ``keep_gathered``: keep the input laid out between the passes, as a full
-    tensor on every rank (fewer exchanges, more memory), instead of its slice.
+    Three ways to run, one method each, named for what the convolution keeps
+    between the passes: on a GPU, Chainer's convolution, which keeps its
+    whole input (``keeping_whole_input_on_gpu``); on the CPU with
+    ``keep_gathered``, the whole input laid out for the method (fewer
+    exchanges, more memory: ``keeping_whole_input_laid_out``); on the CPU by
+    default, the slice alone, gathered again in the backward pass
+    (``keeping_slice``). The same numbers either way.
 
     The full weight tensor is drawn from ``rng`` on every rank, identically,
     and each rank keeps its rows: the initial model does not depend on the
-    number of processes.
+    number of processes. ``W`` says that it is split (models/partition.py).
     """
 
     def __init__(self, comm, in_channels: int, out_channels: int,
                  ksize: int, pad: int, rng: numpy.random.Generator,
-                 gathers_input: bool = False, keep_gathered: bool = False):
+                 input_is_sliced: bool = False, keep_gathered: bool = False):
         super().__init__()
         self.comm = comm
         self.pad = pad
         self.in_channels = in_channels
-        self.gathers_input = gathers_input
+        self.input_is_sliced = input_is_sliced
         self.keep_gathered = keep_gathered
-        self.channels = channel_range(out_channels, comm.size, comm.rank)
-        full_W = lecun_normal((out_channels, in_channels, ksize, ksize), rng)
-        start, stop = self.channels
+        self.out_range = split_range(out_channels, comm.size, comm.rank)
+        full_W = lecun_normal(
+            (out_channels, self.inputs_per_filter(in_channels, comm.size), ksize, ksize), rng)
+        start, stop = self.out_range
         with self.init_scope():
             self.W = chainer.Parameter(full_W[start:stop].copy())
+        split_along(self, 'W', axis=0, size=out_channels)
+
+    @staticmethod
+    def inputs_per_filter(in_channels: int, ranks: int) -> int:
+        """The input channels each filter sees: all of them."""
+        return in_channels
 
     def forward(self, x):
-        if self.keep_gathered or chainer.backend.get_array_module(x) is not numpy:
-            # On a GPU, Chainer's convolution keeps its input: gathered here.
-            if self.gathers_input:
-                x = gather_into_parallel(self.comm, x, self.in_channels)
-            return convolution_2d(x, self.W, self.pad)
-        comm = self.comm if self.gathers_input else None
+        if chainer.backend.get_array_module(x) is not numpy:
+            return self.keeping_whole_input_on_gpu(x)
+        if self.keep_gathered:
+            return self.keeping_whole_input_laid_out(x)
+        return self.keeping_slice(x)
+
+    def whole_input(self, x):
+        """The whole input from what this layer takes: gathered from slices, to feed
+        this parallel layer (the backward reduce-scatters)."""
+        return gather_into_parallel(self.comm, x, self.in_channels) if self.input_is_sliced else x
+
+    def keeping_whole_input_on_gpu(self, x):
+        """On a GPU: Chainer's convolution, which keeps its input, the whole one."""
+        return F.convolution_2d(self.whole_input(x), self.W, pad=self.pad)
+
+    def keeping_whole_input_laid_out(self, x):
+        """On the CPU (--keep-gathered): models.kernels' convolution, which keeps the
+        whole input laid out for its method."""
+        return convolution_2d(self.whole_input(x), self.W, self.pad)
+
+    def keeping_slice(self, x):
+        """On the CPU: gather and convolve in one function, which keeps only the
+        slice and the filters, and gathers again in the backward pass."""
+        comm = self.comm if self.input_is_sliced else None
         y, = _GatheredSliceConvolution(comm, self.in_channels, self.pad).apply((x, self.W))
         return y
 
@@ -110,7 +139,8 @@ class _GatheredSliceConvolution(function_node.FunctionNode):
         self.pad = pad
 
     def gathered(self, x: numpy.ndarray) -> numpy.ndarray:
-        return x if self.comm is None else allgather_channels(self.comm, x, self.in_channels)
+        return x if self.comm is None else GatherIntoParallel.gathered(self.comm, x,
+                                                                       self.in_channels)
 
     def chunks(self, x: numpy.ndarray) -> list[slice]:
         """The chunks of rows of ``x``, each gathered about CHUNK_BYTES."""
@@ -166,7 +196,7 @@ class _GatheredSliceConvolutionGrad(function_node.FunctionNode):
             if self.input_grad_needed:
                 # Into a whole input, as convolution_2d gives it: this rank's part.
                 gx[rows] = (partial if convolution.comm is None
-                            else reduce_scatter_channels(convolution.comm, partial))
+                            else GatherIntoParallel.slice_gradient(convolution.comm, partial))
         return (gW,) if gx is None else (gW, gx)
 
     def backward(self, indexes, grad_outputs):
@@ -176,31 +206,33 @@ class _GatheredSliceConvolutionGrad(function_node.FunctionNode):
 class Block(chainer.Chain):
     """Convolution, batch normalization, ReLU, dropout and pooling on a slice.
 
-    ``conv`` is a convolution that returns this rank's slice of
-    ``out_channels``: the channels ``conv.channels``. All that follows it
-    acts on each channel separately, so each rank runs it on its own
-    channels only; every array this block holds is therefore a slice along
-    axis 0 of the single-process block's array. With ``replicas`` (see
+    Takes what its convolution ``conv`` takes (``conv.input_is_sliced``);
+    gives this rank's slice of ``out_channels``, the channels
+    ``conv.out_range``. All that follows the convolution acts on each channel
+    separately, so each rank runs it on its own channels only; every array
+    this block holds is therefore a slice along axis 0 of the
+    single-process block's array, and says so. With ``replica_group`` (see
     models/grid.py), batch normalization takes its statistics over the rows
     of all replicas.
     """
 
     def __init__(self, conv: chainer.Link, out_channels: int, dropout: float, pool: bool,
-                 replicas=None):
+                 replica_group=None):
         super().__init__()
         self.out_channels = out_channels
         self.dropout = dropout
         self.pool = pool
         with self.init_scope():
             self.conv = conv
-            start, stop = conv.channels
-            self.bn = BatchNormalization(stop - start, replicas=replicas)
+            start, stop = conv.out_range
+            self.bn = BatchNormalization(stop - start, replica_group=replica_group,
+                                         full_size=out_channels)
 
     def forward(self, x, dropout_key: list[int], first_row: int = 0,
                 batch: int | None = None):
         """``x``: the rows [first_row, first_row + len(x)) of a batch of ``batch`` (default all)."""
         h = F.relu(self.bn(self.conv(x)))
-        h = channel_slice_dropout(h, self.dropout, *self.conv.channels, dropout_key,
+        h = channel_slice_dropout(h, self.dropout, *self.conv.out_range, dropout_key,
                                   first_row, batch)
         if self.pool:
             h = max_pooling_2x2(h)

@@ -1,11 +1,13 @@
 """VGG16 for 32x32 images with every convolution split by output channel."""
+from dataclasses import dataclass
+
 import chainer
 import chainer.functions as F
 import chainer.links as L
 import numpy
 
 from models.batch_norm import BatchNormalization
-from models.communication import gather_into_parallel, gather_into_replicated, replica_rows
+from models.communication import gather_into_replicated, position_in_batch
 from models.dropout import channel_slice_dropout, dropout_key
 from models.parallel_convolution import Block, ParallelConvolution2D, lecun_normal
 
@@ -25,6 +27,40 @@ HEAD_WIDTH = 512
 HEAD_DROPOUT = 0.5
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """What fixes the shapes of a VGG16's arrays, whatever the processes."""
+    n_classes: int
+    width: float  # train.py --width
+    groups: int  # groups of input channels of every convolution after the first
+
+
+def architecture_of(arrays: dict) -> Architecture | None:
+    """The architecture of the VGG16 (exact or grouped) whose full arrays, by
+    model.npz's names, ``arrays`` holds, read from its shapes; None if they
+    hold no such network."""
+    first, second, last = (arrays.get(f'{name}/W') for name in
+                           (f'{VGG16_BLOCKS[0][0]}/conv', f'{VGG16_BLOCKS[1][0]}/conv', 'fc2'))
+    if (getattr(first, 'ndim', 0) != 4 or getattr(second, 'ndim', 0) != 4
+            or getattr(last, 'ndim', 0) != 2 or not first.shape[0] or not second.shape[1]):
+        return None
+    # The first convolution is whole in both networks (models/grouped.py):
+    # 64 x width filters, each of whose outputs the second one's groups share.
+    width = first.shape[0] / VGG16_BLOCKS[0][1]
+    groups, rest = divmod(first.shape[0], second.shape[1])
+    if rest:
+        return None
+    return Architecture(last.shape[0], int(width) if width.is_integer() else width, groups)
+
+
+def widened(channels: int, width: float) -> int:
+    """A layer's ``channels`` at ``width``: whole for every layer when 64 x ``width`` is."""
+    narrowest = min(c for _, c, *_ in VGG16_BLOCKS)
+    if not width > 0 or (narrowest * width) % 1:
+        raise ValueError(f'width must be a multiple of 1/{narrowest} greater than 0, got {width}')
+    return int(channels * width)
+
+
 class VGG16(chainer.Chain):
     """VGG16 whose convolutions are spread over the ranks of ``comm``.
 
@@ -37,9 +73,9 @@ class VGG16(chainer.Chain):
     ``dropout=False`` turns every dropout off (to compare with a model that
     has none).
 
-    ``replicas``: with several replicas of the model (models/grid.py), the
-    replica communicator of this rank (size D > 1), and ``comm`` is its
-    channel group. The input is then this replica's rows of the global
+    ``replica_group``: with several replicas of the model (models/grid.py),
+    this rank's replica group (size D > 1), and ``comm`` is its channel
+    group. The input is then this replica's rows of the global
     batch, and batch normalization and dropout act as on the global batch.
     None (the default): one replica, the input is the whole batch.
 
@@ -50,18 +86,17 @@ class VGG16(chainer.Chain):
 
     ``width``: every convolution's output channels are VGG16_BLOCKS' times
     ``width``, and so the head's input; the head itself stays HEAD_WIDTH
-    wide (train.py --width). 1 is VGG16, weights and names included.
+    wide (train.py --width). 1 is VGG16, weights and names included; a
+    multiple of 1/64 below it is a narrow VGG16 (quick runs, the tests).
     """
 
     def __init__(self, comm, n_classes: int = 10, seed: int = 0, dropout: bool = True,
-                 replicas=None, keep_gathered: bool = False, width: int = 1):
+                 replica_group=None, keep_gathered: bool = False, width: float = 1):
         super().__init__()
-        if width < 1:
-            raise ValueError(f'width must be 1 or more, got {width}')
         self.comm = comm
         self.keep_gathered = keep_gathered
         self.width = width
-        self.replicas = replicas
+        self.replica_group = replica_group
         self.seed = seed
         self.head_dropout = HEAD_DROPOUT if dropout else 0.0
         # Training steps so far: with the seed, it keys the dropout masks,
@@ -72,16 +107,16 @@ class VGG16(chainer.Chain):
             for index, (name, channels, ratio, pool) in enumerate(VGG16_BLOCKS):
                 rng = numpy.random.default_rng([seed, index])
                 ratio = ratio if dropout else 0.0
-                channels *= width
+                channels = widened(channels, width)
                 conv = self.make_convolution(comm, index, in_channels, channels, rng)
-                setattr(self, name, Block(conv, channels, ratio, pool, replicas))
+                setattr(self, name, Block(conv, channels, ratio, pool, replica_group))
                 in_channels = channels
             rng = numpy.random.default_rng([seed, len(VGG16_BLOCKS)])
             self.fc1 = L.Linear(in_channels, HEAD_WIDTH, nobias=True,
                                 initialW=lecun_normal((HEAD_WIDTH, in_channels), rng))
             # The head is replicated within a channel group but holds this
             # replica's rows only: its statistics too are the global batch's.
-            self.bn_fc1 = BatchNormalization(HEAD_WIDTH, replicas=replicas)
+            self.bn_fc1 = BatchNormalization(HEAD_WIDTH, replica_group=replica_group)
             self.fc2 = L.Linear(HEAD_WIDTH, n_classes, nobias=True,
                                 initialW=lecun_normal((n_classes, HEAD_WIDTH), rng))
 
@@ -92,11 +127,18 @@ class VGG16(chainer.Chain):
         After the first, each takes the previous block's slice and gathers it.
         """
         return ParallelConvolution2D(comm, in_channels, out_channels, KERNEL_SIZE, PAD, rng,
-                                     gathers_input=index > 0, keep_gathered=self.keep_gathered)
+                                     input_is_sliced=index > 0,
+                                     keep_gathered=self.keep_gathered)
 
-    def sliced_channels(self) -> dict[str, int]:
-        """Full output channels of each block, whose arrays are all sliced."""
-        return {name: channels * self.width for name, channels, *_ in VGG16_BLOCKS}
+    @classmethod
+    def architecture(cls, n_classes: int, width: float, channel_ranks: int) -> Architecture:
+        """The architecture of this network on channel groups of ``channel_ranks``."""
+        return Architecture(n_classes, width, cls.input_groups(channel_ranks))
+
+    @staticmethod
+    def input_groups(channel_ranks: int) -> int:
+        """Groups of input channels of the convolutions after the first: none."""
+        return 1
 
     def blocks(self) -> list[Block]:
         return [getattr(self, name) for name, *_ in VGG16_BLOCKS]
@@ -108,14 +150,9 @@ class VGG16(chainer.Chain):
         h = x
         for site, block in enumerate(blocks):
             h = block(h, dropout_key(self.seed, step, site), *rows)
-            # The last block feeds the replicated head, the others feed
-            # another parallel convolution: their gradients differ (see
-            # models.communication). A convolution that gathers its input
-            # itself takes the slice.
-            if block is blocks[-1]:
-                h = gather_into_replicated(self.comm, h, block.out_channels)
-            elif not blocks[site + 1].conv.gathers_input:
-                h = gather_into_parallel(self.comm, h, block.out_channels)
+        # The head is replicated: it takes the whole tensor, gathered from the
+        # last block's slices, whose backward sends nothing (models.communication).
+        h = gather_into_replicated(self.comm, h, blocks[-1].out_channels)
         site = len(blocks)
         h = F.reshape(h, (h.shape[0], -1))
         h = channel_slice_dropout(h, self.head_dropout, 0, h.shape[1],
@@ -133,6 +170,6 @@ class VGG16(chainer.Chain):
         Only dropout asks, in training mode; with one replica, or in test
         mode, the input is taken for the whole batch, with no communication.
         """
-        if self.replicas is None or not chainer.config.train:
+        if self.replica_group is None or not chainer.config.train:
             return 0, rows
-        return replica_rows(self.replicas, rows)
+        return position_in_batch(self.replica_group, rows)

@@ -27,17 +27,17 @@ class ReferenceBlock(chainer.Chain):
 
 
 class ReferenceVGG16(chainer.Chain):
-    """``width`` times VGG16's channels in every convolution (train.py --width),
-    so fc1 takes 512 x ``width`` inputs; its 512 outputs stay."""
+    """``width`` times VGG16's channels in every convolution (train.py --width,
+    a multiple of 1/64), so fc1 takes 512 x ``width`` inputs; its 512 outputs stay."""
 
     def __init__(self, n_classes=10, width=1):
         super().__init__()
         with self.init_scope():
             in_channels = 3
             for name, channels in zip(NAMES, CHANNELS):
-                setattr(self, name, ReferenceBlock(in_channels, channels * width))
-                in_channels = channels * width
-            self.fc1 = L.Linear(512 * width, 512, nobias=True)
+                setattr(self, name, ReferenceBlock(in_channels, int(channels * width)))
+                in_channels = int(channels * width)
+            self.fc1 = L.Linear(in_channels, 512, nobias=True)
             self.bn_fc1 = L.BatchNormalization(512)
             self.fc2 = L.Linear(512, n_classes, nobias=True)
 

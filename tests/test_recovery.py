@@ -15,6 +15,8 @@ import pytest
 
 from cifar_files import Cifar
 from conftest import (
+    NARROW,
+    NARROW_WIDTH,
     check_all_gone_by,
     check_clean_failure,
     check_earlier_run_kept,
@@ -25,10 +27,17 @@ from conftest import (
     start_job,
 )
 
+# The narrow VGG16: how a job ends, and what --evaluate reads, do not depend
+# on the network's size.
 RUN = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '24',
-       '--batchsize', '16']
+       '--batchsize', '16', *NARROW]
 # Four iterations an epoch: a fault at iteration 2 is mid-epoch.
 LONGER_RUN = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '16',
+              '--batchsize', '16', *NARROW]
+# VGG16 itself, four iterations an epoch: Ctrl-C a moment into epoch 2 comes
+# before its end. The narrow network's step, bound by overhead, would need
+# forty iterations an epoch for that, at more cost.
+CTRL_C_RUN = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '16',
               '--batchsize', '16']
 # The time a job may take to end once one of its processes failed.
 ENDS_WITHIN_S = 10
@@ -94,6 +103,56 @@ def test_evaluate_truncated_model_fails_in_one_line(trained, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
+# --- --resume auto -------------------------------------------------------------
+
+def test_resume_auto_without_a_snapshot_starts_from_the_beginning(trained, tmp_path):
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'snapshot_epoch_1.tmp-99').write_bytes(b'a write cut short')
+    result = run_mpi(2, 'train.py', '--out', str(out), *RUN, '--epoch', '1', '--resume', 'auto',
+                     timeout=JOB_TIMEOUT_S)
+    assert f'No snapshot in {out}: starting from the beginning (--resume auto)' in result.stdout
+    assert 'Training from iteration 0 (epochs done: 0)' in result.stdout
+    # The run without --resume, to the bit.
+    assert (out / 'model.npz').read_bytes() == (trained / 'model.npz').read_bytes()
+    assert (out / 'snapshot_epoch_1.tmp-99').read_bytes() == b'a write cut short'
+
+
+@pytest.fixture
+def snapshots(trained, tmp_path):
+    """An --out whose newest snapshot, by epoch number, is the trained run's
+    snapshot_epoch_1 under the name snapshot_epoch_10; beside it an older one
+    and a newer one cut short, neither readable."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'snapshot_epoch_10').write_bytes((trained / 'snapshot_epoch_1').read_bytes())
+    (out / 'snapshot_epoch_9').write_bytes(b'not read: older')
+    (out / 'snapshot_epoch_11.tmp-99').write_bytes(b'not read: cut short')
+    return out
+
+
+def test_resume_auto_continues_from_the_newest_snapshot(snapshots):
+    result = run_mpi(2, 'train.py', '--out', str(snapshots), *RUN, '--epoch', '2',
+                     '--resume', 'auto', timeout=JOB_TIMEOUT_S)
+    newest = snapshots / 'snapshot_epoch_10'
+    assert (f'Resuming from {newest}, the newest snapshot in {snapshots} (--resume auto)'
+            in result.stdout)
+    assert 'Training from iteration 2 (epochs done: 1)' in result.stdout
+    assert [entry['epoch'] for entry in json.loads((snapshots / 'log').read_text())] == [1, 2]
+    assert (snapshots / 'snapshot_epoch_9').read_bytes() == b'not read: older'
+
+
+def test_resume_auto_refuses_a_snapshot_of_another_width(snapshots):
+    before = files_in(snapshots)
+    result = run_mpi(2, 'train.py', '--out', str(snapshots), *RUN, '--width', '2',
+                     '--resume', 'auto', check=False, timeout=JOB_TIMEOUT_S)
+    # RUN is the narrow VGG16's (conftest.NARROW).
+    check_clean_failure(result, f'--resume {snapshots / "snapshot_epoch_10"} was trained with '
+                                f'--width {NARROW_WIDTH}, this run has --width 2: '
+                                f'pass --width {NARROW_WIDTH}')
+    assert files_in(snapshots) == before
+
+
 # --- jobs that fail or are interrupted ---------------------------------------
 
 @pytest.mark.parametrize('n, action, grid', [
@@ -126,7 +185,7 @@ def test_a_failing_rank_ends_the_job(n, action, grid, tmp_path):
 
 def test_ctrl_c_stops_every_rank_and_keeps_the_last_snapshot(tmp_path):
     out = tmp_path / 'out'
-    flags = [*LONGER_RUN, '--epoch', '2', '--frequency', '1']
+    flags = [*CTRL_C_RUN, '--epoch', '2', '--frequency', '1']
     job = start_job(2, out, *flags)
     snapshot = out / 'snapshot_epoch_1'
     deadline = time.time() + JOB_TIMEOUT_S

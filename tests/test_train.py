@@ -1,4 +1,9 @@
-"""train.py end to end, on real mpiexec processes and small real-format data."""
+"""train.py end to end, on real mpiexec processes and small real-format data.
+
+The quick run is VGG16 itself: its files are checked against a plain VGG16.
+The comparisons of runs (processes, replicas, --keep-gathered) run the
+narrow VGG16 (conftest.NARROW): the same run or not does not depend on size.
+"""
 import json
 
 import chainer
@@ -6,7 +11,15 @@ import numpy
 import pytest
 
 from cifar_files import Cifar
-from conftest import HYBRID_RUN, HYBRID_TOLERANCE, check_same_run, relative_error, run_mpi
+from conftest import (
+    HYBRID_RUN,
+    HYBRID_TOLERANCE,
+    NARROW,
+    NARROW_WIDTH,
+    check_same_run,
+    relative_error,
+    run_mpi,
+)
 from reference_vgg import ReferenceVGG16
 
 QUICK = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '32',
@@ -56,24 +69,46 @@ def cifar_root(tmp_path_factory):
     return root
 
 
-def test_one_and_three_processes_train_the_same_model(cifar_root, tmp_path):
-    # float64: in float32 the two runs drift apart by chance (see docs/design.md).
-    flags = ['--dataset-root', str(cifar_root), '--batchsize', '16', '--epoch', '2',
-             '--learnrate', '0.01', '--dtype', 'float64']
-    train(1, tmp_path / 'one', *flags)
-    train(3, tmp_path / 'three', *flags)
-    logs = [json.loads((tmp_path / run / 'log').read_text()) for run in ('one', 'three')]
+# float64: in float32 runs on different process counts drift apart by chance
+# (see docs/design.md).
+CIFAR_RUN = ['--batchsize', '16', '--epoch', '2', '--learnrate', '0.01', '--dtype', 'float64',
+             *NARROW]
+
+
+@pytest.fixture(scope='module')
+def one_process_on_cifar(cifar_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp('cifar') / 'one'
+    train(1, out, '--dataset-root', str(cifar_root), *CIFAR_RUN)
+    return out
+
+
+def check_same_training(out, one) -> None:
+    logs = [json.loads((run / 'log').read_text()) for run in (one, out)]
     assert len(logs[0]) == len(logs[1]) == 2
-    for one, three in zip(*logs):
+    for expected, entry in zip(*logs):
         for key in ('main/loss', 'main/accuracy', 'validation/main/loss',
                     'validation/main/accuracy'):
-            assert three[key] == pytest.approx(one[key], rel=1e-8), key
-    with numpy.load(tmp_path / 'one' / 'model.npz') as one, \
-            numpy.load(tmp_path / 'three' / 'model.npz') as three:
-        assert sorted(one.files) == sorted(three.files)
-        for name in one.files:
-            if one[name].ndim:
-                assert relative_error(three[name], one[name]) <= 1e-8, name
+            assert entry[key] == pytest.approx(expected[key], rel=1e-8), key
+    with numpy.load(one / 'model.npz') as expected, numpy.load(out / 'model.npz') as model:
+        assert sorted(expected.files) == sorted(model.files)
+        for name in expected.files:
+            if expected[name].ndim:
+                assert relative_error(model[name], expected[name]) <= 1e-8, name
+
+
+def test_one_and_three_processes_train_the_same_model(cifar_root, one_process_on_cifar,
+                                                      tmp_path):
+    train(3, tmp_path, '--dataset-root', str(cifar_root), *CIFAR_RUN)
+    check_same_training(tmp_path, one_process_on_cifar)
+
+
+def test_convolutions_keeping_their_gathered_inputs_train_the_same_model(
+        cifar_root, one_process_on_cifar, tmp_path):
+    # The other path of train.py's convolutions (--keep-gathered).
+    result = train(2, tmp_path, '--dataset-root', str(cifar_root), *CIFAR_RUN, '--keep-gathered')
+    assert 'convolutions keeping their gathered inputs (--keep-gathered)' in result.stdout
+    assert json.loads((tmp_path / 'run.json').read_text())['keep_gathered'] is True
+    check_same_training(tmp_path, one_process_on_cifar)
 
 
 def test_offline_without_data_says_where_to_put_the_file(tmp_path):
@@ -142,4 +177,5 @@ def test_model_parallel_2_and_4_on_4_processes_are_the_same_run(hybrid_run, tmp_
         assert sorted(hybrid.files) == sorted(one.files)
         for name in one.files:
             assert hybrid[name].shape == one[name].shape, name
-    chainer.serializers.load_npz(str(out / 'model.npz'), ReferenceVGG16(n_classes=10))
+    chainer.serializers.load_npz(str(out / 'model.npz'),
+                                 ReferenceVGG16(n_classes=10, width=NARROW_WIDTH))

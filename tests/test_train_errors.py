@@ -10,7 +10,9 @@ QUICK = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
          '--batchsize', '16', '--epoch', '1']
 
 
-@pytest.mark.parametrize('flags, words', [
+# Each bad flag and the words its one line must hold. check_args refuses
+# them all, the same way on every rank, before anything is read or written.
+BAD_FLAGS = [
     (['--dataset', 'mnist'], ['mnist', 'cifar10']),
     (['--batchsize', '0'], ['--batchsize']),
     (['--epoch', '-1'], ['--epoch']),
@@ -28,13 +30,32 @@ QUICK = ['--dataset', 'synthetic', '--train-size', '32', '--test-size', '16',
     (['--model-parallel', '1', '--batchsize', '15'],
      ['--batchsize 15', '2 replicas', 'multiple of 2']),
     (['--model-parallel', '1', '--gpu'], ['--gpu', '2 replicas', 'CPU only']),
-    (['--width', '0'], ['--width', 'whole number, 1 or more', 'got 0']),
+    (['--width', '0'], ['--width', 'multiple of 1/64 greater than 0', 'got 0']),
     (['--timeout', '0'], ['--timeout', 'seconds greater than 0', 'got 0']),
     (['--timeout', '-5'], ['--timeout', 'got -5']),
     (['--timeout', 'nan'], ['--timeout', 'got nan']),
     (['--model-parallel', 'auto', '--evaluate', 'model.npz'],
      ['--model-parallel auto', '--evaluate', 'number of processes']),
-])
+]
+# Through real mpiexec, one of each kind: a flag's value, the grid of
+# replicas and a number that is no number.
+END_TO_END = [BAD_FLAGS[0], BAD_FLAGS[9], BAD_FLAGS[-2]]
+
+
+@pytest.mark.parametrize('flags, words', BAD_FLAGS)
+def test_bad_flag_is_refused_in_one_line_naming_it(flags, words):
+    # train.py prints the message after "train.py: error: " (run_checked).
+    from job.arguments import check_args, parse_args
+    from job.errors import UsageError
+    with pytest.raises(UsageError) as refused:
+        check_args(parse_args(QUICK + flags), 2)
+    message = str(refused.value)
+    assert '\n' not in message
+    for word in words:
+        assert word in message, message
+
+
+@pytest.mark.parametrize('flags, words', END_TO_END)
 def test_bad_flag_fails_in_one_line(flags, words, earlier_out):
     result = run_mpi(2, 'train.py', '--out', str(earlier_out), *QUICK, *flags, check=False,
                      timeout=60)
@@ -61,25 +82,37 @@ def test_more_processes_than_channels_are_refused():
         check_args(parse_args(QUICK + ['--width', '2']), 129)
 
 
-@pytest.mark.parametrize('value', ['-1', '0'])
-def test_width_below_1_is_refused(value):
+@pytest.mark.parametrize('value', ['-1', '0', '0.1', '1.01', 'nan'])
+def test_width_that_leaves_a_layer_fractional_channels_is_refused(value):
+    # 64 x W must be whole: 0.1 would give conv1_1 6.4 channels.
     from job.arguments import check_args, parse_args
     from job.errors import UsageError
-    with pytest.raises(UsageError, match=f'^--width must be a whole number, 1 or more, '
-                                         f'got {value}$'):
+    with pytest.raises(UsageError, match=r'^--width must be a multiple of 1/64 greater than 0, '
+                                         r'so that every layer has whole channels \(such as '
+                                         rf'0.125, 1 or 2\), got {value}$'):
         check_args(parse_args(QUICK + ['--width', value]), 2)
 
 
-@pytest.mark.parametrize('value', ['1.5', 'two'])
-def test_width_that_is_no_whole_number_is_argparses_error(value, capsys):
-    # As for every int flag: argparse's usage and its one error line, exit code 2.
+@pytest.mark.parametrize('value, channels', [('0.125', 8), ('1.5', 96), ('2', 128)])
+def test_width_below_1_or_between_whole_numbers_runs(value, channels):
+    # What the narrowest layer then has to split: 8 channels for at most 8 processes.
+    from job.arguments import check_args, parse_args
+    from job.errors import UsageError
+    check_args(parse_args(QUICK + ['--width', value]), channels)
+    with pytest.raises(UsageError, match=f'narrowest layer has only {channels} channels'):
+        check_args(parse_args(QUICK + ['--width', value]), channels + 1)
+
+
+@pytest.mark.parametrize('value', ['two', '1/8'])
+def test_width_that_is_no_number_is_argparses_error(value, capsys):
+    # As for every number flag: argparse's usage and its one error line, exit code 2.
     from job.arguments import parse_args
     with pytest.raises(SystemExit) as exit:
         parse_args(QUICK + ['--width', value])
     assert exit.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     # The program's name is pytest's here, train.py's when train.py runs.
-    assert error.endswith(f": error: argument --width: invalid int value: '{value}'")
+    assert error.endswith(f": error: argument --width: invalid width value: '{value}'")
 
 
 @pytest.mark.parametrize('flags, processes, sizes', [

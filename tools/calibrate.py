@@ -49,7 +49,7 @@ from mpi4py import MPI
 from job.costs import fit_memory
 from models.dropout import dropout_key
 from models.parallel_convolution import Block, ParallelConvolution2D
-from models.partition import channel_counts
+from models.partition import split_counts
 from models.vgg import HEAD_WIDTH, KERNEL_SIZE, PAD, VGG16_BLOCKS
 
 REPO = str(pathlib.Path(__file__).resolve().parent.parent)
@@ -104,7 +104,7 @@ def compute_worker(channel_ranks: list[int]) -> dict:
             for index, (name, channels, _, pool) in enumerate(VGG16_BLOCKS):
                 channels = int(channels * width)
                 table[name] = [
-                    [rows, k, *block_times(index, rows, channel_counts(channels, k)[0],
+                    [rows, k, *block_times(index, rows, split_counts(channels, k)[0],
                                            in_channels, side, path == 'gathered')]
                     for rows in ROWS for k in channel_ranks]
                 in_channels, side = channels, side // 2 if pool else side

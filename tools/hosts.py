@@ -130,23 +130,43 @@ class Hosts:
         namespace, its host name and its /etc/hosts."""
         return [self.enter, host, shlex.join(job)]
 
-    def mpiexec_command(self, procs: int, job: Sequence[str],
-                        mpiexec: str | None = None) -> list[str]:
+    @property
+    def launcher_options(self) -> list[str]:
+        """hydra's options that reach the other hosts through the launcher."""
+        return ['-launcher', 'ssh', '-launcher-exec', self.launcher]
+
+    def mpiexec_command(self, procs: int, job: Sequence[str], mpiexec: str | None = None,
+                        names: Sequence[str] | None = None) -> list[str]:
         """The command, run from here, that starts mpiexec in the first host
-        with ``procs`` processes of ``job`` on each host."""
+        with ``procs`` processes of ``job`` on each host (of ``names``, if given)."""
         mpiexec = mpiexec or find_mpiexec(job[0])
-        hydra = [mpiexec, '-launcher', 'ssh', '-launcher-exec', self.launcher,
-                 '-hosts', ','.join(f'{name}:{procs}' for name in self.names),
-                 '-n', str(procs * len(self.names)), *job]
+        names = names or self.names
+        hydra = [mpiexec, *self.launcher_options,
+                 '-hosts', ','.join(f'{name}:{procs}' for name in names),
+                 '-n', str(procs * len(names)), *job]
         return self.in_host(self.names[0], hydra)
 
     def launch(self, procs: int, job: Sequence[str], mpiexec: str | None = None,
-               env: dict | None = None, **popen) -> subprocess.Popen:
-        """Start ``job`` on ``procs`` processes per host, mpiexec in a session of
-        its own (signal the job with os.killpg(job.pid, ...))."""
+               env: dict | None = None, names: Sequence[str] | None = None,
+               **popen) -> subprocess.Popen:
+        """Start ``job`` on ``procs`` processes per host (of ``names``, if given),
+        mpiexec in a session of its own (signal the job with os.killpg(job.pid, ...))."""
+        return self.start(self.mpiexec_command(procs, job, mpiexec, names), env, **popen)
+
+    def start(self, command: Sequence[str], env: dict | None = None,
+              **popen) -> subprocess.Popen:
+        """Start ``command`` (one made by in_host or mpiexec_command) as a job's
+        mpiexec starts: in a session of its own, with FORCED_ENV."""
         env = {**(os.environ if env is None else env), **FORCED_ENV}
-        return subprocess.Popen(self.mpiexec_command(procs, job, mpiexec), env=env,
-                                start_new_session=True, **popen)
+        return subprocess.Popen(command, env=env, start_new_session=True, **popen)
+
+    def hostfile(self, procs: int, names: Sequence[str] | None = None) -> str:
+        """A host file for ``mpiexec -f`` in the hosts' folder: ``procs`` processes
+        on each host (of ``names``, if given), one host:procs a line; its path."""
+        path = os.path.join(self.directory, f'hostfile-{next(SERIALS)}')
+        with open(path, 'w') as file:
+            file.writelines(f'{name}:{procs}\n' for name in names or self.names)
+        return path
 
     def link_down(self, host: str) -> None:
         """Cut ``host``'s link at the switch, as a pulled cable: its end

@@ -24,7 +24,7 @@ pass waits for at every layer, would otherwise queue behind megabytes of
 gradients (docs/speed-record.md, "Pacing the gradient buckets"). The thread
 needs a communicator that no other thread uses, since MPI orders the
 collectives of a communicator by call, not by thread: the replica group's
-second communicator, ``grid.gradients`` (models/grid.py).
+second communicator, ``grid.gradient_group`` (models/grid.py).
 
 Not ChainerMN's multi-node optimizer: its first update only broadcasts the
 parameters and does not update them, so step 1 would not be the single
@@ -54,15 +54,15 @@ class MeanOverReplicas(chainer.LinkHook):
     in the same gradients in the same order, so the buckets match.
     Parameters that got no gradient from the backward pass go last, in
     the order of their names. Host arrays only: replicas run on CPU.
-    ``replicas`` is the replica group's communicator for the gradients
-    alone, ``grid.gradients``: a thread sends on it during the backward pass.
+    ``gradient_group`` is the replica group's communicator for the gradients
+    alone, ``grid.gradient_group``: a thread sends on it during the backward pass.
     """
     name = 'MeanOverReplicas'
     call_for_each_param = False
     timing = 'pre'
 
-    def __init__(self, replicas, model: chainer.Link, bucket_bytes: int = BUCKET_BYTES):
-        self.replicas = replicas
+    def __init__(self, gradient_group, model: chainer.Link, bucket_bytes: int = BUCKET_BYTES):
+        self.gradient_group = gradient_group
         self.bucket_bytes = bucket_bytes
         # id(link): the (name, parameter) it holds itself, for every link that holds any.
         self._own = {id(link): own for link in model.links() if (own := _own_parameters(link))}
@@ -110,7 +110,7 @@ class MeanOverReplicas(chainer.LinkHook):
         if self._sums is not None:
             self._sums.finish()
         # ChainerMN's multi_node_mean_grad scales the same way.
-        scale = 1.0 / self.replicas.size
+        scale = 1.0 / self.gradient_group.size
         for pairs, buffer in self._started:
             offset = 0
             for param, grad in pairs:
@@ -129,7 +129,7 @@ class MeanOverReplicas(chainer.LinkHook):
                               numpy.result_type(*grads))
         numpy.concatenate([g.reshape(-1) for g in grads], out=buffer)
         if self._sums is None:
-            self._sums = PacedSums(self.replicas)
+            self._sums = PacedSums(self.gradient_group)
         self._sums.add(buffer)
         self._started.append((self._filling, buffer))
         self._filling = []

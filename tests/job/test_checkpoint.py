@@ -1,10 +1,15 @@
-"""Snapshots and resume, through train.py on real mpiexec processes."""
+"""Snapshots and resume, through train.py on real mpiexec processes.
+
+The runs are the narrow VGG16's (conftest.NARROW): what a snapshot holds and
+how a run resumes do not depend on the network's size.
+"""
 import numpy
 import pytest
 
 from conftest import (
     HYBRID_RUN,
     HYBRID_TOLERANCE,
+    NARROW,
     check_same_run,
     log_without_time,
     relative_error,
@@ -12,7 +17,7 @@ from conftest import (
 )
 
 RUN = ['--dataset', 'synthetic', '--train-size', '48', '--test-size', '16',
-       '--batchsize', '16', '--epoch', '2', '--frequency', '1']
+       '--batchsize', '16', '--epoch', '2', '--frequency', '1', *NARROW]
 
 
 def train(n, out, *flags):
@@ -37,7 +42,8 @@ def test_snapshots_are_written_every_epoch_and_complete(uninterrupted):
         assert 'updater/iterator:main/current_position' in keys
         assert 'shuffle_rng/keys' in keys
     with numpy.load(uninterrupted / 'snapshot_epoch_1') as snapshot:
-        assert snapshot['updater/model:main/predictor/conv1_1/conv/W'].shape == (64, 3, 3, 3)
+        assert snapshot['updater/model:main/predictor/conv1_1/conv/W'].shape == (8, 3, 3, 3)
+        assert snapshot['updater/optimizer:main/predictor/conv1_1/conv/W/v'].shape == (8, 3, 3, 3)
     assert not [p for p in uninterrupted.iterdir() if '.tmp' in p.name]
 
 
@@ -80,12 +86,12 @@ def test_resume_of_replicas_on_another_grid_continues_the_run(hybrid_run, proces
 
 # --- which file fits which run: check_model_fits, called in-process ----------
 
-def vgg16_arrays(width: int, groups: int = 1) -> dict:
+def vgg16_arrays(width: float, groups: int = 1) -> dict:
     """The arrays check_model_fits reads, shaped as train.py saves them: conv1_1
-    and conv2_1's filters and fc2's, of a VGG16 (or with ``groups`` > 1, the
+    and conv1_2's filters and fc2's, of a VGG16 (or with ``groups`` > 1, the
     grouped network) with ``width`` times its channels."""
-    return {'conv1_1/conv/W': numpy.zeros((64 * width, 3, 3, 3)),
-            'conv2_1/conv/W': numpy.zeros((128 * width, 64 * width // groups, 3, 3)),
+    return {'conv1_1/conv/W': numpy.zeros((int(64 * width), 3, 3, 3)),
+            'conv1_2/conv/W': numpy.zeros((int(64 * width), int(64 * width) // groups, 3, 3)),
             'fc2/W': numpy.zeros((10, 512))}
 
 
@@ -95,7 +101,7 @@ def fits(arrays: dict, *flags: str, channel_ranks: int = 2, flag: str = '--evalu
     check_model_fits(flag, 'model.npz', arrays, parse_args(list(flags)), 10, channel_ranks)
 
 
-@pytest.mark.parametrize('width', [1, 2, 3])
+@pytest.mark.parametrize('width', [0.125, 1, 2, 3])
 @pytest.mark.parametrize('conv', ['exact', 'grouped'])
 def test_a_file_fits_the_run_of_its_width(width, conv):
     fits(vgg16_arrays(width, 2 if conv == 'grouped' else 1),
@@ -103,7 +109,7 @@ def test_a_file_fits_the_run_of_its_width(width, conv):
 
 
 @pytest.mark.parametrize('flag', ['--evaluate', '--resume'])
-@pytest.mark.parametrize('saved, given', [(2, 1), (1, 2), (3, 2)])
+@pytest.mark.parametrize('saved, given', [(2, 1), (1, 2), (3, 2), (0.125, 1), (1, 0.25)])
 def test_a_file_of_another_width_names_the_width_to_pass(flag, saved, given):
     from job.errors import UsageError
     for conv, groups in (('exact', 1), ('grouped', 2)):
@@ -114,9 +120,8 @@ def test_a_file_of_another_width_names_the_width_to_pass(flag, saved, given):
                  flag=flag)
 
 
-def test_a_first_layer_of_no_width_is_no_vgg16():
-    # 96 filters: no whole multiple of VGG16's 64.
+def test_a_first_layer_of_no_filters_is_no_vgg16():
     from job.errors import UsageError
-    arrays = {**vgg16_arrays(1), 'conv1_1/conv/W': numpy.zeros((96, 3, 3, 3))}
+    arrays = {**vgg16_arrays(1), 'conv1_1/conv/W': numpy.zeros((0, 3, 3, 3))}
     with pytest.raises(UsageError, match='holds no VGG16 of train.py'):
         fits(arrays)

@@ -33,7 +33,7 @@ def made_up_machine(**network) -> costs.Machine:
 
 def _work(index: int, width: float, rows: int, k: int) -> float:
     block = costs.blocks(width)[index]
-    return costs.multiply_adds(block, rows, costs.channel_counts(block.out_channels, k)[0])
+    return costs.multiply_adds(block, rows, costs.split_counts(block.out_channels, k)[0])
 
 
 @pytest.mark.parametrize('n, p, steps', [

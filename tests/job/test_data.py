@@ -24,7 +24,7 @@ from chainer.iterators import SerialIterator, ShuffleOrderSampler
 
 from cifar_files import Call, Cifar, Global, code_runners, python2_pickle, python3_pickle, rows
 from conftest import REPO, run_mpi
-from models.partition import channel_range
+from models.partition import split_range
 from workers.batches_worker import epoch
 
 CHAINER_URL = 'https://www.cs.toronto.edu/~kriz/{}-python.tar.gz'
@@ -189,7 +189,7 @@ def _old_converter(replica: int, n_replicas: int):
     """train.py's converter of the float32 sets: a replica's rows, cast."""
     def convert(batch, device):
         images, labels = chainer.dataset.concat_examples(batch, device)
-        mine = slice(*channel_range(len(labels), n_replicas, replica))
+        mine = slice(*split_range(len(labels), n_replicas, replica))
         return images[mine].astype(chainer.get_dtype(), copy=False), labels[mine]
 
     return convert
@@ -202,7 +202,7 @@ def _replica_converter(replica: int, n_replicas: int):
 
     def mine(batch, device):
         images, labels = chainer.dataset.concat_examples(batch)
-        rows = slice(*channel_range(len(labels), n_replicas, replica))
+        rows = slice(*split_range(len(labels), n_replicas, replica))
         return convert((images[rows], labels[rows]), device)
 
     return mine

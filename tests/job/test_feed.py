@@ -2,7 +2,7 @@
 batches, every rank follows rank 0's iterator, and its state saves and loads.
 
 The reference is a plain SerialIterator drawing the same batches in this
-process, its batches cut into replicas' rows by channel_range.
+process, its batches cut into replicas' rows by split_range.
 """
 import pickle
 
@@ -11,7 +11,7 @@ import numpy
 import pytest
 
 from conftest import run_mpi
-from models.partition import channel_range
+from models.partition import split_range
 from workers import feed_worker
 from workers.feed_worker import BATCH, SAVED_AT, SEED, STEPS, dataset
 
@@ -29,7 +29,7 @@ def shuffled() -> chainer.iterators.SerialIterator:
 
 
 def replica_rows(labels: list, replica: int, replicas: int) -> list:
-    return labels[slice(*channel_range(len(labels), replicas, replica))]
+    return labels[slice(*split_range(len(labels), replicas, replica))]
 
 
 @pytest.fixture(scope='module', params=[1, 2, 3, 4])

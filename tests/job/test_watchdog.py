@@ -6,6 +6,7 @@ tools/hosts.py (which need root and iproute2: elsewhere those tests skip,
 and fail where PARALLEL_CONV_HOSTS=required, as in .ci/run) the second
 host's link goes down, or its ranks are frozen, mid-epoch.
 """
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import numpy
 import pytest
 
 from conftest import (
+    NARROW,
     REPO,
     finish,
     hosts_or_skip,
@@ -27,7 +29,7 @@ from conftest import (
     run_mpi,
     start_job,
 )
-from job.watchdog import EXIT_CODE
+from job.watchdog import EXIT_CODE, REPORT_NAME
 
 # Four iterations an epoch: a fault at iteration 6 is mid-epoch 2, after
 # the snapshot of epoch 1.
@@ -35,6 +37,9 @@ RUN = ['--dataset', 'synthetic', '--train-size', '64', '--test-size', '16',
        '--batchsize', '16', '--epoch', '2', '--frequency', '1']
 TIMEOUT_S = 10
 WATCHED = [*RUN, '--timeout', str(TIMEOUT_S)]
+# On this host, the narrow VGG16: a fault at an iteration does not depend on
+# the network's size.
+WATCHED_HERE = [*WATCHED, *NARROW]
 # What the issue allows past the timeout for every rank to end.
 ENDS_WITHIN_S = TIMEOUT_S + 15
 JOB_TIMEOUT_S = 180
@@ -83,6 +88,16 @@ def silent(ranks: str) -> str:
     return rf'no answer from {re.escape(ranks)} for \d+ s'
 
 
+def check_report(out, line: str, silent: dict) -> None:
+    """The printing rank wrote its line into --out as data too: the same line,
+    and the ranks that fell ``silent`` by host."""
+    rank, host = re.match(r'train\.py: rank (\d+) \((\S+)\)', line).groups()
+    report = json.loads((out / REPORT_NAME.format(rank=rank)).read_text())
+    assert (report['line'], report['rank'], report['host']) == (line, int(rank), host)
+    assert report['silent'] == silent
+    assert report['timeout_s'] == TIMEOUT_S and report['waited_s'] > TIMEOUT_S
+
+
 def check_snapshot_resumes(n: int, out, flags: list[str]) -> None:
     """snapshot_epoch_1 is whole, and the run continues from it to the end."""
     assert not [p.name for p in out.iterdir() if '.tmp-' in p.name]
@@ -95,7 +110,7 @@ def check_snapshot_resumes(n: int, out, flags: list[str]) -> None:
 def run_to_the_watchdog(n: int, out, fault: str) -> tuple[str, str, float]:
     """Run with PARALLEL_CONV_FAULT=``fault``, which the watchdog must end in time,
     with one line: (stdout, that line, when the fault acted)."""
-    job = start_job(n, out, *WATCHED, env=mpi_env(PARALLEL_CONV_FAULT=fault))
+    job = start_job(n, out, *WATCHED_HERE, env=mpi_env(PARALLEL_CONV_FAULT=fault))
     stdout, stderr = finish(job, out, JOB_TIMEOUT_S)
     ended = time.time()
     fault_at = float(re.search(r'acting now \(time ([0-9.]+)\)', stderr).group(1))
@@ -111,10 +126,11 @@ def test_a_frozen_rank_ends_the_job(n, frozen, tmp_path):
     out = tmp_path / 'out'
     stdout, line, frozen_at = run_to_the_watchdog(n, out, f'{frozen}:6:stop')
     check_the_line(line, silent(f'rank {frozen} ({socket.gethostname()})'))
+    check_report(out, line, {socket.gethostname(): [frozen]})
     # mpiexec ended the frozen one, the others ended themselves.
     check_gone_by(process_ids(stdout), frozen_at + ENDS_WITHIN_S)
     assert not (out / 'model.npz').exists()
-    check_snapshot_resumes(n, out, WATCHED)
+    check_snapshot_resumes(n, out, WATCHED_HERE)
 
 
 def test_a_rank_stuck_outside_any_exchange_ends_the_job(tmp_path):
@@ -238,5 +254,6 @@ def test_a_lost_host_ends_the_job(hosts, cut, tmp_path):
     lines = watchdog_lines(stderr)
     assert len(lines) == 1, stderr
     check_the_line(lines[0], silent(f'ranks 2, 3 ({hosts.names[1]})'))
+    check_report(out, lines[0], {hosts.names[1]: [2, 3]})
     assert not (out / 'model.npz').exists()
     check_snapshot_resumes(2, out, WATCHED)

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import run_mpi
 from models.batch_norm import BatchNormalization, batch_normalization
-from models.partition import channel_range
+from models.partition import split_range
 from workers import batch_norm_worker
 
 # (N, C, ...): odd sizes, a 2-D (batch, channels) input, a 3-D one, and one
@@ -114,7 +114,7 @@ def test_channel_slices_give_bit_identical_results(shape, dtype):
 
     whole = run(0, channels)
     for size in (2, 3):
-        pieces = [run(*channel_range(channels, size, rank)) for rank in range(size)]
+        pieces = [run(*split_range(channels, size, rank)) for rank in range(size)]
         for index, expected in enumerate(whole):
             axis = 1 if index < 2 else 0  # y and gx, then per-channel arrays
             numpy.testing.assert_array_equal(
@@ -187,7 +187,7 @@ def test_replicas_normalize_with_the_statistics_of_the_whole_batch(tmp_path):
         y.backward()
         pieces = [rank[index] for rank in ranks]
         assert [len(piece['y']) for piece in pieces] == [
-            stop - start for start, stop in (channel_range(shape[0], 3, r) for r in range(3))]
+            stop - start for start, stop in (split_range(shape[0], 3, r) for r in range(3))]
         for name, expected in (('y', y.array), ('gx', whole.grad)):
             assert_close(numpy.concatenate([piece[name] for piece in pieces]), expected,
                          numpy.float64, name)

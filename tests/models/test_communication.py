@@ -5,7 +5,7 @@ import numpy
 import pytest
 
 from conftest import run_mpi
-from models.partition import channel_range
+from models.partition import split_range
 from workers.communication_worker import CHANNELS, full_tensor
 
 
@@ -24,7 +24,7 @@ def check_exchanges(ranks: list[dict]) -> None:
     full = full_tensor(0)
     summed_upstream = sum(full_tensor(100 + r) for r in range(n))
     for rank, result in enumerate(ranks):
-        start, stop = channel_range(CHANNELS, n, rank)
+        start, stop = split_range(CHANNELS, n, rank)
         for name in ('parallel', 'replicated'):
             gathered, _ = result[name]
             numpy.testing.assert_array_equal(gathered, full)
@@ -42,7 +42,7 @@ def check_exchanges(ranks: list[dict]) -> None:
         else:
             assert result['rows on one rank'] is None
         numpy.testing.assert_allclose(result['sum'], summed_upstream, rtol=1e-6)
-        assert result['replica_rows'] == (sum(r + 2 for r in range(rank)),
+        assert result['position_in_batch'] == (sum(r + 2 for r in range(rank)),
                                           sum(r + 2 for r in range(n)))
 
 

@@ -3,7 +3,7 @@ import numpy
 import pytest
 
 from models.dropout import _scaled_mask, channel_slice_dropout, dropout_key, mask_from_numbers
-from models.partition import channel_range
+from models.partition import split_range
 
 
 def _masked(x, ratio, start, stop, key):
@@ -18,7 +18,7 @@ def test_slices_of_any_split_reassemble_the_single_process_mask(shape):
     key = dropout_key(seed=3, step=11, site=2)
     full = _masked(x, 0.4, 0, 7, key)
     for size in (2, 3, 4, 7):
-        pieces = [_masked(x, 0.4, *channel_range(7, size, r), key) for r in range(size)]
+        pieces = [_masked(x, 0.4, *split_range(7, size, r), key) for r in range(size)]
         numpy.testing.assert_array_equal(numpy.concatenate(pieces, axis=1), full)
 
 
@@ -97,10 +97,10 @@ def test_replica_rows_are_the_rows_of_the_single_process_mask(shape, draw_throug
     monkeypatch.setattr('models.dropout._DRAW_THROUGH', draw_through)
     for replicas in (1, 2, 3, 4):
         for replica in range(replicas):
-            first, stop_row = channel_range(batch, replicas, replica)
+            first, stop_row = split_range(batch, replicas, replica)
             for size in (1, 2, 3):
                 for rank in range(size):
-                    start, stop = channel_range(channels, size, rank)
+                    start, stop = split_range(channels, size, rank)
                     with chainer.using_config('train', True):
                         mine = channel_slice_dropout(
                             chainer.Variable(x[first:stop_row, start:stop]), 0.5,

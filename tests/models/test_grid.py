@@ -31,8 +31,8 @@ def test_rank_r_is_channel_rank_r_mod_k_of_replica_r_div_k(tmp_path):
 def test_one_replica_is_the_communicator_itself():
     comm = chainermn.create_communicator('naive')
     grid = process_grid(comm)
-    assert grid.channels is comm and grid.replicas is None and grid.gradients is None
-    assert (grid.replica, grid.n_replicas, grid.rows(7)) == (0, 1, (0, 7))
+    assert grid.channel_group is comm and grid.replica_group is None and grid.gradient_group is None
+    assert (grid.replica, grid.n_replicas, grid.replica_rows(7)) == (0, 1, (0, 7))
 
 
 @pytest.mark.parametrize('k', [0, 2])

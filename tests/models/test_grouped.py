@@ -4,6 +4,10 @@ The references are built from chainer.functions alone: a grouped convolution
 written out group by group, and a grouped VGG16 whose convolutions are
 Chainer's own grouped convolution (contiguous groups) applied to the input
 channels reordered so that group g holds channels g, g + N, g + 2N, ...
+
+The networks are the narrow VGG16's (conftest.NARROW_WIDTH): what is checked
+does not depend on their size. The parameter count of the grouped VGG16 at
+VGG16's own width is checked by counting, not by a run.
 """
 import json
 import pickle
@@ -13,7 +17,7 @@ import chainer.functions as F
 import numpy
 import pytest
 
-from conftest import relative_error, run_mpi
+from conftest import NARROW, NARROW_WIDTH, relative_error, run_mpi
 from reference_vgg import CHANNELS, NAMES, ReferenceVGG16
 from test_train import QUICK, VGG16_PARAMETERS_10_CLASSES, train
 from test_train_errors import check_clean_failure
@@ -65,10 +69,15 @@ class StridedGroupConvolution(chainer.Link):
         return F.convolution_2d(x[:, self.order], self.W, pad=1, groups=self.groups)
 
 
-def reference_grouped_vgg16(groups, n_classes=10):
+def widened(width):
+    return [int(channels * width) for channels in CHANNELS]
+
+
+def reference_grouped_vgg16(groups, n_classes=10, width=NARROW_WIDTH):
     """ReferenceVGG16 with every convolution but the first grouped."""
-    model = ReferenceVGG16(n_classes)
-    for name, in_channels, out_channels in zip(NAMES[1:], CHANNELS, CHANNELS[1:]):
+    model = ReferenceVGG16(n_classes, width)
+    channels = widened(width)
+    for name, in_channels, out_channels in zip(NAMES[1:], channels, channels[1:]):
         block = getattr(model, name)
         del block.conv
         with block.init_scope():
@@ -76,10 +85,18 @@ def reference_grouped_vgg16(groups, n_classes=10):
     return model
 
 
-def grouped_parameter_count(groups):
-    """VGG16's count, less the weights that grouping removes."""
-    grouped_weights = sum(c_in * c_out * 9 for c_in, c_out in zip(CHANNELS, CHANNELS[1:]))
-    return VGG16_PARAMETERS_10_CLASSES - grouped_weights + grouped_weights // groups
+def grouped_weights(width):
+    """The weights of the convolutions after the first, which grouping divides."""
+    channels = widened(width)
+    return sum(c_in * c_out * 9 for c_in, c_out in zip(channels, channels[1:]))
+
+
+def test_grouping_vgg16_on_2_processes_removes_7_3_million_weights():
+    # VGG16's own width, counted: half of every convolution but the first.
+    model = reference_grouped_vgg16(groups=2, width=1)
+    count = sum(p.size for p in model.params())
+    assert count == VGG16_PARAMETERS_10_CLASSES - grouped_weights(1) // 2
+    assert VGG16_PARAMETERS_10_CLASSES - count == 7_354_368
 
 
 @pytest.mark.parametrize('replicas, channel_ranks', [(1, 2), (1, 4), (2, 2)])
@@ -91,13 +108,13 @@ def test_grouped_vgg16_output_and_gradients_match_a_grouped_reference(replicas, 
                         str(channel_ranks))
     for mode in ('train', 'test'):
         check_against_reference(result, mode, 'float64', TOLERANCE,
-                                reference_model=lambda: reference_grouped_vgg16(channel_ranks))
+                                lambda: reference_grouped_vgg16(channel_ranks))
 
 
 @pytest.fixture(scope='module')
 def grouped_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('grouped') / 'result'
-    result = train(2, out, *QUICK, '--conv', 'grouped')
+    result = train(2, out, *QUICK, *NARROW, '--conv', 'grouped')
     return out, result
 
 
@@ -114,15 +131,17 @@ def test_grouped_model_file_is_the_smaller_grouped_network(grouped_run):
     out, _ = grouped_run
     reference = reference_grouped_vgg16(groups=2)
     chainer.serializers.load_npz(str(out / 'model.npz'), reference)  # strict
-    count = sum(p.size for p in reference.params())
-    assert count == grouped_parameter_count(2)
-    # Half of every convolution but the first: 7.3 million fewer weights.
-    assert VGG16_PARAMETERS_10_CLASSES - count == 7_354_368
+    with numpy.load(out / 'model.npz') as saved:
+        for name, param in reference.namedparams():
+            numpy.testing.assert_array_equal(param.array, saved[name.lstrip('/')])
+    exact = ReferenceVGG16(width=NARROW_WIDTH)
+    removed = sum(p.size for p in exact.params()) - sum(p.size for p in reference.params())
+    assert removed == grouped_weights(NARROW_WIDTH) // 2
 
 
 def test_resuming_a_grouped_snapshot_as_exact_fails_in_one_line(grouped_run, tmp_path):
     out, _ = grouped_run
-    result = run_mpi(2, 'train.py', '--out', str(tmp_path / 'out'), *QUICK,
+    result = run_mpi(2, 'train.py', '--out', str(tmp_path / 'out'), *QUICK, *NARROW,
                      '--resume', str(out / 'snapshot_epoch_1'), check=False, timeout=120)
     check_clean_failure(result, '--resume', '--conv')
 

@@ -11,7 +11,7 @@ from models.nccl_exchange import (
     padded_block,
     scatter_send_buffer,
 )
-from models.partition import channel_counts, channel_range
+from models.partition import split_counts, split_range
 
 GPU_A, GPU_B = ('node1', '0000:17:00.0'), ('node1', '0000:65:00.0')
 
@@ -43,11 +43,11 @@ def simulated_nccl_allgather(sends: list[numpy.ndarray]) -> numpy.ndarray:
 def test_padded_allgather_layout_rebuilds_the_full_tensor(channels, size, axis):
     full = numpy.random.RandomState(channels + size).randn(
         *((channels, 5, 3) if axis == 0 else (2, channels, 3, 2)))
-    counts = channel_counts(channels, size)
+    counts = split_counts(channels, size)
     per_channel = full.size // channels
     block = padded_block(counts, per_channel)
     assert block == -(-channels // size) * per_channel
-    slices = [numpy.take(full, range(*channel_range(channels, size, r)), axis=axis)
+    slices = [numpy.take(full, range(*split_range(channels, size, r)), axis=axis)
               for r in range(size)]
     # Pads that could leak into the result would show as NaN.
     sends = []
@@ -67,7 +67,7 @@ def test_padded_allgather_layout_rebuilds_the_full_tensor(channels, size, axis):
 def test_padded_reduce_scatter_layout_gives_each_rank_its_slice_of_the_sum(channels, size, axis):
     shape = (channels, 4, 3) if axis == 0 else (3, channels, 2, 2)
     partials = [numpy.random.RandomState(10 * r + channels).randn(*shape) for r in range(size)]
-    counts = channel_counts(channels, size)
+    counts = split_counts(channels, size)
     sends = [scatter_send_buffer(p, counts, axis, numpy) for p in partials]
     block = padded_block(counts, partials[0].size // channels)
     assert all(s.shape == (size, block) for s in sends)
@@ -76,6 +76,6 @@ def test_padded_reduce_scatter_layout_gives_each_rank_its_slice_of_the_sum(chann
     total = sum(partials)
     for r in range(size):
         mine = mine_from_padded(summed[r], shape, axis, counts[r])
-        expected = numpy.take(total, range(*channel_range(channels, size, r)), axis=axis)
+        expected = numpy.take(total, range(*split_range(channels, size, r)), axis=axis)
         numpy.testing.assert_allclose(mine, expected, rtol=1e-13)
         assert mine.shape == expected.shape

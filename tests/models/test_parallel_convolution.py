@@ -4,7 +4,7 @@ import pickle
 import pytest
 
 from conftest import relative_error, run_mpi
-from models.partition import channel_counts
+from models.partition import split_counts
 
 
 def kept(n: int, keep_gathered: bool, tmp_path) -> list[dict]:
@@ -32,7 +32,7 @@ def test_a_convolution_keeps_only_its_slice_of_the_input_and_its_filters(n, tmp_
                 # and its filters: nothing laid out.
                 assert sorted(shape for _, shape in held) == [(2, 3, 32, 32), (out_mine, 3, 3, 3)]
                 continue
-            mine = channel_counts(in_channels, n)[rank]
+            mine = split_counts(in_channels, n)[rank]
             shapes = sorted(shape for _, shape in held)
             # The slice of the input and the filters, nothing more.
             assert len(held) == 2, held

@@ -7,7 +7,7 @@ from conftest import run_mpi
 
 # What models/communication.py exchanges, each under its own name.
 FUNCTIONS = {'allgather_channels', 'reduce_scatter_channels', 'allreduce_sum',
-             'allgather_stack', 'replica_rows', 'wait'}
+             'allgather_stack', 'position_in_batch', 'wait'}
 
 
 def observed_step(k: int, tmp_path) -> list[dict]:

@@ -6,6 +6,10 @@ loaded with the same full weights. A case (D, K) is D replicas of a channel
 group of K processes, N = D x K (models/grid.py); (1, N) is the model split
 over all N processes.
 
+Exactness does not depend on the network's size: every case runs on the
+narrow VGG16 (conftest.NARROW_WIDTH, 8 to 64 channels), and one, 2
+processes in float64 and in float32, on VGG16 itself against plain Chainer.
+
 Exactness is checked in float64, where rounding cannot hide a mistake. In
 float32 the model and the reference sum in different orders (the model has
 its own CPU convolution), and in training mode batch normalization turns
@@ -20,7 +24,7 @@ import chainer
 import numpy
 import pytest
 
-from conftest import relative_error, run_mpi
+from conftest import NARROW_WIDTH, relative_error, run_mpi
 from reference_vgg import ReferenceVGG16
 from workers.kept_worker import function_nodes
 from workers.vgg_worker import batch
@@ -31,11 +35,16 @@ TRAINING_TOLERANCE = 1e-8  # five steps of training in float64, compared across 
 # (D, K) of the float64 comparisons: every process count up to 4 split over
 # one channel group, and replicas of groups of 1 and 2 processes.
 GRIDS = [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1)]
+# The widths of the comparisons with plain Chainer: the narrow VGG16 on
+# every grid, and VGG16 itself on 2 processes.
+FULL_SIZE = 1
+COMPARED = [pytest.param(grid, NARROW_WIDTH, id=f'{grid[0]}x{grid[1]}-narrow') for grid in GRIDS]
+COMPARED.append(pytest.param((1, 2), FULL_SIZE, id='1x2-VGG16'))
 
 
-def run_worker(n, tmp_path, *args):
-    out = tmp_path / f'{"-".join(args)}-{n}.pickle'
-    run_mpi(n, 'tests/workers/vgg_worker.py', args[0], str(out), *args[1:])
+def run_worker(n, tmp_path, *args, width=NARROW_WIDTH):
+    out = tmp_path / f'{"-".join(args)}-{n}-{width}.pickle'
+    run_mpi(n, 'tests/workers/vgg_worker.py', args[0], str(out), *args[1:], f'width={width}')
     return pickle.loads(out.read_bytes())
 
 
@@ -52,9 +61,10 @@ def reference_run(state, train, dtype, reference_model):
     return y.array, {name: param.grad for name, param in reference.namedparams()}
 
 
-def check_against_reference(result, mode, dtype, tolerance, gradients=True,
-                            reference_model=ReferenceVGG16, reference_dtype=None):
-    """The worker's result in ``dtype`` against the reference in ``reference_dtype``."""
+def check_against_reference(result, mode, dtype, tolerance, reference_model, gradients=True,
+                            reference_dtype=None):
+    """The worker's result in ``dtype`` against the reference in ``reference_dtype``;
+    ``reference_model()`` makes the reference of the worker's network."""
     expected_output, expected_grads = reference_run(result[f'{mode}/state'], mode == 'train',
                                                     reference_dtype or dtype, reference_model)
     assert result[f'{mode}/output'].dtype == dtype
@@ -70,20 +80,25 @@ def check_against_reference(result, mode, dtype, tolerance, gradients=True,
         assert error <= tolerance, f'{mode} {name}: relative error {error:.2e}'
 
 
-@pytest.mark.parametrize('replicas, channel_ranks', GRIDS)
-def test_output_and_gradients_match_single_process_vgg16_in_float64(replicas, channel_ranks,
-                                                                    tmp_path):
+def plain_vgg16(width):
+    return lambda: ReferenceVGG16(width=width)
+
+
+@pytest.mark.parametrize('grid, width', COMPARED)
+def test_output_and_gradients_match_single_process_vgg16_in_float64(grid, width, tmp_path):
     # With replicas each takes its rows of the batch (6, 5 and 5 of 16 for
     # three) and of the upstream gradient; the whole batch's output is theirs
     # one after the other, and each gradient the sum of theirs.
+    replicas, channel_ranks = grid
     result = run_worker(replicas * channel_ranks, tmp_path, 'compare', 'float64', 'exact',
-                        str(channel_ranks))
+                        str(channel_ranks), width=width)
     for mode in ('train', 'test'):
-        check_against_reference(result, mode, 'float64', TOLERANCE['float64'])
+        check_against_reference(result, mode, 'float64', TOLERANCE['float64'], plain_vgg16(width))
 
 
-@pytest.mark.parametrize('n', [1, 2, 3, 4])
-def test_float32_matches_single_process_vgg16_within_rounding(n, tmp_path):
+@pytest.mark.parametrize('n, width', [(1, NARROW_WIDTH), (2, FULL_SIZE), (3, NARROW_WIDTH),
+                                      (4, NARROW_WIDTH)])
+def test_float32_matches_single_process_vgg16_within_rounding(n, width, tmp_path):
     # Against the reference in float64, the exact function of the same
     # weights: a float32 reference would add its own rounding to ours. The
     # outputs only: in float32 the gradients are not continuous in the
@@ -92,11 +107,11 @@ def test_float32_matches_single_process_vgg16_within_rounding(n, tmp_path):
     # 16 x 32 x 32 values that nearly cancel (3e-4 off float64 in test
     # mode, measured). Each convolution's float32 gradients are checked
     # against float64 layer by layer in test_conv_cpu.py.
-    result = run_worker(n, tmp_path, 'compare', 'float32')
+    result = run_worker(n, tmp_path, 'compare', 'float32', width=width)
     for mode, tolerance in (('test', TOLERANCE['float32']),
                             ('train', FLOAT32_TRAINING_OUTPUT_TOLERANCE)):
-        check_against_reference(result, mode, 'float32', tolerance, gradients=False,
-                                reference_dtype='float64')
+        check_against_reference(result, mode, 'float32', tolerance, plain_vgg16(width),
+                                gradients=False, reference_dtype='float64')
 
 
 @pytest.fixture(scope='module')
@@ -124,7 +139,7 @@ def test_training_moves_the_parameters(training_runs):
     # Guards the comparison above against a run in which nothing trained.
     losses = training_runs[(1, 1)]['losses']
     assert len(set(losses)) == len(losses)
-    initial = VGG16_initial_state()
+    initial = VGG16_initial_state(NARROW_WIDTH)
     moved = [name for name, value in training_runs[(1, 1)]['state'].items()
              if name.endswith('/W') and not numpy.array_equal(value, initial[name])]
     assert len(moved) == 15
@@ -175,14 +190,14 @@ def test_initial_weights_are_drawn_as_chainers_default_initializer():
         assert abs(W.mean()) < 5 * expected / numpy.sqrt(W.size), name
 
 
-def VGG16_initial_state():
+def VGG16_initial_state(width=FULL_SIZE):
     import chainermn
 
     from models import VGG16
     from models.serialization import full_state
     comm = chainermn.create_communicator('naive')
-    model = VGG16(comm, seed=0)
-    return full_state(model, comm, model.sliced_channels())
+    model = VGG16(comm, seed=0, width=width)
+    return full_state(model, comm, model)
 
 
 @pytest.mark.parametrize('keep_gathered', [False, True])
@@ -194,6 +209,6 @@ def test_one_channel_rank_applies_no_gather(keep_gathered):
     from models import VGG16
     comm = chainermn.create_communicator('naive')
     with chainer.using_config('dtype', numpy.float64):
-        model = VGG16(comm, seed=0, keep_gathered=keep_gathered)
+        model = VGG16(comm, seed=0, keep_gathered=keep_gathered, width=NARROW_WIDTH)
     names = [type(node).__name__ for node in function_nodes(model(numpy.zeros((2, 3, 32, 32))))]
     assert len(names) > 13 * 4 and not [n for n in names if n.startswith('GatherInto')]

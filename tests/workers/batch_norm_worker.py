@@ -4,7 +4,7 @@ Usage: mpiexec -n D python tests/workers/batch_norm_worker.py OUT.pickle
 
 Every rank is a replica (one channel group each, of one rank). For each
 shape of test_batch_norm.REPLICA_SHAPES, rank d normalizes its rows
-``channel_range(batch, D, d)`` of the same random batch in float64 and
+``split_range(batch, D, d)`` of the same random batch in float64 and
 backpropagates its rows of one upstream gradient, in training mode, with
 the running statistics updated; rank 0 saves every rank's output, input
 gradient, gamma and beta gradients and running statistics, and the
@@ -44,9 +44,9 @@ def count_exchanges() -> list[str]:
 
 def normalize_my_rows(grid, shape, exchanges: list[str]):
     x, gy = inputs(shape)
-    start, stop = grid.rows(shape[0])
+    start, stop = grid.replica_rows(shape[0])
     with chainer.using_config('dtype', numpy.float64):
-        link = BatchNormalization(shape[1], replicas=grid.replicas)
+        link = BatchNormalization(shape[1], replica_group=grid.replica_group)
     link.gamma.array[...] = numpy.linspace(0.5, 2, shape[1])
     link.beta.array[...] = numpy.linspace(-1, 1, shape[1])
     link.cleargrads()  # Chainer fills fresh gradients with NaN

@@ -21,7 +21,7 @@ import numpy
 
 from models import parallel_convolution
 from models.parallel_convolution import ParallelConvolution2D
-from models.partition import channel_range
+from models.partition import split_range
 from workers.gathered import write_gathered
 
 BATCH, IN_CHANNELS, OUT_CHANNELS, SIZE = 5, 5, 7, 6
@@ -34,10 +34,10 @@ def run(comm, gathers_input: bool, keep_gathered: bool) -> dict:
     gy_full = rng.randn(BATCH, OUT_CHANNELS, SIZE, SIZE)
     with chainer.using_config('dtype', numpy.float64):
         conv = ParallelConvolution2D(comm, IN_CHANNELS, OUT_CHANNELS, 3, 1,
-                                     numpy.random.default_rng(1), gathers_input=gathers_input,
+                                     numpy.random.default_rng(1), input_is_sliced=gathers_input,
                                      keep_gathered=keep_gathered)
-    mine = slice(*channel_range(IN_CHANNELS, comm.size, comm.rank))
-    out = slice(*conv.channels)
+    mine = slice(*split_range(IN_CHANNELS, comm.size, comm.rank))
+    out = slice(*conv.out_range)
     x = chainer.Variable(x_full[:, mine].copy() if gathers_input else x_full.copy())
     y = conv(x)
     # How many chunks the batch went in, for the test to see that it was several.

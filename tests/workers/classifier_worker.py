@@ -64,18 +64,18 @@ def report(model, x, t) -> dict:
 def main(out_path: str) -> None:
     comm = chainermn.create_communicator('naive')
     grid = process_grid(comm, 1)
-    model = ReplicaClassifier(Counted(linear()), grid.replicas)
+    model = ReplicaClassifier(Counted(linear()), grid.replica_group)
     seen = {'reports': [], 'calls': []}
     for rows in BATCHES:
-        start, stop = grid.rows(rows)
+        start, stop = grid.replica_rows(rows)
         x, t = data(rows, rows)
         seen['reports'].append(report(model, x[start:stop], t[start:stop]))
         seen['calls'].append(model.predictor.calls)
-    start, stop = grid.rows(TRAIN_BATCH)
+    start, stop = grid.replica_rows(TRAIN_BATCH)
     x, t = data(TRAIN_BATCH, TRAIN_BATCH)
     optimizer = chainer.optimizers.SGD()
     optimizer.setup(model)
-    optimizer.add_hook(MeanOverReplicas(grid.gradients, model))
+    optimizer.add_hook(MeanOverReplicas(grid.gradient_group, model))
     model.cleargrads()
     model(x[start:stop], t[start:stop]).backward()
     optimizer.call_hooks('pre')

@@ -22,10 +22,10 @@ from models.communication import (
     gather_channels,
     gather_into_parallel,
     gather_into_replicated,
-    replica_rows,
+    position_in_batch,
 )
 from models.nccl_exchange import use_exchanges
-from models.partition import channel_range
+from models.partition import split_range
 from workers.gathered import write_gathered
 
 CHANNELS = 7
@@ -41,7 +41,7 @@ def host(array) -> numpy.ndarray:
 
 def exchanges(comm, device) -> dict:
     """Each function's results on this rank, as host arrays."""
-    start, stop = channel_range(CHANNELS, comm.size, comm.rank)
+    start, stop = split_range(CHANNELS, comm.size, comm.rank)
     result = {}
     for name, gather in (('parallel', gather_into_parallel),
                          ('replicated', gather_into_replicated)):
@@ -59,7 +59,7 @@ def exchanges(comm, device) -> dict:
     # As over a replica group: a sum of arrays, and where my rows lie when
     # rank r holds r + 2 rows.
     result['sum'] = host(allreduce_sum(comm, device.send(full_tensor(100 + comm.rank))))
-    result['replica_rows'] = replica_rows(comm, comm.rank + 2)
+    result['position_in_batch'] = position_in_batch(comm, comm.rank + 2)
     return result
 
 

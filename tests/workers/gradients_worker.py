@@ -2,7 +2,7 @@
 
 Usage: mpiexec -n D python tests/workers/gradients_worker.py OUT.pickle
 
-Every rank is a replica (K = 1) of a float64 VGG16 on its rows of one
+Every rank is a replica (K = 1) of a float64 narrow VGG16 on its rows of one
 batch, whose optimizer has MeanOverReplicas with BUCKET_BYTES, then a probe
 where weight decay would be. The rank records, during one
 ``optimizer.update``, in order: each backward of a function that uses a
@@ -29,9 +29,12 @@ from models.grid import process_grid
 from workers.gathered import write_gathered
 
 BATCH = 6
+# The narrow VGG16: the buckets' order and timing do not depend on its size.
+WIDTH = 0.125
 # Buckets of one layer (conv3_2 and above, whose filters are larger), of
-# several (conv3_1 with conv2_2), and a last, smaller one sent before the update.
-BUCKET_BYTES = 3 * 2**20
+# several (fc2 with batch normalization's, conv3_1 with conv2_2), and a last,
+# smaller one sent before the update.
+BUCKET_BYTES = 48 * 2**10
 # The functions that use parameters: the head's fully connected layers,
 # batch normalization, and the convolutions.
 USES_PARAMETERS = ('LinearFunction', '_BatchNormalization', '_SliceConvolution',
@@ -61,9 +64,10 @@ def record_sends(events: list) -> None:
 
 def model_and_data(grid):
     with chainer.using_config('dtype', numpy.float64):
-        model = classifier(VGG16(grid.channels, seed=0, replicas=grid.replicas), grid.replicas)
+        model = classifier(VGG16(grid.channel_group, seed=0, replica_group=grid.replica_group,
+                                 width=WIDTH), grid.replica_group)
     rng = numpy.random.RandomState(0)
-    mine = slice(*grid.rows(BATCH))
+    mine = slice(*grid.replica_rows(BATCH))
     return (model, rng.randn(BATCH, 3, 32, 32)[mine],
             rng.randint(0, 10, BATCH).astype(numpy.int32)[mine])
 
@@ -72,7 +76,7 @@ def bucketed_step(grid) -> dict:
     model, x, t = model_and_data(grid)
     optimizer = chainer.optimizers.SGD(0.01)
     optimizer.setup(model)
-    optimizer.add_hook(MeanOverReplicas(grid.gradients, model, BUCKET_BYTES))
+    optimizer.add_hook(MeanOverReplicas(grid.gradient_group, model, BUCKET_BYTES))
     seen = {}
 
     def probe(optimizer):
@@ -91,7 +95,7 @@ def unbucketed_step(grid) -> dict:
     model.cleargrads()
     model(x, t).backward()
     own = {name: param.grad.copy() for name, param in model.namedparams()}
-    grid.replicas.multi_node_mean_grad(model)
+    grid.replica_group.multi_node_mean_grad(model)
     return {'own': own, 'chainermn_means': {name: param.grad for name, param in
                                             model.namedparams()}}
 

@@ -30,13 +30,13 @@ def main(out_path: str) -> None:
     for k in (k for k in range(1, comm.size + 1) if comm.size % k == 0):
         grid = process_grid(comm, k)
         seen[k] = {'replica': grid.replica, 'replicas': grid.n_replicas,
-                   'channel_group': members(grid.channels, comm.rank),
-                   'replica_group': members(grid.replicas, comm.rank),
-                   'gradients_group': members(grid.gradients, comm.rank),
-                   'gradients_apart': (None if grid.gradients is None else
-                                       MPI.Comm.Compare(grid.gradients.mpi_comm,
-                                                        grid.replicas.mpi_comm) != MPI.IDENT),
-                   'rows': grid.rows(BATCH)}
+                   'channel_group': members(grid.channel_group, comm.rank),
+                   'replica_group': members(grid.replica_group, comm.rank),
+                   'gradients_group': members(grid.gradient_group, comm.rank),
+                   'gradients_apart': (None if grid.gradient_group is None else
+                                       MPI.Comm.Compare(grid.gradient_group.mpi_comm,
+                                                        grid.replica_group.mpi_comm) != MPI.IDENT),
+                   'rows': grid.replica_rows(BATCH)}
     write_gathered(comm, seen, out_path)
 
 

@@ -2,7 +2,7 @@
 
 Usage: mpiexec -n N python tests/workers/seam_worker.py K OUT.pickle
 
-A float64 VGG16 built by train.py's recipe on channel groups of K ranks
+A float64 narrow VGG16 (--width 0.125) built by train.py's recipe on channel groups of K ranks
 (N / K replicas), its communicators observed as the watchdog observes
 them (models.seam.observe_mpi). An observer records every (entered or
 left, name, label) of one ``optimizer.update``, during which another
@@ -41,11 +41,12 @@ class Recorder:
 def main(k: str, out_path: str) -> None:
     comm = chainermn.create_communicator('naive')
     grid = process_grid(comm, int(k))
-    network = recipe.build_network('exact', grid, 10, dtype='float64')
+    # The narrow VGG16: which exchanges a step makes does not depend on its size.
+    network = recipe.build_network('exact', grid, 10, dtype='float64', width=0.125)
     model = recipe.build_classifier(network, grid, chainer.get_device('@numpy'))
     optimizer = recipe.make_optimizer(model, grid, 0.01)
-    labels = {'channel group': grid.channels, 'replica group': grid.replicas,
-              'gradient buckets': grid.gradients}
+    labels = {'channel group': grid.channel_group, 'replica group': grid.replica_group,
+              'gradient buckets': grid.gradient_group}
     for label, communicator in labels.items():
         if communicator is not None:
             seam.observe_mpi(communicator, label)
@@ -53,7 +54,7 @@ def main(k: str, out_path: str) -> None:
     seam.observe_mpi(other, 'thread')
 
     rng = numpy.random.RandomState(0)
-    mine = slice(*grid.rows(BATCH))
+    mine = slice(*grid.replica_rows(BATCH))
     x = rng.randn(BATCH, 3, 32, 32)[mine]
     t = rng.randint(0, 10, BATCH).astype(numpy.int32)[mine]
     recorder = Recorder()
