@@ -41,19 +41,23 @@ def test_the_flags_decide_the_path_whatever_the_memory():
 
 def test_auto_times_only_the_ks_near_the_fastest_and_leaves_out_what_does_not_fit():
     machine = made_up_machine()
-    # A slow link between 4 hosts: the channel groups' exchanges cost K = 4
-    # far more than the replicas' sums cost K = 1.
+    # A slow link between 4 hosts: the replicas' gradient all-reduce (60 MB)
+    # costs K = 1 far more than the channel exchanges of 8 images cost K = 4.
     slow = costs.Cluster(hosts=4, procs_per_host=1, threads=1, rate=10e6 / 8)
     choice = layout.choose(args(batchsize=8, slices=True), slow, machine, [1, 2, 4], 0)
     steps = {k: p.step for k, p in choice.predictions.items()}
     fastest = min(steps.values())
     assert choice.to_time == [k for k in (1, 2, 4) if steps[k] <= 1.1 * fastest]
-    assert 4 not in choice.to_time
-    # Memory for K = 4 only: the others are left out, and K = 4 needs no trial.
-    four = choice.predictions[4].largest_peak_mb
-    roomy_for_four = layout.choose(args(batchsize=8, slices=True, max_memory=four * 1.01),
-                                   slow, machine, [1, 2, 4], 0)
-    assert roomy_for_four.to_time == [4] and sorted(roomy_for_four.left_out) == [1, 2]
+    assert 1 not in choice.to_time
+    # On a fast link, with memory for K = 4 alone: the others are left out,
+    # and K = 4, alone, needs no trial.
+    fast = costs.Cluster(hosts=4, procs_per_host=1, threads=1, rate=100e9 / 8)
+    roomy = layout.choose(args(batchsize=8, slices=True), fast, machine, [1, 2, 4], 0)
+    four = roomy.predictions[4].largest_peak_mb
+    assert four < min(roomy.predictions[k].largest_peak_mb for k in (1, 2))
+    tight = layout.choose(args(batchsize=8, slices=True, max_memory=four * 1.01), fast,
+                          machine, [1, 2, 4], 0)
+    assert tight.to_time == [4] and sorted(tight.left_out) == [1, 2]
 
 
 def test_the_probed_link_becomes_the_models_rate_and_latency():
@@ -66,7 +70,7 @@ def test_the_probed_link_becomes_the_models_rate_and_latency():
 
 def test_a_run_says_its_path_and_prediction_and_records_them_with_what_it_measured(tmp_path):
     result = run_mpi(2, 'train.py', '--dataset', 'synthetic', '--train-size', '32',
-                     '--test-size', '8', '--batchsize', '8', '--epoch', '1', '--width', NARROW,
+                     '--test-size', '8', '--batchsize', '8', '--epoch', '1', *NARROW,
                      '--out', str(tmp_path))
     assert 'Path: each convolution keeps its gathered input (predicted peak' in result.stdout
     assert 'Predicted (job/costs.py): ' in result.stdout
@@ -79,7 +83,7 @@ def test_a_run_says_its_path_and_prediction_and_records_them_with_what_it_measur
 
 def test_too_little_memory_for_the_gathered_inputs_takes_the_slices(tmp_path):
     result = run_mpi(2, 'train.py', '--dataset', 'synthetic', '--train-size', '16',
-                     '--test-size', '8', '--batchsize', '8', '--epoch', '1', '--width', NARROW,
+                     '--test-size', '8', '--batchsize', '8', '--epoch', '1', *NARROW,
                      '--max-memory', '50', '--out', str(tmp_path))
     assert "Path: each convolution keeps its input's slice (the gathered inputs'" in result.stdout
     assert json.loads((tmp_path / 'run.json').read_text())['path'] == 'slices'
