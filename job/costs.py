@@ -233,17 +233,24 @@ class Machine:
         fixed, per_value = self.update[self._threads(threads)]
         return fixed + per_value * values
 
-    def collective_seconds(self, steps: float, per_rank: float, crossing: float,
+    def collective_seconds(self, kind: str, steps: float, per_rank: float, crossing: float,
                            link: bool, cluster: Cluster, stretch: float) -> float:
-        """``steps`` messages and ``per_rank`` bytes sent by a rank, of which
-        ``crossing`` over its host's link (when ``link``)."""
+        """A collective of ``kind`` ('allgather', 'reduce_scatter': the channel
+        exchanges, with their calibrated alpha and beta; others: MPI's own,
+        from the ping-pong): ``steps`` messages and ``per_rank`` bytes sent by
+        a rank, of which ``crossing`` over its host's link (when ``link``).
+
+        The machine's part (messages, copies, the transfer inside a host) is
+        work of the cores, and stretches with them; the link adds its
+        latency a message and its time a byte."""
         net = self.network
-        alpha = net['link_alpha'] + cluster.latency if link else net['intra_alpha']
-        seconds = steps * alpha * stretch + per_rank * net['intra_beta'] * stretch
+        alpha = net.get(f'{kind}_alpha', net['intra_alpha'])
+        beta = net.get(f'{kind}_beta', net['intra_beta'])
+        seconds = (steps * alpha + per_rank * beta) * stretch
         if link:
-            beta = net['link_beta'] if cluster.rate is None else max(
+            link_beta = net['link_beta'] if cluster.rate is None else max(
                 net['link_beta'], 1 / (cluster.rate * net['rate_share']))
-            seconds = max(seconds, steps * alpha * stretch + crossing * beta)
+            seconds += steps * (net['link_alpha'] + cluster.latency) + crossing * link_beta
         return seconds
 
 
@@ -391,8 +398,9 @@ def predict_step(machine: Machine, cluster: Cluster, layout: Layout, batch: int,
 
     def cost(algorithm, n, group):
         steps, per_rank = algorithm(n, group.size)
-        return machine.collective_seconds(steps, per_rank, group.crossing(per_rank),
-                                          group.crosses, cluster, stretch)
+        return machine.collective_seconds(algorithm.__name__, steps, per_rank,
+                                          group.crossing(per_rank), group.crosses, cluster,
+                                          stretch)
 
     parts = dict.fromkeys(('compute forward', 'compute backward', 'head', 'channel gathers',
                            'second gathers', 'reduce-scatters', 'replica sums',

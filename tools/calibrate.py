@@ -12,12 +12,16 @@ takes about ten minutes on 2 cores, and measures:
   16 and 64 images and K = 1, 2, 4, 8, on both paths (the slices, the
   gathered inputs), at widths 1 and 2; the head with the loss for the same
   rows; the optimizer's update (MomentumSGD and weight decay) for two
-  sizes. Each on one process of 1 thread, and of all cores' threads (K = 1
-  and 2 only), the fastest of a few repeats. A block runs on a
+  sizes. On 1 thread, one process on every core at once (as a run keeps
+  every core busy), their mean; and on one process of all cores' threads
+  (K = 1 and 2 only); each the median of a few repeats. A block runs on a
   communicator of one process with the rank's share of the channels: its
   exchanges are the network's part, below;
 - the network: a ping-pong of messages from 8 bytes to 8 MB between two
-  processes of this host (their alpha and beta); and, as root, across two
+  processes of this host (their alpha and beta); models/communication.py's
+  all-gather and reduce-scatter of channel slices between them, 64 KiB to
+  4 MiB (MPI and the copies around it: their own alpha and beta, which
+  the channel exchanges take); and, as root, across two
   hosts of tools/hosts.py, with no limit (the machine's own link) and at
   1 Gbit/s (the share of a limited link's rate that a message gets);
   without root the link's figures of the committed calibration stay;
@@ -31,6 +35,7 @@ import json
 import os
 import pathlib
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,9 +52,10 @@ import numpy
 from mpi4py import MPI
 
 from job.costs import fit_memory
+from models.communication import allgather_channels, reduce_scatter_channels
 from models.dropout import dropout_key
 from models.parallel_convolution import Block, ParallelConvolution2D
-from models.partition import split_counts
+from models.partition import split_counts, split_range
 from models.vgg import HEAD_WIDTH, KERNEL_SIZE, PAD, VGG16_BLOCKS
 
 REPO = str(pathlib.Path(__file__).resolve().parent.parent)
@@ -58,9 +64,10 @@ CHANNEL_RANKS = (1, 2, 4, 8)
 CHANNEL_RANKS_ALL_THREADS = (1, 2)
 WIDTHS = (1, 2)
 PATHS = ('slices', 'gathered')
-REPEATS = 2  # timed, after one untimed
+REPEATS = 3  # timed, after one untimed; the median is kept
 UPDATE_SIZES = (1_000_000, 8_000_000)
 MESSAGE_BYTES = tuple(8 * 4 ** i for i in range(11))  # 8 B to 8 MiB
+EXCHANGE_ROWS = (1, 8, 64)  # 64 KiB to 4 MiB of 64 channels of 16 x 16
 MEMORY_BATCHES = (16, 64)
 LINK_RATE = '1gbit'
 LINK_RATE_BYTES = 1e9 / 8
@@ -77,7 +84,7 @@ def compute_worker(channel_ranks: list[int]) -> dict:
 
     def fastest(run) -> tuple:
         times = [run(repeat) for repeat in range(REPEATS + 1)][1:]
-        return tuple(min(t[i] for t in times) for i in range(len(times[0])))
+        return tuple(statistics.median(t[i] for t in times) for i in range(len(times[0])))
 
     def block_times(index, rows, channels, in_channels, side, keep) -> tuple:
         _, _, ratio, pool = VGG16_BLOCKS[index]
@@ -146,6 +153,31 @@ def compute_worker(channel_ranks: list[int]) -> dict:
             'update': [max(0.0, t_small - per_value * small), per_value]}
 
 
+def exchange_worker() -> dict:
+    """{kind: [[bytes a rank sends, seconds], ...]} of models/communication.py's channel
+    exchanges over this job's ranks, for tensors of VGG16's second block's shape
+    (64 channels of 16 x 16) and a growing number of rows: MPI and the copies
+    around it, as a step makes them."""
+    comm = chainermn.create_communicator('naive')
+    found = {'allgather': [], 'reduce_scatter': []}
+    for rows in EXCHANGE_ROWS:
+        full = numpy.ones((rows, 64, 16, 16), numpy.float32)
+        start, stop = split_range(64, comm.size, comm.rank)
+        mine = numpy.ascontiguousarray(full[:, start:stop])
+        sent = (comm.size - 1) / comm.size * full.nbytes
+        for kind, call in (('allgather', lambda: allgather_channels(comm, mine, 64)),
+                           ('reduce_scatter', lambda: reduce_scatter_channels(comm, full))):
+            times = []
+            for _ in range(REPEATS + 1):
+                comm.mpi_comm.Barrier()
+                begin = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - begin)
+            found[kind].append([sent, max(comm.mpi_comm.allgather(
+                statistics.median(times[1:])))])
+    return found
+
+
 def pingpong_worker() -> list:
     """[bytes, seconds one way] between ranks 0 and 1, the fastest of repeats."""
     comm = MPI.COMM_WORLD
@@ -182,6 +214,36 @@ def run_worker(name: str, threads: int, *extra: str, launch=None) -> object:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def compute_on_every_core(threads: int, cores: int, ks: tuple) -> dict:
+    """The compute worker, as many copies at once as ``threads`` leave cores for
+    (a run keeps every core busy: so do these), each figure their mean."""
+    copies = max(1, cores // threads)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), PYTHONPATH=REPO)
+    command = [sys.executable, os.path.abspath(__file__), '--worker', 'compute',
+               ','.join(map(str, ks))]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=REPO) for _ in range(copies)]
+    results = []
+    for worker in workers:
+        stdout, stderr = worker.communicate()
+        if worker.returncode != 0:
+            sys.exit(f'calibrate.py: the compute measurement failed (exit '
+                     f'{worker.returncode}): {(stderr.strip().splitlines() or [""])[-1]}')
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    return _mean(results)
+
+
+def _mean(results: list):
+    """The elementwise mean of equally shaped JSON values (numbers in nested lists and dicts)."""
+    first = results[0]
+    if isinstance(first, dict):
+        return {key: _mean([r[key] for r in results]) for key in first}
+    if isinstance(first, list):
+        return [_mean([r[i] for r in results]) for i in range(len(first))]
+    return sum(results) / len(results)
+
+
 def fit_alpha_beta(points: list) -> tuple[float, float]:
     """(alpha, beta) of seconds = alpha + bytes x beta: alpha the median time of the
     messages of at most 512 bytes, beta the slope between the two largest (a
@@ -203,6 +265,11 @@ def measure_network(previous: dict | None) -> dict:
                               env=env, cwd=REPO)
     intra_alpha, intra_beta = fit_alpha_beta(run_worker('pingpong', 1, launch=on_host))
     network = {'intra_alpha': intra_alpha, 'intra_beta': intra_beta}
+    for kind, points in run_worker('exchange', 1, launch=on_host).items():
+        (bytes_a, seconds_a), (bytes_b, seconds_b) = points[-2:]
+        beta = (seconds_b - seconds_a) / (bytes_b - bytes_a)
+        network[f'{kind}_alpha'] = max(0.0, points[0][1] - points[0][0] * beta)
+        network[f'{kind}_beta'] = beta
     if os.geteuid() != 0:
         print('calibrate.py: not root, so no hosts to measure a link between: the link\'s '
               'figures are the committed calibration\'s', file=sys.stderr)
@@ -254,7 +321,7 @@ def calibrate(out_path: str, previous_path: str) -> None:
     compute, head, update = {}, {}, {}
     for threads, ks in ((1, CHANNEL_RANKS), (cores, CHANNEL_RANKS_ALL_THREADS)):
         print(f'calibrate.py: compute on {threads} thread(s)', file=sys.stderr, flush=True)
-        found = run_worker('compute', threads, ','.join(map(str, ks)))
+        found = compute_on_every_core(threads, cores, ks)
         compute[threads], head[threads], update[threads] = (
             found['compute'], found['head'], found['update'])
     print('calibrate.py: the network', file=sys.stderr, flush=True)
@@ -290,15 +357,15 @@ def _cpu() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description='calibrate.py: workers of tools/plan.py '
                                                  '--calibrate')
-    parser.add_argument('--worker', choices=('compute', 'pingpong'), required=True)
+    parser.add_argument('--worker', choices=('compute', 'exchange', 'pingpong'), required=True)
     parser.add_argument('arguments', nargs='*')
     args = parser.parse_args(argv)
     if args.worker == 'compute':
         print(json.dumps(compute_worker([int(k) for k in args.arguments[0].split(',')])))
-    else:
-        found = pingpong_worker()
-        if MPI.COMM_WORLD.rank == 0:
-            print(json.dumps(found))
+        return
+    found = exchange_worker() if args.worker == 'exchange' else pingpong_worker()
+    if MPI.COMM_WORLD.rank == 0:
+        print(json.dumps(found))
 
 
 if __name__ == '__main__':
