@@ -6,7 +6,10 @@
 Each configuration is a real train.py run on synthetic data (one epoch of
 --steps steps, a test set of one batch), which writes its prediction and
 what it measured into run.json (job/layout.py): the median step after the
-first, every rank's peak resident memory. On one host the processes are
+first, every rank's peak resident memory. The configurations take turns,
+--rounds times, and each figure is the median of its rounds: the speed of
+a shared virtual machine's cores moves by a factor of two from one second
+to the next (docs/scaling.md). On one host the processes are
 this machine's (mpiexec); across hosts they are tools/hosts.py's network
 namespaces (root), which share this machine's cores, as the model is told
 (its cluster has shared cores). One process uses every core's thread,
@@ -106,6 +109,21 @@ def run(config: Configuration, steps: int) -> dict:
             'measured_peak_mb': [peaks[0], max(peaks[1:], default=None)]}
 
 
+def median_of(rounds: list[dict]) -> dict:
+    """One configuration's rounds as one: each figure's median (the probed link
+    may move a prediction a little between rounds)."""
+    def middle(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+    first = rounds[0]
+    return {**first, 'rounds': len(rounds),
+            **{key: middle([r[key] for r in rounds])
+               for key in ('predicted_step', 'measured_step')},
+            **{key: [middle([r[key][i] for r in rounds]) for i in range(2)]
+               for key in ('predicted_peak_mb', 'measured_peak_mb')},
+            'measured_steps_each_round': [r['measured_step'] for r in rounds]}
+
+
 def error(predicted: float | None, measured: float | None) -> float | None:
     if predicted is None or measured is None:
         return None
@@ -137,7 +155,11 @@ def print_table(results: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--steps', type=int, default=6, help='training steps a run (default 6)')
+    parser.add_argument('--steps', type=int, default=10,
+                        help='training steps a run (default 10)')
+    parser.add_argument('--rounds', type=int, default=2,
+                        help='runs of each configuration, taking turns (default 2): the '
+                             'median is kept')
     parser.add_argument('--only', help='the configurations whose names start with this')
     parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'scaling-2core.json'))
     args = parser.parse_args(argv)
@@ -145,11 +167,14 @@ def main(argv: list[str] | None = None) -> None:
     if any(c.hosts > 1 for c in chosen) and os.geteuid() != 0:
         sys.exit('scaling.py: error: the configurations across hosts need root '
                  '(tools/hosts.py); give --only 1h for those of one host')
-    results = []
-    for config in chosen:
-        results.append(run(config, args.steps))
-        print(f'{config.name}: predicted {results[-1]["predicted_step"]:.3f} s, measured '
-              f'{results[-1]["measured_step"]:.3f} s', file=sys.stderr, flush=True)
+    runs = {config.name: [] for config in chosen}
+    for round_ in range(args.rounds):
+        for config in chosen:
+            runs[config.name].append(run(config, args.steps))
+            print(f'round {round_ + 1}: {config.name}: predicted '
+                  f'{runs[config.name][-1]["predicted_step"]:.3f} s, measured '
+                  f'{runs[config.name][-1]["measured_step"]:.3f} s', file=sys.stderr, flush=True)
+    results = [median_of(rounds) for rounds in runs.values()]
     print_table(results)
     with open(args.out, 'w') as file:
         json.dump(results, file, indent=1)

@@ -235,22 +235,37 @@ class Machine:
 
     def collective_seconds(self, kind: str, steps: float, per_rank: float, crossing: float,
                            link: bool, cluster: Cluster, stretch: float) -> float:
-        """A collective of ``kind`` ('allgather', 'reduce_scatter': the channel
-        exchanges, with their calibrated alpha and beta; others: MPI's own,
-        from the ping-pong): ``steps`` messages and ``per_rank`` bytes sent by
-        a rank, of which ``crossing`` over its host's link (when ``link``).
+        """A collective of ``kind`` ('allgather', 'reduce_scatter', 'allreduce': with
+        the alpha and beta calibrated for models/communication.py's; others:
+        MPI's own, from the ping-pong): ``steps`` messages and ``per_rank``
+        bytes sent by a rank, of which ``crossing`` over its host's link (when
+        ``link``).
 
-        The machine's part (messages, copies, the transfer inside a host) is
-        work of the cores, and stretches with them; the link adds its
-        latency a message and its time a byte."""
+        The machine's part (messages, copies, reductions, the transfer inside
+        a host) is work of the cores, and stretches with them; the link adds
+        its latency a message and its time a byte: its rate's, or the time
+        the machine's cores take to pass a byte through the network stack
+        (the calibrated link's own speed), which stretches too where the
+        hosts share the cores."""
+        machine = self.cores_seconds(kind, steps, per_rank, crossing, link, cluster, stretch)
+        if not link:
+            return machine
+        net = self.network
+        passing = net['link_beta'] * (stretch if cluster.shared_cores else 1)
+        rate = 0.0 if cluster.rate is None else 1 / (cluster.rate * net['rate_share'])
+        return (machine + steps * (net['link_alpha'] + cluster.latency)
+                + crossing * max(passing, rate))
+
+    def cores_seconds(self, kind: str, steps: float, per_rank: float, crossing: float,
+                      link: bool, cluster: Cluster, stretch: float) -> float:
+        """The cores' work of such a collective: what cannot hide behind compute
+        where no core is free (a harness's network stack included)."""
         net = self.network
         alpha = net.get(f'{kind}_alpha', net['intra_alpha'])
         beta = net.get(f'{kind}_beta', net['intra_beta'])
         seconds = (steps * alpha + per_rank * beta) * stretch
-        if link:
-            link_beta = net['link_beta'] if cluster.rate is None else max(
-                net['link_beta'], 1 / (cluster.rate * net['rate_share']))
-            seconds += steps * (net['link_alpha'] + cluster.latency) + crossing * link_beta
+        if link and cluster.shared_cores:
+            seconds += crossing * net['link_beta'] * stretch
         return seconds
 
 
@@ -382,10 +397,14 @@ def replica_group(layout: Layout, cluster: Cluster) -> Group:
 
 # --- the step ----------------------------------------------------------------------
 
+def busy_threads(cluster: Cluster) -> int:
+    """The threads that share a machine's cores (all hosts', where they share one)."""
+    return (cluster.processes if cluster.shared_cores else cluster.procs_per_host) * cluster.threads
+
+
 def compute_stretch(cluster: Cluster) -> float:
     """How much longer compute takes than alone: busy threads over the cores they share."""
-    busy = (cluster.processes if cluster.shared_cores else cluster.procs_per_host) * cluster.threads
-    return max(1.0, busy / cluster.cores)
+    return max(1.0, busy_threads(cluster) / cluster.cores)
 
 
 def predict_step(machine: Machine, cluster: Cluster, layout: Layout, batch: int,
@@ -440,6 +459,13 @@ def predict_step(machine: Machine, cluster: Cluster, layout: Layout, batch: int,
         parts['gradient buckets exposed'] = _exposed_buckets(
             backward_profile, head_values, item_bytes, parts['head'],
             lambda n: cost(allreduce, n, replicas))
+        if busy_threads(cluster) >= cluster.cores:
+            # No core is left to sum the gradients on while the backward pass
+            # runs: their copies, reductions and network stack come on top of it.
+            steps, per_rank = allreduce((conv_values + head_values) * item_bytes, d)
+            parts['gradient buckets exposed'] += machine.cores_seconds(
+                'allreduce', steps, per_rank, replicas.crossing(per_rank), replicas.crosses,
+                cluster, stretch)
     parts['input'] = _input_seconds(layout, cluster, batch, cost, channels, replicas)
     parts['update'] = machine.update_seconds(cluster.threads, conv_values + head_values) * stretch
     return sum(parts.values()), parts

@@ -52,7 +52,7 @@ import numpy
 from mpi4py import MPI
 
 from job.costs import fit_memory
-from models.communication import allgather_channels, reduce_scatter_channels
+from models.communication import allgather_channels, allreduce_sum, reduce_scatter_channels
 from models.dropout import dropout_key
 from models.parallel_convolution import Block, ParallelConvolution2D
 from models.partition import split_counts, split_range
@@ -159,22 +159,23 @@ def exchange_worker() -> dict:
     (64 channels of 16 x 16) and a growing number of rows: MPI and the copies
     around it, as a step makes them."""
     comm = chainermn.create_communicator('naive')
-    found = {'allgather': [], 'reduce_scatter': []}
+    found = {'allgather': [], 'reduce_scatter': [], 'allreduce': []}
     for rows in EXCHANGE_ROWS:
         full = numpy.ones((rows, 64, 16, 16), numpy.float32)
         start, stop = split_range(64, comm.size, comm.rank)
         mine = numpy.ascontiguousarray(full[:, start:stop])
-        sent = (comm.size - 1) / comm.size * full.nbytes
+        sent = (comm.size - 1) / comm.size * full.nbytes  # (twice that, an all-reduce)
         for kind, call in (('allgather', lambda: allgather_channels(comm, mine, 64)),
-                           ('reduce_scatter', lambda: reduce_scatter_channels(comm, full))):
+                           ('reduce_scatter', lambda: reduce_scatter_channels(comm, full)),
+                           ('allreduce', lambda: allreduce_sum(comm, full))):
             times = []
             for _ in range(REPEATS + 1):
                 comm.mpi_comm.Barrier()
                 begin = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - begin)
-            found[kind].append([sent, max(comm.mpi_comm.allgather(
-                statistics.median(times[1:])))])
+            slowest = max(comm.mpi_comm.allgather(statistics.median(times[1:])))
+            found[kind].append([sent * (2 if kind == 'allreduce' else 1), slowest])
     return found
 
 
@@ -241,7 +242,8 @@ def _mean(results: list):
         return {key: _mean([r[key] for r in results]) for key in first}
     if isinstance(first, list):
         return [_mean([r[i] for r in results]) for i in range(len(first))]
-    return sum(results) / len(results)
+    # Equal values (the rows and K of a point) stay as they are.
+    return first if all(r == first for r in results) else sum(results) / len(results)
 
 
 def fit_alpha_beta(points: list) -> tuple[float, float]:
