@@ -33,13 +33,15 @@ def high_water_mark_mb() -> float:
 
 def test_host_peak_is_the_kernels_high_water_mark():
     assert host_peak_mb() == pytest.approx(high_water_mark_mb(), abs=2)
-    # 200 MB more than is resident now, touched: the peak reaches at least
-    # that (it may have been higher already: tests before this one freed
-    # what they held), and stays once freed.
-    resident = status_mb('VmRSS')
+    # 200 MB more, touched: the peak reaches at least what was resident while
+    # the block was held, and stays once it is freed. The resident size is read
+    # with the block held, not counted up from before: on a machine short of
+    # memory the kernel may swap other pages out while the block is touched
+    # (CI saw a rise of 152 MB for a 200 MB block).
     block = numpy.ones(200 * 2 ** 20 // 8)
+    resident_with_block = status_mb('VmRSS')
     del block
-    assert host_peak_mb() >= resident + 190
+    assert host_peak_mb() >= resident_with_block - 2
     assert host_peak_mb() == pytest.approx(high_water_mark_mb(), abs=2)
 
 
