@@ -103,7 +103,7 @@ def train(args: argparse.Namespace, comm) -> None:
         print(f'Process ids by rank: {ids}', flush=True)
         info = collect_run_info(args, comm.size, args.conv, grid.channel_group.size, auto)
         write_run_info(args.out, {**info, 'keep_gathered': keep_gathered,
-                                  **layout.run_info(choice, k)})
+                                  **layout.run_info(choice, k, cluster)})
     if args.resume:
         checkpoint.load_snapshot(comm, trainer, vgg, shuffle_rng, grid, snapshot)
 

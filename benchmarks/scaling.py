@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python benchmarks/scaling.py                # every configuration below
     sudo .venv/bin/python benchmarks/scaling.py --only 1h --steps 6
+    .venv/bin/python benchmarks/scaling.py --predict-again benchmarks/scaling-2core.json
 
 Each configuration is a real train.py run on synthetic data (one epoch of
 --steps steps, a test set of one batch), which writes its prediction and
@@ -17,7 +18,9 @@ more processes one thread each. The path and K are given, not chosen.
 
 Prints the table (predicted, measured, error) and writes it as JSON to
 --out (default benchmarks/scaling-2core.json), which docs/scaling.md
-quotes and tools/draw_scaling.py reads.
+quotes. Each run keeps the cluster as the model saw it, so that
+--predict-again can hold a changed model or calibration against the same
+measurements without running them again.
 """
 import argparse
 import json
@@ -34,6 +37,7 @@ import job  # noqa: F401  (first: BLAS threads before numpy, compat before chain
 
 from benchmarks.step_configs import CORES, REPO
 from benchmarks.step_runs import mpiexec_path
+from job import costs
 from job.run_info import RUN_INFO_NAME
 
 
@@ -102,11 +106,27 @@ def run(config: Configuration, steps: int) -> dict:
             info = json.load(file)
     predicted, measured = info['predicted'], info['measured']
     peaks = info['peak_memory_mb']
-    return {'config': asdict(config), 'predicted_step': predicted['step_seconds'],
+    return {'config': asdict(config), 'cluster': predicted['cluster'],
+            'data_bytes': predicted['data_bytes'], 'predicted_step': predicted['step_seconds'],
             'measured_step': measured['step_seconds'], 'parts': predicted['step_parts'],
             'predicted_peak_mb': [predicted['peak_memory_mb'][0], max(
                 predicted['peak_memory_mb'][1:], default=None)],
             'measured_peak_mb': [peaks[0], max(peaks[1:], default=None)]}
+
+
+def predict_again(result: dict, machine: costs.Machine) -> dict:
+    """``result`` with this model's prediction of the run it measured: the cluster
+    as the run saw it (its probed link), the calibration given."""
+    config = result['config']
+    cluster = costs.Cluster(**result['cluster'])
+    replicas = cluster.processes // config['model_parallel']
+    layout = costs.Layout(replicas, config['model_parallel'], config['keep_gathered'])
+    step, parts = costs.predict_step(machine, cluster, layout, config['batch'], config['width'])
+    first = costs.predict_peak_mb(machine, layout, config['batch'], config['width'],
+                                  result['data_bytes'])
+    others = costs.predict_peak_mb(machine, layout, config['batch'], config['width'])
+    return {**result, 'predicted_step': step, 'parts': parts,
+            'predicted_peak_mb': [first, others if cluster.processes > 1 else None]}
 
 
 def median_of(rounds: list[dict]) -> dict:
@@ -162,7 +182,18 @@ def main(argv: list[str] | None = None) -> None:
                              'median is kept')
     parser.add_argument('--only', help='the configurations whose names start with this')
     parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'scaling-2core.json'))
+    parser.add_argument('--predict-again', metavar='FILE',
+                        help='run nothing: predict the runs FILE measured again, with this '
+                             'model and --calibration, and print the table')
+    parser.add_argument('--calibration', default=costs.DEFAULT_CALIBRATION,
+                        help='with --predict-again: the calibration (default %(default)s)')
     args = parser.parse_args(argv)
+    if args.predict_again:
+        with open(args.predict_again) as file:
+            measured = json.load(file)
+        machine = costs.Machine.load(args.calibration)
+        print_table([predict_again(result, machine) for result in measured])
+        return
     chosen = [c for c in configurations() if not args.only or c.name.startswith(args.only)]
     if any(c.hosts > 1 for c in chosen) and os.geteuid() != 0:
         sys.exit('scaling.py: error: the configurations across hosts need root '

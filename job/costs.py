@@ -57,6 +57,9 @@ ALLGATHER_SHORT, ALLGATHER_LONG = 80 * 1024, 512 * 1024
 REDUCE_SCATTER_LONG = 512 * 1024
 ALLREDUCE_SHORT = 2048
 BCAST_SHORT, BCAST_LONG, BCAST_MIN_PROCS = 12 * 1024, 512 * 1024, 8
+# A calibration's one-process train.py runs hold this many batches of the
+# synthetic set: training (the first step and those timed) and test.
+CALIBRATION_RUN_BATCHES = 6
 # Batch normalization sums a few values per channel over the replicas: one
 # message a layer each way (models/batch_norm.py).
 BN_FORWARD_VALUES, BN_BACKWARD_VALUES = 3, 2
@@ -179,6 +182,7 @@ class Machine:
         self.update = data['update']
         self.network = data['network']
         self.memory = data['memory']
+        self.step_factors = data.get('step_factors', {})
 
     @classmethod
     def load(cls, path: str = DEFAULT_CALIBRATION) -> 'Machine':
@@ -229,6 +233,22 @@ class Machine:
         points = sorted(self.head[t][self._width(t, width)])
         return max(0.0, _linear([r for r, _ in points], [s for _, s in points], rows))
 
+    def compute_factor(self, threads: int, path: str, rows: float) -> float:
+        """Measured over predicted, of whole one-process steps on the calibrated machine
+        (``step_factors``: [rows, factor] by threads and path), at ``rows``: linear in
+        log(rows) between the measured batches, held beyond; 1 where none was measured.
+
+        The blocks are calibrated one at a time; a step runs them back to back,
+        which with several threads can be faster than their sum (docs/scaling.md)."""
+        points = self.step_factors.get(self._threads(threads), {}).get(path)
+        if not points:
+            return 1.0
+        points = sorted(points)
+        if len(points) == 1:
+            return points[0][1]
+        held = min(max(rows, points[0][0]), points[-1][0])
+        return _linear([math.log(r) for r, _ in points], [f for _, f in points], math.log(held))
+
     def update_seconds(self, threads: int, values: int) -> float:
         fixed, per_value = self.update[self._threads(threads)]
         return fixed + per_value * values
@@ -252,7 +272,8 @@ class Machine:
             return machine
         net = self.network
         passing = net['link_beta'] * (stretch if cluster.shared_cores else 1)
-        rate = 0.0 if cluster.rate is None else 1 / (cluster.rate * net['rate_share'])
+        share = net.get(f'{kind}_rate_share', net['rate_share'])
+        rate = 0.0 if cluster.rate is None else 1 / (cluster.rate * share)
         return (machine + steps * (net['link_alpha'] + cluster.latency)
                 + crossing * max(passing, rate))
 
@@ -413,6 +434,8 @@ def predict_step(machine: Machine, cluster: Cluster, layout: Layout, batch: int,
     d, k = layout.replicas, layout.channel_ranks
     rows = batch / d
     stretch = compute_stretch(cluster)
+    # The compute's time: the calibrated blocks', as whole steps measured it, stretched.
+    compute = stretch * machine.compute_factor(cluster.threads, layout.path, rows)
     channels, replicas = channel_group(layout, cluster), replica_group(layout, cluster)
 
     def cost(algorithm, n, group):
@@ -428,8 +451,8 @@ def predict_step(machine: Machine, cluster: Cluster, layout: Layout, batch: int,
     for index, block in enumerate(blocks(width)):
         forward, backward = machine.block_seconds(index, width, layout.path, cluster.threads,
                                                   rows, k)
-        parts['compute forward'] += forward * stretch
-        parts['compute backward'] += backward * stretch
+        parts['compute forward'] += forward * compute
+        parts['compute backward'] += backward * compute
         gathered = gathered_bytes(block, rows, item_bytes)
         exchanged = 0.0
         if k > 1:
@@ -447,9 +470,9 @@ def predict_step(machine: Machine, cluster: Cluster, layout: Layout, batch: int,
                     + cost(allreduce, BN_BACKWARD_VALUES * 8 * mine, replicas))
             parts['replica sums'] += sums
         values = mine * (block.in_channels * KERNEL_SIZE ** 2 + 2)
-        backward_profile.append((backward * stretch + exchanged + sums, values))
+        backward_profile.append((backward * compute + exchanged + sums, values))
     conv_values, head_values = parameters(width, k)
-    parts['head'] = machine.head_seconds(width, cluster.threads, rows) * stretch
+    parts['head'] = machine.head_seconds(width, cluster.threads, rows) * compute
     if d > 1:
         # The head's batch normalization both ways, the rows' offsets and the reported loss.
         parts['replica sums'] += (cost(allgather, BN_FORWARD_VALUES * 8 * HEAD_WIDTH * d, replicas)
@@ -467,7 +490,7 @@ def predict_step(machine: Machine, cluster: Cluster, layout: Layout, batch: int,
                 'allreduce', steps, per_rank, replicas.crossing(per_rank), replicas.crosses,
                 cluster, stretch)
     parts['input'] = _input_seconds(layout, cluster, batch, cost, channels, replicas)
-    parts['update'] = machine.update_seconds(cluster.threads, conv_values + head_values) * stretch
+    parts['update'] = machine.update_seconds(cluster.threads, conv_values + head_values) * compute
     return sum(parts.values()), parts
 
 
@@ -545,8 +568,8 @@ def _state_values(width: float, channel_ranks: int) -> int:
 
 def fit_memory(points: list) -> dict:
     """The memory calibration from one-process train.py peaks: [path, batch, MB], two
-    batches on each path, on synthetic data (2 x batch training images, batch
-    test images, float32), width 1.
+    batches on each path, on synthetic data (CALIBRATION_RUN_BATCHES batches of
+    images in all, training and test, float32), width 1.
 
     peak = fixed + data + state + batch x bytes per kept byte x (kept + layout x gathered)
            (+ filters x the convolutions' parameters, with the gathered inputs)
@@ -556,8 +579,8 @@ def fit_memory(points: list) -> dict:
     layout holds, and their part that does not grow with the batch what the
     convolutions keep of their filters (laid out for their method).
     """
-    # Less what rank 0 held of the set: 3 x batch images and their labels.
-    peaks = {(path, batch): mb - 3 * batch * SYNTHETIC_ROW_BYTES / MIB
+    # Less what rank 0 held of the set.
+    peaks = {(path, batch): mb - CALIBRATION_RUN_BATCHES * batch * SYNTHETIC_ROW_BYTES / MIB
              for path, batch, mb in points}
     (small, large) = sorted({batch for _, batch, _ in points})
     per_image = {path: (peaks[path, large] - peaks[path, small]) / (large - small)
@@ -573,6 +596,17 @@ def fit_memory(points: list) -> dict:
                   * MIB / (parameters(1, 1)[0] * 4))
     return {'fixed_mb': fixed, 'bytes_per_kept_byte': per_value, 'layout_factor': layout,
             'filter_factor': filters, 'points': points}
+
+
+def fit_step_factors(machine: Machine, points: list, threads: int) -> dict:
+    """{path: [[batch, measured over predicted step]]} from one-process train.py runs
+    on ``threads`` threads: [path, batch, measured step seconds] (Machine.compute_factor)."""
+    alone = Cluster(threads=threads, cores=machine.data['cores'])
+    factors = {}
+    for path, batch, seconds in points:
+        predicted, _ = predict_step(machine, alone, Layout(1, 1, path == 'gathered'), batch)
+        factors.setdefault(path, []).append([batch, seconds / predicted])
+    return factors
 
 
 def predict_peak_mb(machine: Machine, layout: Layout, batch: int, width: float = 1,

@@ -54,6 +54,8 @@ def describe(auto: dict, chosen: int) -> str:
                           auto['predicted_seconds_per_step'].items())
     left_out = ''.join(f'; left out, {why}' for why in auto['left_out_for_memory'].values())
     seconds = auto['seconds_per_step']
+    if len(auto['predicted_seconds_per_step']) == 1:
+        return f'--model-parallel auto: K = {chosen}, the only size this run allows'
     if not seconds:
         return (f'--model-parallel auto: predicted {predicted} a step{left_out}; K = {chosen}, '
                 f'predicted fastest by more than {100 * TRIAL_WITHIN:.0f}%, not timed')

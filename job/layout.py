@@ -21,10 +21,10 @@ memory shared by its processes.
 from job import costs
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
-from dataclasses import dataclass
 
 import numpy
 
@@ -123,7 +123,7 @@ def memory_limit_mb(args: argparse.Namespace, procs_per_host: int) -> float:
     return available_kib / 1024 / procs_per_host
 
 
-@dataclass
+@dataclasses.dataclass
 class Choice:
     """Each K's path and prediction, and the K's left to time."""
     keep_gathered: dict[int, bool]
@@ -131,6 +131,7 @@ class Choice:
     predictions: dict[int, costs.Prediction]
     to_time: list[int]
     left_out: dict[int, str]
+    data_bytes: float  # of the dataset, on rank 0
 
 
 def choose(args: argparse.Namespace, cluster: costs.Cluster, machine: costs.Machine,
@@ -148,7 +149,7 @@ def choose(args: argparse.Namespace, cluster: costs.Cluster, machine: costs.Mach
     candidates = [k for k in sizes if k not in left_out] or sizes
     fastest = min(predictions[k].step for k in candidates)
     to_time = [k for k in candidates if predictions[k].step <= fastest * (1 + TRIAL_WITHIN)]
-    return Choice(keep, why, predictions, to_time, left_out)
+    return Choice(keep, why, predictions, to_time, left_out, data_bytes)
 
 
 def _path(args: argparse.Namespace, replicas: int, k: int, limit: float, data_bytes: float,
@@ -192,10 +193,14 @@ def header_lines(choice: Choice, k: int, cluster: costs.Cluster) -> list[str]:
             f'rank 0{others}{link}']
 
 
-def run_info(choice: Choice, k: int) -> dict:
+def run_info(choice: Choice, k: int, cluster: costs.Cluster) -> dict:
+    """run.json's path and prediction, with the cluster as the model saw it (so
+    that a later model can predict the same run again: benchmarks/scaling.py)."""
     prediction = choice.predictions[k]
     return {'path': prediction.layout.path, 'path_why': choice.why[k],
-            'predicted': {'step_seconds': round(prediction.step, 4),
+            'predicted': {'cluster': dataclasses.asdict(cluster),
+                          'data_bytes': choice.data_bytes,
+                          'step_seconds': round(prediction.step, 4),
                           'step_parts': {name: round(s, 4) for name, s in prediction.parts.items()},
                           'peak_memory_mb': [round(mb, 1) for mb in prediction.peak_mb]}}
 

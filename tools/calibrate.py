@@ -23,11 +23,14 @@ takes about ten minutes on 2 cores, and measures:
   4 MiB (MPI and the copies around it: their own alpha and beta, which
   the channel exchanges take); and, as root, across two
   hosts of tools/hosts.py, with no limit (the machine's own link) and at
-  1 Gbit/s (the share of a limited link's rate that a message gets);
+  1 Gbit/s (the share of a limited link's rate that a message gets, and
+  that each kind of exchange gets, sending both ways at once);
   without root the link's figures of the committed calibration stay;
-- memory: the peak of train.py on one process, on synthetic data, for two
-  batch sizes on each path: the fixed part and the bytes each value the
-  model keeps for its backward pass costs in resident memory.
+- one process's train.py on all cores' threads, on synthetic data, for two
+  batch sizes on each path: its peak memory (the fixed part, and the bytes
+  each value the model keeps for its backward pass costs in resident
+  memory), and its step against the blocks' sum (``step_factors``: the
+  blocks run back to back go faster than one at a time).
 """
 import argparse
 import datetime
@@ -51,7 +54,7 @@ import chainermn
 import numpy
 from mpi4py import MPI
 
-from job.costs import fit_memory
+from job.costs import CALIBRATION_RUN_BATCHES, Machine, fit_memory, fit_step_factors
 from models.communication import allgather_channels, allreduce_sum, reduce_scatter_channels
 from models.dropout import dropout_key
 from models.parallel_convolution import Block, ParallelConvolution2D
@@ -68,7 +71,7 @@ REPEATS = 3  # timed, after one untimed; the median is kept
 UPDATE_SIZES = (1_000_000, 8_000_000)
 MESSAGE_BYTES = tuple(8 * 4 ** i for i in range(11))  # 8 B to 8 MiB
 EXCHANGE_ROWS = (1, 8, 64)  # 64 KiB to 4 MiB of 64 channels of 16 x 16
-MEMORY_BATCHES = (16, 64)
+ONE_PROCESS_BATCHES = (16, 64)
 LINK_RATE = '1gbit'
 LINK_RATE_BYTES = 1e9 / 8
 PROVISIONAL_MEMORY = {'fixed_mb': 0.0, 'bytes_per_kept_byte': 0.0, 'layout_factor': 0.0,
@@ -285,31 +288,44 @@ def measure_network(previous: dict | None) -> dict:
                 stdout, stderr = launched.communicate()
                 return subprocess.CompletedProcess(command, launched.returncode, stdout, stderr)
             alpha, beta = fit_alpha_beta(run_worker('pingpong', 1, launch=across))
-        if rate is None:
-            network.update(link_alpha=alpha, link_beta=beta)
-        else:
+            if rate is None:
+                network.update(link_alpha=alpha, link_beta=beta)
+                continue
             network['rate_share'] = 1 / (beta * LINK_RATE_BYTES)
+            # Exchanges send both ways at once, in bursts: each kind's own share,
+            # of its time a byte less the machine's part (measured on this host).
+            for kind, points in run_worker('exchange', 1, launch=across).items():
+                (bytes_a, seconds_a), (bytes_b, seconds_b) = points[-2:]
+                link = (seconds_b - seconds_a) / (bytes_b - bytes_a) - network[f'{kind}_beta']
+                network[f'{kind}_rate_share'] = min(1.0, 1 / (link * LINK_RATE_BYTES))
     return network
 
 
-def measure_memory(calibration: str) -> list:
-    """[path, batch, peak MB of rank 0] of one-process train.py runs on synthetic data
-    (``calibration``: a file for train.py's predictions, which these runs do not use)."""
+def measure_one_process(calibration: str, threads: int) -> list:
+    """[path, batch, peak MB, median step seconds] of one-process train.py runs on
+    synthetic data, on ``threads`` threads (``calibration``: a file for train.py's
+    predictions, which these runs do not use)."""
     found = []
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
     for path in PATHS:
-        for batch in MEMORY_BATCHES:
+        for batch in ONE_PROCESS_BATCHES:
             with tempfile.TemporaryDirectory(prefix='calibrate-') as out:
+                training = (CALIBRATION_RUN_BATCHES - 1) * batch
                 command = [sys.executable, os.path.join(REPO, 'train.py'), '--dataset',
-                           'synthetic', '--train-size', str(2 * batch), '--test-size',
+                           'synthetic', '--train-size', str(training), '--test-size',
                            str(batch), '--batchsize', str(batch), '--epoch', '1', '--out', out,
                            '--calibration', calibration,
                            '--keep-gathered' if path == 'gathered' else '--slices']
                 done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                                      env=dict(os.environ, OMP_NUM_THREADS='1'))
+                                      env=env)
                 if done.returncode != 0:
-                    sys.exit(f'calibrate.py: train.py for memory failed: {done.stderr[-500:]}')
+                    sys.exit(f'calibrate.py: train.py on one process failed: '
+                             f'{done.stderr[-500:]}')
                 with open(os.path.join(out, 'run.json')) as file:
-                    found.append([path, batch, json.load(file)['peak_memory_mb'][0]])
+                    info = json.load(file)
+                found.append([path, batch, info['peak_memory_mb'][0],
+                              info['measured']['step_seconds']])
     return found
 
 
@@ -335,8 +351,11 @@ def calibrate(out_path: str, previous_path: str) -> None:
     # Written now, with a memory model that predicts nothing, for the memory
     # runs' train.py, which needs a calibration to start (and forces its path).
     _write(out_path, data)
-    print('calibrate.py: memory', file=sys.stderr, flush=True)
-    data['memory'] = fit_memory(measure_memory(out_path))
+    print('calibrate.py: one-process runs (memory, whole steps)', file=sys.stderr, flush=True)
+    runs = measure_one_process(out_path, cores)
+    data['memory'] = fit_memory([run[:3] for run in runs])
+    data['step_factors'] = {str(cores): fit_step_factors(
+        Machine(data), [[path, batch, step] for path, batch, _, step in runs], cores)}
     data['seconds_to_measure'] = round(time.time() - started)
     _write(out_path, data)
     print(f'calibrate.py: wrote {out_path} in {time.time() - started:.0f} s', file=sys.stderr)

@@ -69,6 +69,9 @@ def table(machine: costs.Machine) -> dict:
 
 
 def print_markdown(rows: dict) -> None:
+    print('PREDICTIONS of job/costs.py, not measurements: the fastest layout that fits, as '
+          'images a second, D x K, path (s: slices, g: gathered), and the largest part of '
+          'its step\n')
     print('| scaling | link | width | ' + ' | '.join(f'{h} hosts' for h in HOSTS) + ' |')
     print('| --- | --- | ---: |' + ' ---: |' * len(HOSTS))
     for (scaling, link, width), found in rows.items():

@@ -122,8 +122,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for flag in ('hosts', 'procs_per_host', 'threads', 'batchsize'):
         if getattr(args, flag) < 1:
             parser.error(f'--{flag.replace("_", "-")} must be 1 or more')
-    if args.width <= 0:
-        parser.error('--width must be greater than 0')
+    try:
+        costs.blocks(args.width)
+    except ValueError as error:
+        parser.error(f'--{error}')
     return args
 
 
@@ -134,8 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         calibrate.calibrate(args.calibration, costs.DEFAULT_CALIBRATION)
         return
     if not os.path.exists(args.calibration):
-        sys.exit(f'plan.py: error: no calibration {args.calibration}: run '
-                 f'python tools/plan.py --calibrate --calibration {args.calibration}')
+        print(f'plan.py: error: no calibration {args.calibration}: run '
+              f'python tools/plan.py --calibrate --calibration {args.calibration}',
+              file=sys.stderr)
+        sys.exit(2)
     machine = costs.Machine.load(args.calibration)
     cluster = costs.Cluster(args.hosts, args.procs_per_host, args.threads,
                             args.cores or machine.data['cores'], args.shared_cores,

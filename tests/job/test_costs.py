@@ -156,12 +156,30 @@ def test_fit_memory_finds_the_parameters_it_was_made_with():
     points = []
     for path in ('slices', 'gathered'):
         for batch in (16, 64):
-            synthetic = 3 * batch * costs.SYNTHETIC_ROW_BYTES
+            synthetic = costs.CALIBRATION_RUN_BATCHES * batch * costs.SYNTHETIC_ROW_BYTES
             points.append([path, batch, costs.predict_peak_mb(
                 machine, costs.Layout(1, 1, path == 'gathered'), batch, data_bytes=synthetic)])
     fitted = costs.fit_memory(points)
     for key in ('fixed_mb', 'bytes_per_kept_byte', 'layout_factor', 'filter_factor'):
         assert fitted[key] == pytest.approx(machine.memory[key]), key
+
+
+def test_whole_steps_measured_scale_the_compute_between_their_batches_and_hold_beyond():
+    machine = made_up_machine()
+    alone = costs.Cluster(threads=1)
+    plain = {rows: costs.predict_step(machine, alone, costs.Layout(1, 1), rows)[0]
+             for rows in (2, 4, 16, 64, 256)}
+    # One-process steps measured at half and at 0.9 of the blocks' sum.
+    points = [['slices', 4, 0.5 * plain[4]], ['slices', 64, 0.9 * plain[64]]]
+    machine.data['step_factors'] = {'1': costs.fit_step_factors(machine, points, 1)}
+    machine = costs.Machine(machine.data)
+    for rows, factor in ((2, 0.5), (4, 0.5), (16, 0.7), (64, 0.9), (256, 0.9)):
+        step, _ = costs.predict_step(machine, alone, costs.Layout(1, 1), rows)
+        assert step == pytest.approx(factor * plain[rows]), rows  # 16: halfway in log(rows)
+    # The gathered inputs' path was not measured: as calibrated.
+    gathered = costs.Layout(1, 1, True)
+    assert costs.predict_step(machine, alone, gathered, 16)[0] == pytest.approx(
+        costs.predict_step(made_up_machine(), alone, gathered, 16)[0])
 
 
 def test_the_committed_calibration_loads_and_predicts_every_layout_of_four_processes():
