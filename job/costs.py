@@ -394,13 +394,25 @@ class Group:
     def crosses(self) -> bool:
         return self.per_host < self.size
 
-    def crossing(self, per_rank: float) -> float:
+    def crossing(self, per_rank: float, pattern: str = 'even') -> float:
         """Bytes over a host's link per direction, when every rank sends ``per_rank``
-        spread evenly over the group's other ranks."""
+        (hydra puts consecutive ranks on a host):
+
+        - 'even': spread evenly over the group's other ranks (recursive
+          doubling, whose steps double the bytes as they double the distance;
+          pairwise exchanges);
+        - 'ring': on the one edge of the ring that leaves each host;
+        - 'halving': Rabenseifner's all-reduce, whose reduce-scatter sends the
+          larger halves to the nearer ranks and whose all-gather the smaller
+          pieces to the farther: a host's ranks send 1/per_host of 'even'.
+        """
         if not self.crosses:
             return 0.0
+        if pattern == 'ring':
+            return per_rank * self.sharing
         remote = (self.size - self.per_host) / (self.size - 1)
-        return per_rank * self.per_host * remote * self.sharing
+        spread = 1 if pattern == 'halving' else self.per_host
+        return per_rank * spread * remote * self.sharing
 
 
 def channel_group(layout: Layout, cluster: Cluster) -> Group:
@@ -441,8 +453,8 @@ def predict_step(machine: Machine, cluster: Cluster, layout: Layout, batch: int,
     def cost(algorithm, n, group):
         steps, per_rank = algorithm(n, group.size)
         return machine.collective_seconds(algorithm.__name__, steps, per_rank,
-                                          group.crossing(per_rank), group.crosses, cluster,
-                                          stretch)
+                                          group.crossing(per_rank, _pattern(algorithm, n, group)),
+                                          group.crosses, cluster, stretch)
 
     parts = dict.fromkeys(('compute forward', 'compute backward', 'head', 'channel gathers',
                            'second gathers', 'reduce-scatters', 'replica sums',
@@ -481,35 +493,55 @@ def predict_step(machine: Machine, cluster: Cluster, layout: Layout, batch: int,
                                   + cost(allreduce, 24, replicas))
         parts['gradient buckets exposed'] = _exposed_buckets(
             backward_profile, head_values, item_bytes, parts['head'],
-            lambda n: cost(allreduce, n, replicas))
+            lambda n: cost(allreduce, n, replicas), 1 / compute_stretch(cluster))
         if busy_threads(cluster) >= cluster.cores:
             # No core is left to sum the gradients on while the backward pass
             # runs: their copies, reductions and network stack come on top of it.
-            steps, per_rank = allreduce((conv_values + head_values) * item_bytes, d)
+            gradients = (conv_values + head_values) * item_bytes
+            steps, per_rank = allreduce(gradients, d)
             parts['gradient buckets exposed'] += machine.cores_seconds(
-                'allreduce', steps, per_rank, replicas.crossing(per_rank), replicas.crosses,
-                cluster, stretch)
+                'allreduce', steps, per_rank,
+                replicas.crossing(per_rank, _pattern(allreduce, gradients, replicas)),
+                replicas.crosses, cluster, stretch)
     parts['input'] = _input_seconds(layout, cluster, batch, cost, channels, replicas)
     parts['update'] = machine.update_seconds(cluster.threads, conv_values + head_values) * compute
     return sum(parts.values()), parts
 
 
+def _pattern(algorithm, n: float, group: Group) -> str:
+    """How an exchange of ``n`` bytes spreads over the group (Group.crossing)."""
+    if algorithm is allgather and group.size > 2 and allgather(n, group.size)[0] == group.size - 1:
+        return 'ring'
+    if algorithm is allreduce and n > ALLREDUCE_SHORT:
+        return 'halving'
+    return 'even'
+
+
 def _exposed_buckets(backward_profile: list, head_values: int, item_bytes: int,
-                     head_seconds: float, allreduce_seconds) -> float:
+                     head_seconds: float, allreduce_seconds, share: float) -> float:
     """Seconds the update waits for the gradient buckets after the backward pass.
 
     The backward pass finishes the head's gradients, then conv5_3's, ...,
     conv1_1's; a bucket is sent when its last gradient is final, and the
-    buckets follow each other on the wire.
+    buckets follow each other on the wire. The thread that moves them
+    (models/data_parallel/pacing.py) gets ``share`` of a core while the
+    backward pass runs (busy threads over cores, where they outnumber the
+    cores), all of one after it.
     """
-    clock, wire, filling = head_seconds, 0.0, head_values * item_bytes
+    buckets, clock, filling = [], head_seconds, head_values * item_bytes
     for seconds, values in reversed(backward_profile):
         if filling >= BUCKET_BYTES:
-            wire = max(wire, clock) + allreduce_seconds(filling)
+            buckets.append((clock, allreduce_seconds(filling)))
             filling = 0
         clock += seconds
         filling += values * item_bytes
-    wire = max(wire, clock) + allreduce_seconds(filling)
+    buckets.append((clock, allreduce_seconds(filling)))
+    wire = 0.0
+    for ready, seconds in buckets:
+        start = max(wire, ready)
+        during = max(0.0, clock - start) * share  # of its work done before the pass ends
+        wire = start + seconds / share if during >= seconds else (
+            max(clock, start) + seconds - during)
     return max(0.0, wire - clock)
 
 

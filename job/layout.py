@@ -35,7 +35,10 @@ from job.run_info import RUN_INFO_NAME, read_run_info, write_run_info
 
 # The gathered inputs are kept where their predicted peak, times this, fits.
 MEMORY_MARGIN = 1.25
-PROBE_SMALL, PROBE_LARGE = 8, 2 ** 20
+# The probe's messages: the smallest for the latency; between the two large
+# ones, the time a byte (a limited link lets its bucket's first bytes through
+# at the machine's speed, which one large message alone would count in).
+PROBE_SMALL, PROBE_MIDDLE, PROBE_LARGE = 8, 2 ** 19, 2 ** 21
 PROBE_REPEATS = 5
 
 
@@ -77,8 +80,9 @@ def _probe_link(mpi_comm, peer: int) -> tuple[float | None, float]:
     found = numpy.zeros(2)
     if mpi_comm.rank in (0, peer):
         other = peer if mpi_comm.rank == 0 else 0
-        small, large = (_one_way(mpi_comm, other, size) for size in (PROBE_SMALL, PROBE_LARGE))
-        found[:] = small, max(large - small, 1e-9) / (PROBE_LARGE - PROBE_SMALL)
+        small, middle, large = (_one_way(mpi_comm, other, size)
+                                for size in (PROBE_SMALL, PROBE_MIDDLE, PROBE_LARGE))
+        found[:] = small, max(large - middle, 1e-9) / (PROBE_LARGE - PROBE_MIDDLE)
     mpi_comm.Bcast(found, root=0)
     alpha, beta = found
     return 1 / beta, float(alpha)

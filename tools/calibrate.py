@@ -26,11 +26,13 @@ takes about ten minutes on 2 cores, and measures:
   1 Gbit/s (the share of a limited link's rate that a message gets, and
   that each kind of exchange gets, sending both ways at once);
   without root the link's figures of the committed calibration stay;
-- one process's train.py on all cores' threads, on synthetic data, for two
-  batch sizes on each path: its peak memory (the fixed part, and the bytes
+- one process's train.py on synthetic data, for two batch sizes on each
+  path, on all cores' threads, and on one thread a copy on every core at
+  once: its step against the blocks' sum (``step_factors``: blocks run
+  back to back, in a whole step, do not take what each took alone), and,
+  on all cores' threads, its peak memory (the fixed part, and the bytes
   each value the model keeps for its backward pass costs in resident
-  memory), and its step against the blocks' sum (``step_factors``: the
-  blocks run back to back go faster than one at a time).
+  memory).
 """
 import argparse
 import datetime
@@ -301,31 +303,37 @@ def measure_network(previous: dict | None) -> dict:
     return network
 
 
-def measure_one_process(calibration: str, threads: int) -> list:
+def measure_one_process(calibration: str, threads: int, cores: int) -> list:
     """[path, batch, peak MB, median step seconds] of one-process train.py runs on
-    synthetic data, on ``threads`` threads (``calibration``: a file for train.py's
-    predictions, which these runs do not use)."""
-    found = []
+    synthetic data, on ``threads`` threads, as many copies at once as leave no
+    core idle (as in a run), each figure their mean (``calibration``: a file for
+    train.py's predictions, which these runs do not use)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
+    found = []
     for path in PATHS:
         for batch in ONE_PROCESS_BATCHES:
-            with tempfile.TemporaryDirectory(prefix='calibrate-') as out:
-                training = (CALIBRATION_RUN_BATCHES - 1) * batch
+            with tempfile.TemporaryDirectory(prefix='calibrate-') as tmp:
+                outs = [os.path.join(tmp, str(copy)) for copy in range(max(1, cores // threads))]
                 command = [sys.executable, os.path.join(REPO, 'train.py'), '--dataset',
-                           'synthetic', '--train-size', str(training), '--test-size',
-                           str(batch), '--batchsize', str(batch), '--epoch', '1', '--out', out,
+                           'synthetic', '--train-size',
+                           str((CALIBRATION_RUN_BATCHES - 1) * batch), '--test-size',
+                           str(batch), '--batchsize', str(batch), '--epoch', '1',
                            '--calibration', calibration,
                            '--keep-gathered' if path == 'gathered' else '--slices']
-                done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                                      env=env)
-                if done.returncode != 0:
-                    sys.exit(f'calibrate.py: train.py on one process failed: '
-                             f'{done.stderr[-500:]}')
-                with open(os.path.join(out, 'run.json')) as file:
-                    info = json.load(file)
-                found.append([path, batch, info['peak_memory_mb'][0],
-                              info['measured']['step_seconds']])
+                copies = [subprocess.Popen(command + ['--out', out], stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+                          for out in outs]
+                infos = []
+                for copy, out in zip(copies, outs):
+                    _, stderr = copy.communicate()
+                    if copy.returncode != 0:
+                        sys.exit(f'calibrate.py: train.py on one process failed: {stderr[-500:]}')
+                    with open(os.path.join(out, 'run.json')) as file:
+                        infos.append(json.load(file))
+            found.append([path, batch,
+                          statistics.mean(info['peak_memory_mb'][0] for info in infos),
+                          statistics.mean(info['measured']['step_seconds'] for info in infos)])
     return found
 
 
@@ -352,10 +360,12 @@ def calibrate(out_path: str, previous_path: str) -> None:
     # runs' train.py, which needs a calibration to start (and forces its path).
     _write(out_path, data)
     print('calibrate.py: one-process runs (memory, whole steps)', file=sys.stderr, flush=True)
-    runs = measure_one_process(out_path, cores)
-    data['memory'] = fit_memory([run[:3] for run in runs])
-    data['step_factors'] = {str(cores): fit_step_factors(
-        Machine(data), [[path, batch, step] for path, batch, _, step in runs], cores)}
+    runs = {threads: measure_one_process(out_path, threads, cores) for threads in (1, cores)}
+    data['memory'] = fit_memory([run[:3] for run in runs[cores]])
+    data['step_factors'] = {
+        str(threads): fit_step_factors(Machine.load(out_path), [
+            [path, batch, step] for path, batch, _, step in found], threads)
+        for threads, found in runs.items()}
     data['seconds_to_measure'] = round(time.time() - started)
     _write(out_path, data)
     print(f'calibrate.py: wrote {out_path} in {time.time() - started:.0f} s', file=sys.stderr)

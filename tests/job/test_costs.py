@@ -66,6 +66,12 @@ def test_groups_on_hosts():
     assert replicas == costs.Group(4, 2, 1)
     # Each rank sends to 3 others, 2 of them on the other host; 2 ranks a host.
     assert replicas.crossing(300) == pytest.approx(300 * 2 / 3 * 2)
+    # A ring crosses each host once; Rabenseifner's all-reduce sends the far
+    # ranks the small pieces: half of the even spread's bytes with 2 ranks a host.
+    assert replicas.crossing(300, 'ring') == 300
+    assert replicas.crossing(300, 'halving') == pytest.approx(300 * 2 / 3)
+    one_a_host = costs.Group(4, 1, 1)
+    assert one_a_host.crossing(300, 'halving') == one_a_host.crossing(300) == 300
 
 
 def test_a_rank_keeps_less_per_image_on_the_slices_as_k_grows():
@@ -138,6 +144,23 @@ def test_gradient_buckets_hide_behind_a_long_backward_pass_but_not_a_short_one()
     fast_link = costs.Cluster(hosts=2, rate=100e9 / 8)
     assert costs.predict_step(machine, fast_link, costs.Layout(2, 1), 64)[1][
         'gradient buckets exposed'] < 0.05
+
+
+def test_buckets_hide_less_where_more_threads_than_cores_take_turns():
+    # The same backward pass twice: on a machine twice as slow, with a core to
+    # spare; and on this one with 2 threads a core, where the thread that sums
+    # the buckets works half the time while the pass runs.
+    slow = made_up_machine()
+    for points in slow.compute['1']['1']['slices'].values():
+        for point in points:
+            point[2:] = [2 * seconds for seconds in point[2:]]
+    spare = costs.Cluster(hosts=2, rate=1e9 / 8, cores=2)
+    crowded = costs.Cluster(hosts=2, rate=1e9 / 8, cores=1, threads=2)
+    layout = costs.Layout(2, 1)
+    slow_parts = costs.predict_step(slow, spare, layout, 8)[1]
+    crowded_parts = costs.predict_step(made_up_machine(), crowded, layout, 8)[1]
+    assert crowded_parts['compute backward'] == pytest.approx(slow_parts['compute backward'])
+    assert crowded_parts['gradient buckets exposed'] > slow_parts['gradient buckets exposed'] + 0.1
 
 
 def test_memory_falls_with_k_on_the_slices_and_the_dataset_sits_on_rank_0():
