@@ -256,38 +256,34 @@ class Machine:
     def collective_seconds(self, kind: str, steps: float, per_rank: float, crossing: float,
                            link: bool, cluster: Cluster, stretch: float) -> float:
         """A collective of ``kind`` ('allgather', 'reduce_scatter', 'allreduce': with
-        the alpha and beta calibrated for models/communication.py's; others:
-        MPI's own, from the ping-pong): ``steps`` messages and ``per_rank``
-        bytes sent by a rank, of which ``crossing`` over its host's link (when
-        ``link``).
+        the figures calibrated for models/communication.py's; others: MPI's
+        own, from the ping-pong): ``steps`` messages and ``per_rank`` bytes
+        sent by a rank, of which ``crossing`` over its host's link (all of the
+        host's ranks together; when ``link``).
 
-        The machine's part (messages, copies, reductions, the transfer inside
-        a host) is work of the cores, and stretches with them; the link adds
-        its latency a message and its time a byte: its rate's, or the time
-        the machine's cores take to pass a byte through the network stack
-        (the calibrated link's own speed), which stretches too where the
-        hosts share the cores."""
-        machine = self.cores_seconds(kind, steps, per_rank, crossing, link, cluster, stretch)
+        The cores' work (``cores_seconds``), then the bytes over the link at
+        its rate (the share of it that this kind of exchange was measured to
+        get), and the link's latency for each message."""
+        work = self.cores_seconds(kind, steps, per_rank, crossing, link, cluster, stretch)
         if not link:
-            return machine
+            return work
         net = self.network
-        passing = net['link_beta'] * (stretch if cluster.shared_cores else 1)
         share = net.get(f'{kind}_rate_share', net['rate_share'])
-        rate = 0.0 if cluster.rate is None else 1 / (cluster.rate * share)
-        return (machine + steps * (net['link_alpha'] + cluster.latency)
-                + crossing * max(passing, rate))
+        wire = 0.0 if cluster.rate is None else crossing / (cluster.rate * share)
+        return steps * (net['link_alpha'] + cluster.latency) + work + wire
 
     def cores_seconds(self, kind: str, steps: float, per_rank: float, crossing: float,
                       link: bool, cluster: Cluster, stretch: float) -> float:
-        """The cores' work of such a collective: what cannot hide behind compute
-        where no core is free (a harness's network stack included)."""
+        """The cores' work of such a collective, which stretches with them: its
+        messages, and each byte's way, inside the host (copies, shared memory,
+        reductions) or through the network stack to another host (the bytes
+        of this rank's that cross: at most its own, at most the host's)."""
         net = self.network
         alpha = net.get(f'{kind}_alpha', net['intra_alpha'])
-        beta = net.get(f'{kind}_beta', net['intra_beta'])
-        seconds = (steps * alpha + per_rank * beta) * stretch
-        if link and cluster.shared_cores:
-            seconds += crossing * net['link_beta'] * stretch
-        return seconds
+        inside = net.get(f'{kind}_beta', net['intra_beta'])
+        across = net.get(f'{kind}_link_beta', net['link_beta'])
+        mine = min(per_rank, crossing) if link else 0.0
+        return (steps * alpha + (per_rank - mine) * inside + mine * across) * stretch
 
 
 def _interpolate(table: list, rows: float, k: int, rate) -> tuple[float, float]:
@@ -482,6 +478,8 @@ def predict_step(machine: Machine, cluster: Cluster, layout: Layout, batch: int,
                     + cost(allreduce, BN_BACKWARD_VALUES * 8 * mine, replicas))
             parts['replica sums'] += sums
         values = mine * (block.in_channels * KERNEL_SIZE ** 2 + 2)
+        if channels.crosses and replicas.crosses:
+            exchanged = 0.0  # on the link the buckets take: they wait for each other
         backward_profile.append((backward * compute + exchanged + sums, values))
     conv_values, head_values = parameters(width, k)
     parts['head'] = machine.head_seconds(width, cluster.threads, rows) * compute
@@ -523,7 +521,10 @@ def _exposed_buckets(backward_profile: list, head_values: int, item_bytes: int,
 
     The backward pass finishes the head's gradients, then conv5_3's, ...,
     conv1_1's; a bucket is sent when its last gradient is final, and the
-    buckets follow each other on the wire. The thread that moves them
+    buckets follow each other on the wire. ``backward_profile``: (seconds of
+    each block's backward pass that a bucket may hide behind, its gradient
+    values); a channel exchange over the link the buckets take is not such
+    time. The thread that moves them
     (models/data_parallel/pacing.py) gets ``share`` of a core while the
     backward pass runs (busy threads over cores, where they outnumber the
     cores), all of one after it.

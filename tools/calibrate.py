@@ -21,8 +21,9 @@ takes about ten minutes on 2 cores, and measures:
   processes of this host (their alpha and beta); models/communication.py's
   all-gather and reduce-scatter of channel slices between them, 64 KiB to
   4 MiB (MPI and the copies around it: their own alpha and beta, which
-  the channel exchanges take); and, as root, across two
-  hosts of tools/hosts.py, with no limit (the machine's own link) and at
+  the channel exchanges take); and, as root, the ping-pong and the three
+  exchanges across two hosts of tools/hosts.py, with no limit (the
+  machine's own link: a byte's way through the network stack) and at
   1 Gbit/s (the share of a limited link's rate that a message gets, and
   that each kind of exchange gets, sending both ways at once);
   without root the link's figures of the committed calibration stay;
@@ -261,6 +262,12 @@ def fit_alpha_beta(points: list) -> tuple[float, float]:
     return small[len(small) // 2], max((seconds_b - seconds_a) / (size_b - size_a), 1e-12)
 
 
+def _slope(points: list) -> float:
+    """Seconds a byte between the two largest of [bytes, seconds] points."""
+    (bytes_a, seconds_a), (bytes_b, seconds_b) = points[-2:]
+    return (seconds_b - seconds_a) / (bytes_b - bytes_a)
+
+
 def mpiexec() -> str:
     beside = os.path.join(os.path.dirname(sys.executable), 'mpiexec')
     return beside if os.path.exists(beside) else 'mpiexec'
@@ -273,8 +280,7 @@ def measure_network(previous: dict | None) -> dict:
     intra_alpha, intra_beta = fit_alpha_beta(run_worker('pingpong', 1, launch=on_host))
     network = {'intra_alpha': intra_alpha, 'intra_beta': intra_beta}
     for kind, points in run_worker('exchange', 1, launch=on_host).items():
-        (bytes_a, seconds_a), (bytes_b, seconds_b) = points[-2:]
-        beta = (seconds_b - seconds_a) / (bytes_b - bytes_a)
+        beta = _slope(points)
         network[f'{kind}_alpha'] = max(0.0, points[0][1] - points[0][0] * beta)
         network[f'{kind}_beta'] = beta
     if os.geteuid() != 0:
@@ -290,15 +296,18 @@ def measure_network(previous: dict | None) -> dict:
                 stdout, stderr = launched.communicate()
                 return subprocess.CompletedProcess(command, launched.returncode, stdout, stderr)
             alpha, beta = fit_alpha_beta(run_worker('pingpong', 1, launch=across))
+            exchanges = run_worker('exchange', 1, launch=across)
             if rate is None:
                 network.update(link_alpha=alpha, link_beta=beta)
+                # Each kind's time a byte that goes to the other host.
+                for kind, points in exchanges.items():
+                    network[f'{kind}_link_beta'] = _slope(points)
                 continue
             network['rate_share'] = 1 / (beta * LINK_RATE_BYTES)
             # Exchanges send both ways at once, in bursts: each kind's own share,
-            # of its time a byte less the machine's part (measured on this host).
-            for kind, points in run_worker('exchange', 1, launch=across).items():
-                (bytes_a, seconds_a), (bytes_b, seconds_b) = points[-2:]
-                link = (seconds_b - seconds_a) / (bytes_b - bytes_a) - network[f'{kind}_beta']
+            # of its time a byte less the cores' part (measured above, no limit).
+            for kind, points in exchanges.items():
+                link = _slope(points) - network[f'{kind}_link_beta']
                 network[f'{kind}_rate_share'] = min(1.0, 1 / (link * LINK_RATE_BYTES))
     return network
 
