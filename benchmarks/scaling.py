@@ -34,10 +34,10 @@ from dataclasses import asdict, dataclass
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
+from job import costs
 
 from benchmarks.step_configs import CORES, REPO
 from benchmarks.step_runs import mpiexec_path
-from job import costs
 from job.run_info import RUN_INFO_NAME
 
 

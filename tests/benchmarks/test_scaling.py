@@ -1,13 +1,13 @@
 """benchmarks/scaling.py: a configuration's prediction beside its measurement, and the
 same measurements predicted again by the model without running them."""
+from job import costs
+
 import json
 import os
 import subprocess
 import sys
 
 from conftest import REPO
-
-from job import costs
 
 SCALING = os.path.join(REPO, 'benchmarks', 'scaling.py')
 

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 from conftest import REPO
-
 from tools.draw_scaling import HOSTS, LINKS, SCALINGS, WIDTHS
 
 
