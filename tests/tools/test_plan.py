@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 PLAN = os.path.join(REPO, 'tools', 'plan.py')
@@ -20,7 +22,7 @@ def test_json_lists_every_layout_of_the_cluster_fastest_first():
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer['cluster']['hosts'] == 16 and answer['cluster']['rate'] == 10e9 / 8
-    assert answer['cluster']['latency'] == 20e-6
+    assert answer['cluster']['latency'] == pytest.approx(20e-6)
     rows = answer['layouts']
     # 32 processes: K of 1, 2, 4, 8, 16 and 32 (the batch of 256 divides by every D), two paths.
     assert sorted({(row['replicas'], row['channel_ranks']) for row in rows}) == [
@@ -39,7 +41,7 @@ def test_json_lists_every_layout_of_the_cluster_fastest_first():
 
 def test_the_table_names_the_best_layout_and_marks_what_does_not_fit():
     done = plan('--hosts', '2', '--procs-per-host', '2', '--rate', '1gbit', '--batchsize', '64',
-                '--width', '4', '--memory', '2G')
+                '--width', '4', '--memory', '6G')
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[1].startswith('PREDICTIONS')
