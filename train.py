@@ -13,7 +13,7 @@ of the batch (job/feed.py).
 Rank 0 prints the log and writes the files in --out.
 """
 import job  # noqa: F401  (first: BLAS threads before numpy, compat before chainer)
-from job import checkpoint, faults, gpu, recipe, watchdog
+from job import checkpoint, faults, gpu, layout, recipe, watchdog
 
 import argparse
 import os
@@ -28,7 +28,7 @@ from chainer.training import extensions
 
 from job.arguments import AUTO, channel_group_sizes, check_args, check_out_dir, parse_args
 from job.blas_threads import threads_per_process
-from job.data import batch_converter, load_dataset
+from job.data import batch_converter, held_bytes, load_dataset
 from job.errors import process_ids, run_checked, run_or_abort
 from job.fastest_k import describe, fastest
 from job.feed import ReplicaFeed
@@ -50,7 +50,15 @@ def train(args: argparse.Namespace, comm) -> None:
     resuming = resume_from(args, comm)
     device = gpu.use_device(args, comm)
     train_set, test_set, n_classes = read_data(args, comm, args.train_size)
-    k, auto = choose_channel_group_size(args, comm, n_classes, device)
+    # The model of step time and memory (job/costs.py) picks each K's path
+    # and narrows the K's that --model-parallel auto times.
+    machine = run_checked(comm, layout.load_machine, args.calibration)
+    cluster = layout.as_modeled(layout.describe_cluster(comm), machine)
+    choice = layout.choose(args, cluster, machine, channel_group_sizes(args, comm.size),
+                           comm.bcast_obj(held_bytes(train_set, test_set)
+                                          if comm.rank == 0 else None))
+    k, auto = choose_channel_group_size(args, comm, n_classes, device, choice)
+    keep_gathered = choice.keep_gathered[k]
     grid = process_grid(comm, k)
     recipe.choose_exchanges(grid, device)
     fault = run_checked(comm, faults.fault_injection, comm)
@@ -60,7 +68,7 @@ def train(args: argparse.Namespace, comm) -> None:
                 if args.resume else None)
 
     vgg = recipe.build_network(args.conv, grid, n_classes, args.seed, args.dtype,
-                               keep_gathered=args.keep_gathered, width=args.width)
+                               keep_gathered=keep_gathered, width=args.width)
     model = recipe.build_classifier(vgg, grid, device)
     optimizer = recipe.make_optimizer(model, grid, args.learnrate)
 
@@ -71,6 +79,7 @@ def train(args: argparse.Namespace, comm) -> None:
     converter = batch_converter()
     updater = training.StandardUpdater(train_iter, optimizer, converter=converter,
                                        device=device)
+    steps = layout.StepClock(updater)
     trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=args.out)
     # Every rank evaluates (each holds part of the model); rank 0 reports.
     trainer.extend(extensions.Evaluator(test_iter, model, converter=converter, device=device))
@@ -86,13 +95,15 @@ def train(args: argparse.Namespace, comm) -> None:
     if comm.rank == 0:
         add_reports(trainer)
         print_header(args, comm, grid, n_classes, len(train_set), len(test_set))
+        print('\n'.join(layout.header_lines(choice, k, cluster)))
         if resuming:
             print(resuming)
         if auto:
-            print(describe(auto['seconds_per_step'], k, auto['startup_seconds']))
+            print(describe(auto, k))
         print(f'Process ids by rank: {ids}', flush=True)
-        write_run_info(args.out, collect_run_info(args, comm.size, args.conv,
-                                                  grid.channel_group.size, auto))
+        info = collect_run_info(args, comm.size, args.conv, grid.channel_group.size, auto)
+        write_run_info(args.out, {**info, 'keep_gathered': keep_gathered,
+                                  **layout.run_info(choice, k, cluster)})
     if args.resume:
         checkpoint.load_snapshot(comm, trainer, vgg, shuffle_rng, grid, snapshot)
 
@@ -105,6 +116,8 @@ def train(args: argparse.Namespace, comm) -> None:
         trainer.run()
         checkpoint.save_model(vgg, grid, os.path.join(args.out, 'model.npz'))
         peak_memory.write_run_info(args.out)
+        if comm.rank == 0:
+            layout.write_measured_step(args.out, steps)
 
 
 def evaluate(args: argparse.Namespace, comm) -> None:
@@ -150,15 +163,19 @@ def communicators(comm, grid: ProcessGrid) -> dict:
             'replica group': grid.replica_group, 'gradient buckets': grid.gradient_group}
 
 
-def choose_channel_group_size(args: argparse.Namespace, comm, n_classes: int,
-                              device) -> tuple[int, dict | None]:
-    """(K, what --model-parallel auto measured for the header and run.json, or None)."""
+def choose_channel_group_size(args: argparse.Namespace, comm, n_classes: int, device,
+                              choice: layout.Choice) -> tuple[int, dict | None]:
+    """(K, what --model-parallel auto predicted and measured for the header and
+    run.json, or None): the K's the model left, timed when more than one."""
     started = time.perf_counter()
-    k, seconds = fastest(comm, channel_group_sizes(args, comm.size),
-                         recipe.trial_step(args, comm, n_classes, device))
+    k, seconds = fastest(comm, choice.to_time, recipe.trial_step(
+        args, comm, n_classes, device, choice.keep_gathered))
     if args.model_parallel != AUTO:
         return k, None
-    return k, {'seconds_per_step': seconds, 'startup_seconds': time.perf_counter() - started}
+    return k, {'seconds_per_step': seconds, 'startup_seconds': time.perf_counter() - started,
+               'predicted_seconds_per_step': {
+                   str(size): round(p.step, 4) for size, p in choice.predictions.items()},
+               'left_out_for_memory': choice.left_out}
 
 
 def read_data(args: argparse.Namespace, comm, train_size: int | None):
@@ -193,8 +210,6 @@ def print_header(args: argparse.Namespace, comm, grid: ProcessGrid, n_classes: i
     network = 'Channel-parallel VGG16' if args.conv == 'exact' else 'Grouped VGG16'
     if args.width != 1:
         network += f', {args.width} times as wide (--width {args.width})'
-    if args.keep_gathered:
-        network += ', convolutions keeping their gathered inputs (--keep-gathered)'
     print(f'{network} on {args.dataset} ({n_classes} classes, '
           f'{train_size} train / {test_size} test images)')
     layout = (f' ({grid.n_replicas} replicas x {grid.channel_group.size} channel ranks)'

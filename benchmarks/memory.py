@@ -63,8 +63,8 @@ def run_job(processes: int, width: int, batch: int,
                    '--test-size', str(TEST_SIZE), '-b', str(batch), '-e', '1', '--out', out]
         if width != 1:
             command += ['--width', str(width)]
-        if keep_gathered:
-            command.append('--keep-gathered')
+        # The path is given, not left to the model: the slices unless told.
+        command.append('--keep-gathered' if keep_gathered else '--slices')
         env = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1',
                    MKL_NUM_THREADS='1')
         done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)

@@ -68,7 +68,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='each convolution keeps its whole gathered input for the '
                              'backward pass instead of its channel slice: a faster step, '
                              'but per-process memory no longer falls as 1/K (see '
-                             'docs/memory.md; CPU only, a GPU keeps it anyway)')
+                             'docs/memory.md; CPU only, a GPU keeps it anyway). Default: '
+                             'where the model predicts it fits --max-memory with a margin')
+    parser.add_argument('--slices', action='store_true',
+                        help='each convolution keeps only its input\'s channel slice, and '
+                             'gathers it again in the backward pass: memory per process '
+                             'falls as 1/K, for a slower step. Default: where the gathered '
+                             'inputs are predicted not to fit')
+    parser.add_argument('--max-memory', type=float, metavar='MB',
+                        help='the memory one process may use, in MB (2**20 bytes): the '
+                             'layout is chosen to fit it (default: what the host has free, '
+                             'shared by its processes)')
+    parser.add_argument('--calibration', metavar='FILE',
+                        help='the machine\'s calibration for the predictions of step time '
+                             'and memory (default: job/calibration.json, the 2-core VM of '
+                             'CI; tools/plan.py --calibrate measures one)')
     parser.add_argument('--train-size', type=int, metavar='N',
                         help='use only the first N training examples')
     parser.add_argument('--test-size', type=int, metavar='N',
@@ -136,6 +150,12 @@ def check_args(args: argparse.Namespace, n_processes: int) -> None:
     if args.train_size is not None and args.train_size < args.batchsize:
         raise UsageError(f'--train-size {args.train_size} is smaller than one batch '
                          f'(--batchsize {args.batchsize})')
+    if args.keep_gathered and args.slices:
+        raise UsageError('--keep-gathered and --slices exclude each other: give one of them, '
+                         'or neither to let the predicted memory decide')
+    if args.max_memory is not None and not args.max_memory > 0:
+        raise UsageError(f'--max-memory must be a number of MB greater than 0, '
+                         f'got {args.max_memory:g}')
     if args.evaluate and args.resume:
         raise UsageError('--evaluate and --resume exclude each other: give one of them')
     if args.evaluate and args.model_parallel == AUTO:

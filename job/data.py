@@ -290,6 +290,12 @@ def _as_dataset(images: numpy.ndarray, labels: numpy.ndarray, size: int | None,
     return TupleDataset(images.reshape(-1, *IMAGE_SHAPE), labels)
 
 
+def held_bytes(*datasets: TupleDataset) -> int:
+    """The bytes of the images and labels the sets hold (rank 0 holds them all)."""
+    return sum(len(dataset) * sum(numpy.asarray(part).nbytes for part in dataset[0])
+               for dataset in datasets)
+
+
 # --- mini-batches in the model's dtype --------------------------------------
 
 def model_input(images: NdArray, dtype: DTypeLike) -> NdArray:

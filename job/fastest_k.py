@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 # Timed steps per K, after one untimed (first allocations, compiled loops).
 TRIAL_STEPS = 3
+# K's predicted within this of the fastest are timed (job/layout.py).
+TRIAL_WITHIN = 0.10
 
 
 def fastest(comm, sizes: list[int], trial: Callable[[int], Callable[[], object]],
@@ -41,10 +43,22 @@ def fastest(comm, sizes: list[int], trial: Callable[[int], Callable[[], object]]
     return min(seconds, key=seconds.get), seconds
 
 
-def describe(seconds: dict[int, float], chosen: int, startup: float) -> str:
-    """The header's line: each K's time per step and the choice."""
-    if not seconds:
+def describe(auto: dict, chosen: int) -> str:
+    """The header's line: each K's predicted step, those timed and the choice.
+
+    ``auto``: train.py's record of the choice: 'predicted_seconds_per_step',
+    'seconds_per_step' (of the K's timed), 'startup_seconds' and
+    'left_out_for_memory'.
+    """
+    predicted = ', '.join(f'K = {k}: {s:.3f} s' for k, s in
+                          auto['predicted_seconds_per_step'].items())
+    left_out = ''.join(f'; left out, {why}' for why in auto['left_out_for_memory'].values())
+    seconds = auto['seconds_per_step']
+    if len(auto['predicted_seconds_per_step']) == 1:
         return f'--model-parallel auto: K = {chosen}, the only size this run allows'
+    if not seconds:
+        return (f'--model-parallel auto: predicted {predicted} a step{left_out}; K = {chosen}, '
+                f'predicted fastest by more than {100 * TRIAL_WITHIN:.0f}%, not timed')
     timed = ', '.join(f'K = {k}: {s:.3f} s' for k, s in seconds.items())
-    return (f'--model-parallel auto: {timed} per step; K = {chosen} '
-            f'(timed in {startup:.1f} s at start-up)')
+    return (f'--model-parallel auto: predicted {predicted} a step{left_out}; timed {timed}; '
+            f'K = {chosen} (timed in {auto["startup_seconds"]:.1f} s at start-up)')

@@ -66,15 +66,16 @@ def choose_exchanges(grid: ProcessGrid, device: chainer.backend.Device) -> None:
     use_exchanges(grid.channel_group, device)
 
 
-def trial_step(args: argparse.Namespace, comm, n_classes: int, device: chainer.backend.Device):
+def trial_step(args: argparse.Namespace, comm, n_classes: int, device: chainer.backend.Device,
+               keep_gathered: dict[int, bool]):
     """For --model-parallel auto (job/fastest_k.py): trial(k) sets up the run of ``args``
-    on channel groups of k processes and returns one training step on a random batch
-    of --batchsize (collective)."""
+    on channel groups of k processes, on the path ``keep_gathered[k]``, and returns
+    one training step on a random batch of --batchsize (collective)."""
     def trial(k: int):
         grid = process_grid(comm, k)
         choose_exchanges(grid, device)
         network = build_network(args.conv, grid, n_classes, args.seed, args.dtype,
-                                keep_gathered=args.keep_gathered, width=args.width)
+                                keep_gathered=keep_gathered[k], width=args.width)
         model = build_classifier(network, grid, device)
         optimizer = make_optimizer(model, grid, args.learnrate)
         rng = numpy.random.RandomState(args.seed)

@@ -106,7 +106,7 @@ def test_convolutions_keeping_their_gathered_inputs_train_the_same_model(
         cifar_root, one_process_on_cifar, tmp_path):
     # The other path of train.py's convolutions (--keep-gathered).
     result = train(2, tmp_path, '--dataset-root', str(cifar_root), *CIFAR_RUN, '--keep-gathered')
-    assert 'convolutions keeping their gathered inputs (--keep-gathered)' in result.stdout
+    assert 'Path: each convolution keeps its gathered input (--keep-gathered)' in result.stdout
     assert json.loads((tmp_path / 'run.json').read_text())['keep_gathered'] is True
     check_same_training(tmp_path, one_process_on_cifar)
 

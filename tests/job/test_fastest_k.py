@@ -36,10 +36,20 @@ def test_a_single_k_is_not_timed():
     assert fastest(chainermn.create_communicator('naive'), [4], trial) == (4, {})
 
 
-@pytest.mark.parametrize('seconds, line', [
-    ({1: 0.5, 2: 0.25}, '--model-parallel auto: K = 1: 0.500 s, K = 2: 0.250 s per step; '
-                        'K = 2 (timed in 3.2 s at start-up)'),
-    ({}, '--model-parallel auto: K = 2, the only size this run allows'),
+def auto(seconds: dict, predicted: dict, left_out: dict | None = None) -> dict:
+    """train.py's record of --model-parallel auto's choice."""
+    return {'seconds_per_step': seconds, 'startup_seconds': 3.2,
+            'predicted_seconds_per_step': predicted, 'left_out_for_memory': left_out or {}}
+
+
+@pytest.mark.parametrize('record, line', [
+    (auto({1: 0.5, 2: 0.25}, {'1': 0.48, '2': 0.26, '4': 0.4}),
+     '--model-parallel auto: predicted K = 1: 0.480 s, K = 2: 0.260 s, K = 4: 0.400 s a step; '
+     'timed K = 1: 0.500 s, K = 2: 0.250 s; K = 2 (timed in 3.2 s at start-up)'),
+    (auto({}, {'1': 0.9, '2': 0.3}, {1: 'K = 1: predicted peak 900 MB'}),
+     '--model-parallel auto: predicted K = 1: 0.900 s, K = 2: 0.300 s a step; left out, '
+     'K = 1: predicted peak 900 MB; K = 2, predicted fastest by more than 10%, not timed'),
+    (auto({}, {'2': 0.3}), '--model-parallel auto: K = 2, the only size this run allows'),
 ])
-def test_the_header_line_says_what_was_measured_and_chosen(seconds, line):
-    assert describe(seconds, 2, 3.2) == line
+def test_the_header_line_says_what_was_predicted_measured_and_chosen(record, line):
+    assert describe(record, 2) == line
