@@ -121,12 +121,11 @@ def predict_again(result: dict, machine: costs.Machine) -> dict:
     cluster = costs.Cluster(**result['cluster'])
     replicas = cluster.processes // config['model_parallel']
     layout = costs.Layout(replicas, config['model_parallel'], config['keep_gathered'])
-    step, parts = costs.predict_step(machine, cluster, layout, config['batch'], config['width'])
-    first = costs.predict_peak_mb(machine, layout, config['batch'], config['width'],
-                                  result['data_bytes'])
-    others = costs.predict_peak_mb(machine, layout, config['batch'], config['width'])
-    return {**result, 'predicted_step': step, 'parts': parts,
-            'predicted_peak_mb': [first, others if cluster.processes > 1 else None]}
+    prediction = costs.predict(machine, cluster, layout, config['batch'], config['width'],
+                               result['data_bytes'])
+    peaks = prediction.peak_mb
+    return {**result, 'predicted_step': prediction.step, 'parts': prediction.parts,
+            'predicted_peak_mb': [peaks[0], peaks[1] if len(peaks) > 1 else None]}
 
 
 def median_of(rounds: list[dict]) -> dict:

@@ -599,6 +599,15 @@ def _state_values(width: float, channel_ranks: int) -> int:
     return 3 * sum(parameters(width, channel_ranks))
 
 
+def predict(machine: Machine, cluster: Cluster, layout: Layout, batch: int, width: float = 1,
+            data_bytes: float = 0.0, item_bytes: int = 4) -> Prediction:
+    """The step and its parts, and the peak of each rank (rank 0 holds ``data_bytes``)."""
+    step, parts = predict_step(machine, cluster, layout, batch, width, item_bytes)
+    first = predict_peak_mb(machine, layout, batch, width, data_bytes, item_bytes)
+    others = predict_peak_mb(machine, layout, batch, width, 0.0, item_bytes)
+    return Prediction(layout, step, parts, [first] + [others] * (cluster.processes - 1))
+
+
 def fit_memory(points: list) -> dict:
     """The memory calibration from one-process train.py peaks: [path, batch, MB], two
     batches on each path, on synthetic data (CALIBRATION_RUN_BATCHES batches of

@@ -176,11 +176,8 @@ def _path(args: argparse.Namespace, replicas: int, k: int, limit: float, data_by
 
 def predict(machine: costs.Machine, cluster: costs.Cluster, args: argparse.Namespace,
             layout: costs.Layout, data_bytes: float) -> costs.Prediction:
-    step, parts = costs.predict_step(machine, cluster, layout, args.batchsize, args.width,
-                                     numpy.dtype(args.dtype).itemsize)
-    first = costs.predict_peak_mb(machine, layout, args.batchsize, args.width, data_bytes)
-    others = costs.predict_peak_mb(machine, layout, args.batchsize, args.width)
-    return costs.Prediction(layout, step, parts, [first] + [others] * (cluster.processes - 1))
+    return costs.predict(machine, cluster, layout, args.batchsize, args.width, data_bytes,
+                         numpy.dtype(args.dtype).itemsize)
 
 
 def header_lines(choice: Choice, k: int, cluster: costs.Cluster) -> list[str]:
